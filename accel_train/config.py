@@ -1,0 +1,217 @@
+"""Run configuration: a typed object loaded from JSON, overridable from the command line.
+
+Replaces the seed's module-level globals. Every key can be set in the JSON file or as
+`--key value` (`--model.key value` for the model's shape); a mistake is a UserError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accel_train.errors import UserError
+from accel_train.model import ModelConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+TRACKERS = ("none", "wandb", "tensorboard")
+
+
+@dataclass
+class TrainConfig:
+    # data and outputs
+    data_dir: str = "data/demo"
+    demo_data: bool = False  # write the built-in demo corpus into data_dir if it holds no data
+    out_dir: str = "out"
+    seed: int = 1337
+    # hardware: "auto" picks cuda when present, and bf16 where the GPU has it (fp16 otherwise)
+    device: str = "auto"
+    dtype: str = "auto"
+    # optimisation; max_iters and warmup_steps count optimizer steps, not micro-batches
+    learning_rate: float = 1e-4
+    min_lr: float = 1e-5
+    max_iters: int = 150_000
+    warmup_steps: int = 1_000
+    batch_size: int = 32
+    block_size: int = 128
+    gradient_accumulation_steps: int = 32
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 0.5  # 0 disables clipping
+    # evaluation: how often (optimizer steps) and how many batches per split
+    eval_interval: int = 500
+    eval_iters: int = 200
+    # logging and checkpoints
+    log_interval: int = 10
+    checkpoint_interval: int = 1_000  # 0: only the final checkpoint
+    tracker: str = "none"
+    wandb_project: str = "accel_train"
+    run_name: str = ""
+    resume: str = ""  # "", "auto" (newest checkpoint in out_dir) or a checkpoint folder
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step on one process."""
+        return self.batch_size * self.block_size * self.gradient_accumulation_steps
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        positive = ("max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
+                    "eval_iters", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"config key '{name}' must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_interval", "weight_decay", "grad_clip", "min_lr"):
+            if getattr(self, name) < 0:
+                raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise UserError(f"config key 'learning_rate' must be positive, got {self.learning_rate}")
+        if self.min_lr > self.learning_rate:
+            raise UserError(f"min_lr ({self.min_lr}) is above learning_rate ({self.learning_rate}): "
+                            "the cosine decay would raise the rate; set min_lr <= learning_rate")
+        if self.warmup_steps >= self.max_iters:
+            raise UserError(f"warmup_steps ({self.warmup_steps}) must be below max_iters ({self.max_iters})")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
+        for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"config key '{name}' must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
+        m = self.model
+        if self.block_size > m.max_position_embeddings:
+            raise UserError(f"block_size ({self.block_size}) exceeds the model's context "
+                            f"(model.max_position_embeddings = {m.max_position_embeddings})")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "sliding_window", "sliding_window_pattern"):
+            if getattr(m, name) < 1:
+                raise UserError(f"config key 'model.{name}' must be at least 1, got {getattr(m, name)}")
+        if m.num_attention_heads % m.num_key_value_heads:
+            raise UserError(f"model.num_attention_heads ({m.num_attention_heads}) must be a multiple of "
+                            f"model.num_key_value_heads ({m.num_key_value_heads})")
+        if m.head_dim % 2:
+            raise UserError(f"model.head_dim must be even for RoPE, got {m.head_dim}")
+        return self
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value, tp):
+    """Check a JSON value, or parse a command-line string, against the field's type."""
+    from_cli = isinstance(value, str) and tp is not str
+    if tp is bool:
+        if from_cli and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if from_cli:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if from_cli:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str and isinstance(value, str):
+        return value
+    raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _unknown_key(key: str, known: list[str]) -> UserError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _fields(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(cfg: TrainConfig, key: str, value) -> None:
+    train_fields, model_fields = _fields(TrainConfig), _fields(ModelConfig)
+    known = [k for k in train_fields if k != "model"] + [f"model.{k}" for k in model_fields]
+    if key.startswith("model."):
+        name = key[len("model."):]
+        if name not in model_fields:
+            raise _unknown_key(key, known)
+        setattr(cfg.model, name, _coerce(key, value, model_fields[name]))
+    elif key in train_fields and key != "model":
+        setattr(cfg, key, _coerce(key, value, train_fields[key]))
+    else:
+        raise _unknown_key(key, known)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; a syntax error names the file, line and column."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UserError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a JSON object")
+    return data
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    for key, value in data.items():
+        if key == "model":
+            if not isinstance(value, dict):
+                raise UserError("config key 'model' must be an object of model settings")
+            for mkey, mvalue in value.items():
+                _apply(cfg, f"model.{mkey}", mvalue)
+        else:
+            _apply(cfg, key, value)
+    return cfg
+
+
+def parse_args(argv: list[str]) -> tuple[Path, list[tuple[str, str]]]:
+    """Split `[--config FILE] [--key value | --key=value ...]` into the file and the overrides."""
+    config_path, overrides, i = DEFAULT_CONFIG, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise UserError(f"unexpected argument '{arg}'; use --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UserError(f"--{key} needs a value")
+            value, i = argv[i + 1], i + 1
+        if key == "config":
+            config_path = Path(value)
+        else:
+            overrides.append((key, value))
+        i += 1
+    return config_path, overrides
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """The validated config from `--config FILE` (default configs/demo.json) and `--key value` overrides."""
+    config_path, overrides = parse_args(argv)
+    cfg = config_from_dict(read_json(config_path))
+    for key, value in overrides:
+        _apply(cfg, key, value)
+    return cfg.validate()

@@ -1,0 +1,157 @@
+"""Token data: memmapped `.bin` splits, the seed's `get_batch`, and the loader the Accelerator prepares.
+
+A split is a flat array of token ids (`train.bin`, `val.bin` or the seed's `validation.bin`)
+described by `meta.json`. A training example is a random window of `block_size + 1` tokens;
+windows are gathered with one vectorized index instead of a Python loop of slices.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from accel_train.errors import UserError
+
+SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}
+DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+REMAP_EVERY = 256  # reopen the memmap this often so touched pages do not pile up in memory
+
+
+def read_meta(data_dir: Path) -> dict:
+    """`meta.json` of a data folder; a folder without one is taken as the seed's uint16 GPT-2 data."""
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        warnings.warn(f"{path} not found: assuming uint16 tokens of the GPT-2 vocabulary", stacklevel=2)
+        return {"dtype": "uint16", "vocab_size": 50257}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if meta.get("dtype") not in DTYPES:
+        raise UserError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r}")
+    if not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] < 1:
+        raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {meta.get('vocab_size')!r}")
+    return meta
+
+
+def split_path(data_dir: Path, split: str) -> Path:
+    if split not in SPLIT_FILES:
+        raise UserError(f"unknown split '{split}'; use 'train' or 'val'")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist; prepare data there or set --data_dir")
+    for name in SPLIT_FILES[split]:
+        if (data_dir / name).exists():
+            return data_dir / name
+    raise UserError(f"no {split} split in {data_dir}: expected {' or '.join(SPLIT_FILES[split])}")
+
+
+class TokenFile:
+    """One split's tokens as a memmap, with vectorized window gathering."""
+
+    def __init__(self, path: Path, dtype: str):
+        self.path, self.dtype = Path(path), DTYPES[dtype]
+        size = self.path.stat().st_size
+        itemsize = np.dtype(self.dtype).itemsize
+        if size == 0:
+            raise UserError(f"{self.path} is empty")
+        if size % itemsize:
+            raise UserError(f"{self.path} has {size} bytes, not a whole number of {dtype} tokens; "
+                            "the file is truncated or meta.json names the wrong dtype")
+        self.num_tokens = size // itemsize
+        self._memmap, self._reads = None, 0
+
+    def tokens(self) -> np.memmap:
+        if self._memmap is None or self._reads >= REMAP_EVERY:
+            self._memmap, self._reads = np.memmap(self.path, dtype=self.dtype, mode="r"), 0
+        self._reads += 1
+        return self._memmap
+
+    def num_windows(self, block_size: int) -> int:
+        """How many distinct start positions a window of block_size + 1 tokens has."""
+        n = self.num_tokens - block_size
+        if n < 1:
+            raise UserError(f"{self.path} holds {self.num_tokens} tokens, fewer than one block of "
+                            f"{block_size + 1}; use more data or a smaller block_size")
+        return n
+
+    def windows(self, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets (int64, shape len(starts) x block_size)."""
+        index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(block_size + 1)
+        buf = torch.from_numpy(self.tokens()[index].astype(np.int64))
+        return buf[:, :-1], buf[:, 1:]
+
+
+@lru_cache(maxsize=16)
+def open_split(data_dir: str, split: str) -> TokenFile:
+    data_dir = Path(data_dir)
+    return TokenFile(split_path(data_dir, split), read_meta(data_dir)["dtype"])
+
+
+def get_batch(split, block_size, batch_size, device, device_type, data_dir="data/demo"):
+    """The seed's `get_batch`: `batch_size` random windows from a split, moved to `device`.
+
+    Draws its positions from torch's global RNG, so `torch.manual_seed` makes it reproducible.
+    """
+    data = open_split(str(data_dir), split)
+    starts = torch.randint(data.num_windows(block_size), (batch_size,)).numpy()
+    x, y = data.windows(starts, block_size)
+    if device_type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Map-style view of a split whose items are window start positions; fetches whole batches."""
+
+    def __init__(self, data: TokenFile, block_size: int):
+        self.data, self.block_size = data, block_size
+
+    def __len__(self) -> int:
+        return self.data.num_windows(self.block_size)
+
+    def __getitem__(self, start: int):
+        x, y = self.data.windows(np.array([start]), self.block_size)
+        return x[0], y[0]
+
+    def __getitems__(self, starts: list[int]):
+        return self.data.windows(np.array(starts), self.block_size)
+
+
+class RandomWindowBatches(torch.utils.data.Sampler):
+    """An endless-looking but finite stream of batches of random window starts.
+
+    Batch `b` depends only on `(seed, b)`, so the stream is the same whatever the number of
+    processes (Accelerate deals batch b to process b % num_processes) and a resumed run
+    starts at `first_batch` without replaying the ones before it.
+    """
+
+    def __init__(self, num_windows: int, batch_size: int, seed: int, num_batches: int, first_batch: int = 0):
+        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
+        self.num_batches, self.first_batch = num_batches, first_batch
+
+    def __len__(self) -> int:
+        return self.num_batches - self.first_batch
+
+    def __iter__(self):
+        for b in range(self.first_batch, self.num_batches):
+            rng = np.random.default_rng((self.seed, b))
+            yield rng.integers(0, self.num_windows, self.batch_size).tolist()
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def train_loader(data_dir, block_size: int, batch_size: int, seed: int, num_batches: int,
+                 first_batch: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The training DataLoader (for `accelerator.prepare`) over `num_batches` global batches."""
+    data = open_split(str(data_dir), "train")
+    sampler = RandomWindowBatches(data.num_windows(block_size), batch_size, seed, num_batches, first_batch)
+    return torch.utils.data.DataLoader(WindowDataset(data, block_size), batch_sampler=sampler,
+                                       collate_fn=_batch_as_is, pin_memory=pin_memory)

@@ -1,0 +1,31 @@
+"""Which device and precision a config gets on this machine."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from accel_train.errors import UserError
+
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def resolve_hardware(device: str, dtype: str) -> tuple[bool, str]:
+    """(run on CPU?, Accelerate mixed_precision) for the config's `device` and `dtype`.
+
+    `auto` means bf16 on GPUs that have it, fp16 on older GPUs and fp32 on the CPU. Asking for
+    bf16 on a GPU without it falls back to fp16 with a warning, as the seed did.
+    """
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    cpu = device == "cpu" or not has_cuda
+    if dtype == "auto":
+        dtype = "float32" if cpu else ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    if cpu and dtype == "float16":
+        raise UserError("dtype float16 needs a GPU; on the CPU use bfloat16 or float32")
+    if not cpu and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU has no bfloat16: training in float16 with loss scaling instead", stacklevel=2)
+        dtype = "float16"
+    return cpu, MIXED_PRECISION[dtype]

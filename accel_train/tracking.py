@@ -1,0 +1,56 @@
+"""Where metrics go: `metrics.jsonl` always, plus wandb or tensorboard through Accelerate's trackers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends one JSON object per logged optimizer step; a resumed run drops rows past its step."""
+
+    def __init__(self, out_dir, enabled: bool, resume_step: int | None = None):
+        self.path, self.enabled = Path(out_dir) / METRICS_FILE, enabled
+        if enabled and resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(out_dir) -> list[dict]:
+    path = Path(out_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def start_tracker(accelerator, cfg, run_id: str) -> None:
+    """Open the chosen tracker; wandb continues the run `run_id` when a checkpoint is resumed."""
+    if cfg.tracker == "none":
+        return
+    init_kwargs = {}
+    if cfg.tracker == "wandb":
+        init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": cfg.out_dir, "name": cfg.run_name or None}
+    project = cfg.wandb_project if cfg.tracker == "wandb" else (cfg.run_name or "tensorboard")
+    accelerator.init_trackers(project, config=flat_config(cfg.to_dict()), init_kwargs=init_kwargs)
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """Nested config as flat `model.key` entries, which every tracker accepts as hyperparameters."""
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
