@@ -104,8 +104,8 @@ def fresh_state(cfg: TrainConfig) -> dict:
             "config": cfg.to_dict()}
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or continue) the configured training; returns the final trainer state."""
+def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
+    """Run (or continue) the configured training; returns the final trainer state and this process's model."""
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
@@ -180,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
     if step == start_step:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()
-    return state
+    return state, accelerator.unwrap_model(model)
 
 
 def main(argv: list[str] | None = None) -> None:
