@@ -1,0 +1,34 @@
+"""Running the real trainer in subprocesses, as users do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = str(REPO / "accel_train" / "train.py")
+
+# A model small enough that a few optimizer steps take well under a second on 2 cores.
+TINY_MODEL = ["--model.hidden_size", "64", "--model.intermediate_size", "128", "--model.num_hidden_layers", "2",
+              "--model.num_attention_heads", "2", "--model.num_key_value_heads", "1", "--model.head_dim", "32",
+              "--model.query_pre_attn_scalar", "32", "--model.sliding_window", "32"]
+
+
+def run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
+    """`python script ...` for one process, `accelerate launch --multi_gpu` for several (gloo on CPU)."""
+    if processes == 1:
+        return run([sys.executable, script, *args], **kwargs)
+    return run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                script, *args], **kwargs)
+
+
+def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
+    return launch(TRAIN, args, processes, **kwargs)
