@@ -106,9 +106,8 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(key: str, value, tp):
+def _coerce(key: str, value, tp, from_cli: bool):
     """Check a JSON value, or parse a command-line string, against the field's type."""
-    from_cli = isinstance(value, str) and tp is not str
     if tp is bool:
         if from_cli and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -146,16 +145,16 @@ def _fields(cls) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _apply(cfg: TrainConfig, key: str, value) -> None:
+def _apply(cfg: TrainConfig, key: str, value, from_cli: bool = False) -> None:
     train_fields, model_fields = _fields(TrainConfig), _fields(ModelConfig)
     known = [k for k in train_fields if k != "model"] + [f"model.{k}" for k in model_fields]
     if key.startswith("model."):
         name = key[len("model."):]
         if name not in model_fields:
             raise _unknown_key(key, known)
-        setattr(cfg.model, name, _coerce(key, value, model_fields[name]))
+        setattr(cfg.model, name, _coerce(key, value, model_fields[name], from_cli))
     elif key in train_fields and key != "model":
-        setattr(cfg, key, _coerce(key, value, train_fields[key]))
+        setattr(cfg, key, _coerce(key, value, train_fields[key], from_cli))
     else:
         raise _unknown_key(key, known)
 
@@ -213,5 +212,5 @@ def load_config(argv: list[str]) -> TrainConfig:
     config_path, overrides = parse_args(argv)
     cfg = config_from_dict(read_json(config_path))
     for key, value in overrides:
-        _apply(cfg, key, value)
+        _apply(cfg, key, value, from_cli=True)
     return cfg.validate()
