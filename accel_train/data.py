@@ -19,7 +19,7 @@ from accel_train.errors import UserError
 
 SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
-REMAP_EVERY = 256  # reopen the memmap this often so touched pages do not pile up in memory
+REMAP_EVERY = 1024  # reopen the memmap now and then so its touched pages leave the resident set
 
 
 def read_meta(data_dir: Path) -> dict:
