@@ -27,6 +27,9 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def save(self, data_dir: Path) -> None:
+        """Write what `load_tokenizer` needs besides meta.json into a data folder (most need nothing)."""
+
     def _decode_run(self, ids: list[int]) -> str:
         """Text of ordinary in-vocabulary ids."""
         raise NotImplementedError
@@ -105,6 +108,9 @@ class BpeTokenizer(Tokenizer):
 
     def _decode_run(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, data_dir: Path) -> None:
+        self.tokenizer.save(str(Path(data_dir) / BPE_FILE))
 
 
 def gpt2_tokenizer() -> TiktokenTokenizer:
