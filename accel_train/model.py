@@ -141,7 +141,11 @@ class DecoderLayer(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer, grown one chunk at a time, so generation is linear in length."""
+    """Keys and values of every layer, grown one chunk at a time, so generation is linear in length.
+
+    A sliding-window layer keeps only its last `window` positions: older ones can never be
+    attended again, so its memory and cost per token stay bounded however long the sample.
+    """
 
     def __init__(self):
         self.keys: dict[int, torch.Tensor] = {}
@@ -149,11 +153,13 @@ class KVCache:
         self.length = 0
 
     def append(self, layer: nn.Module, k: torch.Tensor, v: torch.Tensor):
+        """The layer's cached keys and values followed by these (the last positions of both)."""
         key = id(layer)
         if key in self.keys:
             k = torch.cat((self.keys[key], k), dim=2)
             v = torch.cat((self.values[key], v), dim=2)
-        self.keys[key], self.values[key] = k, v
+        keep = -layer.window if layer.sliding else 0
+        self.keys[key], self.values[key] = k[:, :, keep:], v[:, :, keep:]
         return k, v
 
 
