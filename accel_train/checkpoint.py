@@ -1,10 +1,12 @@
-"""Checkpoints under `out_dir/checkpoints/step_<N>/`, written atomically and found again for resume.
+"""Checkpoints under `out_dir/checkpoints/`: written atomically, verified, pruned, found again for resume.
 
-`accelerator.save_state` writes the weights (model.safetensors), optimizer, schedule and the RNG
-state of every process; `trainer_state.json` adds the step, counters, data position and config.
-A checkpoint is written to a hidden temporary folder and renamed into place only when complete,
-with a manifest of sizes and checksums, so a crash mid-save never leaves a half checkpoint
-that `--resume auto` would pick.
+`accelerator.save_state` writes the weights (model.safetensors), optimizer, schedule, loss scaler
+and the RNG state of every process; `trainer_state.json` adds the step, counters, data position,
+best validation loss, tracker run id and config. A checkpoint is written to a hidden temporary
+folder, its files fsynced and listed with sizes and sha256 in `manifest.json`, and only then
+renamed into place, so a crash or a full disk mid-save never leaves a half checkpoint that
+`--resume auto` would pick. `best/` holds hard links to the checkpoint with the lowest
+validation loss, so pruning `step_<N>/` folders never loses it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from accel_train.errors import UserError
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
+BEST = "best"
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # what torch.save and safetensors raise on a failed write
 
 
 def checkpoints_root(out_dir) -> Path:
@@ -54,11 +61,11 @@ def write_manifest(folder: Path) -> None:
     _fsync(manifest)
 
 
-def verify(folder: Path) -> str | None:
-    """None if the checkpoint matches its manifest, else why not."""
+def verify(folder: Path, checksums: bool = True) -> str | None:
+    """None if the checkpoint matches its manifest, else why not; `checksums=False` checks sizes only (cheap)."""
     try:
         files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return "no readable manifest"
     for name, entry in files.items():
         path = folder / name
@@ -66,30 +73,116 @@ def verify(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        if _sha256(path) != entry["sha256"]:
+        if checksums and _sha256(path) != entry["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
 
-def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict) -> Path:
-    """Save everything needed to continue at `step`; every process must call this."""
+def _remove(folder: Path) -> None:
+    """Delete a folder so that it vanishes at once: rename it to a hidden name, then remove that."""
+    doomed = folder.with_name(f".deleting_{folder.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename a complete folder into place. A folder already there (an earlier run's checkpoint of the
+    same step, or an older best/) is replaced; one that fails verification is kept, renamed, for inspection."""
+    if final.exists():
+        if verify(final, checksums=False) is None:
+            _remove(final)
+        else:
+            kept = final.with_name(f"{final.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(final, kept)
+            warnings.warn(f"{final} failed verification; kept it as {kept}", stacklevel=3)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a checkpoint as hard links (no extra disk space), or as real copies where links are not allowed."""
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
+def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
+    """Save everything needed to continue at `step` as `step_<step>/`; every process must call this.
+
+    `agree(flag)` must return True on every process when `flag` is True on any: a write that fails on
+    one process (a full disk) makes all of them raise a UserError, after the partial folder is
+    removed; earlier checkpoints are untouched.
+    """
     root = checkpoints_root(out_dir)
     final, tmp = root / f"{PREFIX}{step}", root / f".tmp_{PREFIX}{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    problem = None
+    try:
+        accelerator.save_state(str(tmp))  # every process writes its own RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+            write_manifest(tmp)
+    except WRITE_ERRORS as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if agree(problem is not None):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write checkpoint {final}: {problem or 'a write failed on another process'} "
+                        "(disk full?); the earlier checkpoints are intact")
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
-        write_manifest(tmp)
-        if final.exists():  # a previous run's checkpoint of the same step: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root)
+        _install(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
+    """Make `best/` a hard-linked copy of `folder` if its validation loss beats best/'s; True if it did."""
+    best = checkpoints_root(out_dir) / BEST
+    if val_loss is None:
+        return False
+    if best.is_dir():
+        try:
+            best_loss = json.loads((best / STATE_FILE).read_text()).get("val_loss")
+        except (OSError, ValueError):
+            best_loss = None  # unreadable: replace it
+        if best_loss is not None and best_loss <= val_loss:
+            return False
+    tmp = best.with_name(f".tmp_{BEST}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _link_tree(folder, tmp)
+    _install(tmp, best)
+    return True
+
+
+def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
+    """Delete old checkpoints, keeping the `keep_last` newest sound ones up to `newest` (just written).
+
+    Sound means the files have the sizes the manifest says; an unsound one is neither counted nor
+    deleted (it is left for inspection), so the only good checkpoint is never deleted. Checkpoints
+    newer than `newest` (skipped as broken by `--resume auto`) are left alone; so is `best/`.
+    `keep_last` 0 keeps everything. Returns the deleted folders.
+    """
+    if keep_last < 1:
+        return []
+    kept, deleted = 0, []
+    for folder in reversed(list_checkpoints(out_dir)):
+        if step_of(folder) > step_of(newest):
+            continue
+        if kept < keep_last:
+            kept += verify(folder, checksums=False) is None
+            continue
+        _remove(folder)
+        deleted.append(folder)
+    for stale in [*checkpoints_root(out_dir).glob(".tmp_*"), *checkpoints_root(out_dir).glob(".deleting_*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by runs killed mid-save
+    return deleted
 
 
 def step_of(folder: Path) -> int:
@@ -97,7 +190,7 @@ def step_of(folder: Path) -> int:
 
 
 def list_checkpoints(out_dir) -> list[Path]:
-    """Checkpoint folders, oldest first (temporary folders excluded)."""
+    """Checkpoint folders `step_<N>`, oldest first (temporary folders and best/ excluded)."""
     root = checkpoints_root(out_dir)
     if not root.is_dir():
         return []
@@ -106,7 +199,7 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 
 def latest_checkpoint(out_dir) -> Path | None:
-    """The newest checkpoint that passes verification; broken ones are skipped with a warning."""
+    """The newest checkpoint that passes verification; broken ones are skipped with a warning, never deleted."""
     for folder in reversed(list_checkpoints(out_dir)):
         problem = verify(folder)
         if problem is None:
@@ -116,15 +209,28 @@ def latest_checkpoint(out_dir) -> Path | None:
 
 
 def resolve_resume(resume: str, out_dir) -> Path | None:
-    """The checkpoint folder `--resume` names: '' for none, 'auto' for the newest in out_dir, or a path."""
+    """The checkpoint folder `--resume` names: '' for none, 'auto' for the newest sound one in out_dir, or a path.
+
+    'auto' with no checkpoint at all starts afresh; with only broken ones it is an error. A named
+    checkpoint may not be older than a sound one in out_dir: the two runs' checkpoints would mix.
+    """
     if not resume:
         return None
     if resume == "auto":
-        return latest_checkpoint(out_dir)
+        folder = latest_checkpoint(out_dir)
+        if folder is None and list_checkpoints(out_dir):
+            raise UserError(f"no checkpoint in {checkpoints_root(out_dir)} passed verification; "
+                            "resume from a checkpoint folder elsewhere or choose another --out_dir")
+        return folder
     folder = Path(resume)
     problem = verify(folder) if folder.is_dir() else "no such folder"
     if problem:
         raise UserError(f"cannot resume from {folder}: {problem}")
+    step = read_trainer_state(folder)["step"]
+    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > step and verify(p, checksums=False) is None]
+    if newer:
+        raise UserError(f"{out_dir} holds checkpoints newer than {folder} (the newest is {newer[-1].name}); "
+                        "move them away or resume into another --out_dir")
     return folder
 
 

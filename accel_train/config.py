@@ -21,6 +21,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("none", "wandb", "tensorboard")
+NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class TrainConfig:
     # logging and checkpoints
     log_interval: int = 10
     checkpoint_interval: int = 1_000  # 0: only the final checkpoint
+    keep_last: int = 3  # newest checkpoints kept besides best/; 0 keeps all
+    nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop" the run, or "skip" the update and count it
     tracker: str = "none"
     wandb_project: str = "accel_train"
     run_name: str = ""
@@ -71,7 +74,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"config key '{name}' must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_interval", "weight_decay", "grad_clip", "min_lr"):
+        for name in ("warmup_steps", "checkpoint_interval", "keep_last", "weight_decay", "grad_clip", "min_lr"):
             if getattr(self, name) < 0:
                 raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -83,7 +86,7 @@ class TrainConfig:
             raise UserError(f"warmup_steps ({self.warmup_steps}) must be below max_iters ({self.max_iters})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS)):
+        for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS), ("nonfinite", NONFINITE)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"config key '{name}' must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
         m = self.model

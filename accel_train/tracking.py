@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import uuid
 from pathlib import Path
 
@@ -15,14 +17,23 @@ class MetricsLog:
     def __init__(self, out_dir, enabled: bool, resume_step: int | None = None):
         self.path, self.enabled = Path(out_dir) / METRICS_FILE, enabled
         if enabled and resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
+            tmp = self.path.with_name(f".{METRICS_FILE}.tmp")  # replaced in one rename: a kill now loses nothing
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _step(line: str) -> float:
+    """The step of a metrics row; a row torn by a killed run counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_metrics(out_dir) -> list[dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import sys
 import time
 import warnings
@@ -22,10 +23,11 @@ if __package__ in (None, ""):  # run as a path: make the package importable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from accel_train.checkpoint import list_checkpoints, read_trainer_state, resolve_resume, save_checkpoint
+from accel_train.checkpoint import (list_checkpoints, prune, read_trainer_state, resolve_resume, save_checkpoint,
+                                    update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, train_loader
 from accel_train.errors import UserError, run_cli
@@ -33,16 +35,19 @@ from accel_train.evaluate import estimate_loss
 from accel_train.hardware import resolve_hardware
 from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
+from accel_train.preemption import StopSignals, any_process
 from accel_train.schedule import warmup_cosine
 from accel_train.tracking import MetricsLog, new_run_id, start_tracker
 
 
-def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_clip: float):
+def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
     """One optimizer step over the accumulation window's micro-batches.
 
-    Returns (mean micro-batch loss, pre-clip gradient norm, learning rate used) without
+    Returns (mean micro-batch loss, pre-clip gradient norm, learning rate used, skipped?) without
     synchronizing with the device. `accelerator.backward` scales each loss by 1/accumulation
-    and gradients are all-reduced only on the window's last micro-batch.
+    and gradients are all-reduced only on the window's last micro-batch. With `skip_nonfinite`,
+    a step whose gradient norm is not finite changes no weight; deciding that costs one device
+    synchronization per step, which is why stopping (checked at log steps) is the default.
     """
     loss_sum, count = 0.0, 0
     for x, y in micro_batches:
@@ -52,10 +57,12 @@ def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_cli
         loss_sum, count = loss_sum + loss.detach(), count + 1
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
+    skipped = skip_nonfinite and not torch.isfinite(grad_norm).item()
+    if not skipped or accelerator.scaler is not None:  # the fp16 loss scaler skips such a step itself
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / count, grad_norm, lr
+    return loss_sum / count, grad_norm, lr, skipped
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -79,6 +86,9 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
                         "or choose another --out_dir")
     try:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / "checkpoints" / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
 
@@ -95,13 +105,62 @@ def check_data(cfg: TrainConfig) -> dict:
         raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens but the model has "
                         f"model.vocab_size = {cfg.model.vocab_size}; raise model.vocab_size")
     for split in ("train", "val"):
-        open_split(str(data_dir), split).num_windows(cfg.block_size)
+        data = open_split(str(data_dir), split)
+        expected = meta.get("tokens", {}).get(split)
+        if expected is not None and expected != data.num_tokens:
+            raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
+                            f"says {expected:,}: the file is truncated or meta.json describes other data")
+        data.num_windows(cfg.block_size)
     return meta
 
 
 def fresh_state(cfg: TrainConfig) -> dict:
-    return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "run_id": new_run_id(),
-            "config": cfg.to_dict()}
+    return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
+            "run_id": new_run_id(), "config": cfg.to_dict()}
+
+
+def plan_start(cfg: TrainConfig) -> tuple[Path | None, dict]:
+    """The checkpoint to resume (or None) and the trainer state to start from; every check a user's
+    mistake can fail happens here, before anything is written."""
+    resume_from = resolve_resume(cfg.resume, cfg.out_dir)
+    if resume_from is None:
+        state = fresh_state(cfg)
+    else:
+        state = read_trainer_state(resume_from)
+        saved, wanted = state["config"]["model"], cfg.to_dict()["model"]
+        changed = [f"model.{k} is {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v]
+        if changed:
+            raise UserError(f"the config's model shape differs from the checkpoint {resume_from} "
+                            f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
+    prepare_out_dir(cfg, resuming=resume_from is not None)
+    check_data(cfg)
+    return resume_from, state
+
+
+def on_main_process(accelerator: Accelerator, fn):
+    """fn() on the main process only, its result given to every process; a UserError there is raised by all."""
+    outcome = [None, None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [fn(), None]
+        except UserError as err:
+            outcome = [None, str(err)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise UserError(outcome[1])
+    return outcome[0]
+
+
+def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
+    """Stop a diverged run. Checked only where the loss and gradient norm are fetched anyway: a
+    non-finite update leaves non-finite weights, so the loss stays non-finite until the check. Under
+    fp16 an infinite gradient norm is the loss scaler's business (it skips the step), so only the loss counts."""
+    if math.isfinite(record["loss"]) and (scaled or math.isfinite(record["grad_norm"])):
+        return
+    raise UserError(f"training diverged: loss {record['loss']}, gradient norm {record['grad_norm']} at step "
+                    f"{record['step']}; the last good checkpoint is {last_good or 'none (none was written yet)'}; "
+                    "lower learning_rate, or set nonfinite to skip to skip such steps")
 
 
 def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
@@ -109,15 +168,8 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
-    resume_from = resolve_resume(cfg.resume, cfg.out_dir)
-    with accelerator.main_process_first():
-        if accelerator.is_main_process:
-            prepare_out_dir(cfg, resuming=resume_from is not None)
-        check_data(cfg)
-    state = read_trainer_state(resume_from) if resume_from else fresh_state(cfg)
-    if state["config"]["model"] != cfg.to_dict()["model"]:
-        raise UserError(f"the model shape in the config differs from the checkpoint {resume_from}; "
-                        "resume with the checkpoint's model settings or start a new out_dir")
+    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg))
+    state.setdefault("skipped_steps", 0)
 
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = Gemma3(cfg.model)
@@ -135,47 +187,69 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resuming from {resume_from} at step {state['step']}")
     else:
+        if cfg.resume == "auto":
+            accelerator.print(f"no checkpoint in {cfg.out_dir} yet: starting from step 0")
         set_seed(cfg.seed, device_specific=True)  # each process draws its own evaluation batches
 
     start_tracker(accelerator, cfg, state["run_id"])
-    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"] if resume_from else None)
+    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"])
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step")
 
-    def checkpoint(step: int) -> None:
-        state.update(step=step, next_batch=first_batch + (step - start_step) * batches_per_step)
-        save_checkpoint(accelerator, cfg.out_dir, step, state)
+    def checkpoint(step: int, val_loss: float | None) -> Path:
+        state.update(step=step, next_batch=first_batch + (step - start_step) * batches_per_step, val_loss=val_loss)
+        folder = save_checkpoint(accelerator, cfg.out_dir, step, state, agree=any_process)
+        if accelerator.is_main_process:
+            update_best(cfg.out_dir, folder, val_loss)
+            prune(cfg.out_dir, cfg.keep_last, newest=folder)
+        return folder
 
     step = start_step = state["step"]
+    last_saved = resume_from
     batches = iter(loader)
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     window_start, window_steps = time.perf_counter(), 0
-    while step < cfg.max_iters:
-        loss, grad_norm, lr = train_step(model, optimizer, scheduler, accelerator,
-                                         itertools.islice(batches, accum), cfg.grad_clip)
-        step, window_steps = step + 1, window_steps + 1
-        state["tokens"] += cfg.tokens_per_step * world
-        progress.update(1)
-        evaluate = step % cfg.eval_interval == 0 or step == cfg.max_iters
-        if evaluate or step % cfg.log_interval == 0:
+    with StopSignals() as stop:
+        while step < cfg.max_iters:
+            loss, grad_norm, lr, skipped = train_step(model, optimizer, scheduler, accelerator,
+                                                      itertools.islice(batches, accum), cfg.grad_clip,
+                                                      skip_nonfinite=cfg.nonfinite == "skip")
+            step, window_steps = step + 1, window_steps + 1
+            state["tokens"] += cfg.tokens_per_step * world
+            state["skipped_steps"] += skipped
+            progress.update(1)
+            evaluate = step % cfg.eval_interval == 0 or step == cfg.max_iters
+            logging = evaluate or step % cfg.log_interval == 0
+            saving = (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or step == cfg.max_iters
+            stopping = any_process(stop.received is not None)  # a cheap CPU all-reduce: the only per-step sync
+            if not (logging or saving or stopping):
+                continue
             record = {"step": step, "loss": accelerator.reduce(loss, "mean").item(), "lr": lr,
                       "grad_norm": grad_norm.item(), "tokens": state["tokens"],
                       "tokens_per_s": window_steps * cfg.tokens_per_step * world / (time.perf_counter() - window_start)}
+            if cfg.nonfinite == "skip":
+                record["skipped_steps"] = state["skipped_steps"]
+            else:
+                check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
             if evaluate:  # the prepared model autocasts by itself, so no extra context is needed
                 losses = estimate_loss(model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
                                        accelerator.device, accelerator.device.type, data_dir=cfg.data_dir)
                 record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
                 if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
                     state["best_val_loss"] = losses["val"]
-            metrics.write(record)
-            accelerator.log(record, step=step)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-            if evaluate:
                 progress.write(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
-        if (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or step == cfg.max_iters:
-            checkpoint(step)
-        if step % cfg.log_interval == 0 or evaluate:
-            window_start, window_steps = time.perf_counter(), 0
+            if logging:
+                metrics.write(record)
+                accelerator.log(record, step=step)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            if saving or stopping:
+                last_saved = checkpoint(step, record.get("val_loss"))
+            if stopping:
+                progress.write(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
+                               f"saved {last_saved}; continue with --resume auto")
+                break
+            if logging:
+                window_start, window_steps = time.perf_counter(), 0
     progress.close()
     if step == start_step:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
