@@ -27,6 +27,7 @@ def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subpro
         return run([sys.executable, script, *args], **kwargs)
     return run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                 str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "0",  # a free port: tests running side by side must not collide on 29500
                 script, *args], **kwargs)
 
 
