@@ -1,0 +1,186 @@
+"""`python -m accel_train.prepare`: real files in, token memmaps out, decoded back to the same documents."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from helpers import TINY_MODEL, run, train
+
+from accel_train.demo_corpus import stories
+from accel_train.errors import UserError
+from accel_train.prepare import main as prepare
+from accel_train.tokenizer import EOT_TEXT, load_tokenizer
+
+SEP = "<|endoftext|>"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def cli(*args, env=None):
+    return run([sys.executable, "-m", "accel_train.prepare", *map(str, args)], env=env)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three kinds of input and the documents they hold: a folder of files (one document each, one of
+    them in a subfolder, a hidden one skipped), a file split on a separator, and a JSON Lines file."""
+    root = tmp_path_factory.mktemp("corpus")
+    texts = [t.replace("a ", "a café ", 1) if i % 3 == 0 else t for i, t in enumerate(stories(120, seed=7))]
+    texts[5] += " Snow ☃ and 日本"  # multi-byte characters
+    folder = root / "docs"
+    (folder / "sub").mkdir(parents=True)
+    for i, text in enumerate(texts[:40]):
+        (folder / ("sub" if i == 3 else "") / f"{i:03d}.txt").write_text(f"\n{text}\n")
+    (folder / ".hidden.txt").write_text("never read")
+    (root / "joined.txt").write_text(SEP.join(["  "] + texts[40:80] + ["\n"]))  # empty pieces are skipped
+    (root / "lines.jsonl").write_text("".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(texts[80:])))
+    return {"root": root, "inputs": [folder, root / "joined.txt", root / "lines.jsonl"], "docs": texts}
+
+
+def decoded_docs(out, split):
+    meta = json.loads((out / "meta.json").read_text())
+    ids = np.fromfile(out / f"{split}.bin", dtype=meta["dtype"])
+    assert ids[-1] == meta["eot_token"], "every document, the last one too, ends with end-of-text"
+    text = load_tokenizer(out).decode(ids.tolist())
+    return text.split(EOT_TEXT)[:-1]
+
+
+def assert_round_trip(out, docs):
+    """The splits decode to the input documents, each exactly once, and meta.json counts them."""
+    meta = json.loads((out / "meta.json").read_text())
+    train_docs, val_docs = decoded_docs(out, "train"), decoded_docs(out, "val")
+    assert sorted(train_docs + val_docs) == sorted(docs)
+    assert train_docs and val_docs and not set(train_docs) & set(val_docs)
+    assert meta["documents"] == {"train": len(train_docs), "val": len(val_docs)}
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    assert meta["tokens"] == {s: (out / f"{s}.bin").stat().st_size // itemsize for s in ("train", "val")}
+    return meta
+
+
+@pytest.fixture(scope="module")
+def byte_out(corpus):
+    out = corpus["root"] / "byte"
+    result = cli("--input", *corpus["inputs"], "--separator", SEP, "--tokenizer", "byte", "--out", out,
+                 "--val_fraction", "0.2", "--block_size", "64", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_byte_tokenizer_round_trip(corpus, byte_out):
+    meta = assert_round_trip(byte_out, corpus["docs"])
+    assert meta | {"tokenizer": "byte", "vocab_size": 257, "eot_token": 256, "dtype": "uint16"} == meta
+    assert meta["source"]["files"] == 42  # 40 documents, the joined file and the JSON Lines file
+    assert sorted(p.name for p in byte_out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert not list(corpus["root"].glob(".byte*")), "no temporary folder is left behind"
+
+
+def test_split_is_deterministic_whatever_the_worker_count(corpus, byte_out, tmp_path):
+    args = ["--input", *map(str, corpus["inputs"]), "--separator", SEP, "--tokenizer", "byte",
+            "--val_fraction", "0.2", "--block_size", "64"]
+    prepare([*args, "--out", str(tmp_path / "one"), "--workers", "1"])
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "one" / split).read_bytes() == (byte_out / split).read_bytes()
+    prepare([*args, "--out", str(tmp_path / "seeded"), "--seed", "1"])
+    assert (tmp_path / "seeded" / "val.bin").read_bytes() != (byte_out / "val.bin").read_bytes()
+
+
+def test_bpe_is_trained_saved_and_decodes(corpus, tmp_path):
+    out = tmp_path / "bpe"
+    result = cli("--input", *corpus["inputs"], "--separator", SEP, "--tokenizer", "bpe", "--vocab_size", "600",
+                 "--out", out, "--val_fraction", "0.2", "--block_size", "32")
+    assert result.returncode == 0, result.stderr
+    meta = assert_round_trip(out, corpus["docs"])
+    assert (out / "tokenizer.json").exists() and meta["tokenizer"] == "bpe" and meta["dtype"] == "uint16"
+    assert 300 < meta["vocab_size"] <= 600
+    byte_tokens = sum(len(d.encode()) + 1 for d in corpus["docs"])
+    assert sum(meta["tokens"].values()) < byte_tokens / 2, "a trained BPE compresses its own corpus"
+
+
+def test_gpt2_through_tiktoken(corpus, local_gpt2, tmp_path):
+    out = tmp_path / "gpt2"
+    meta = prepare(["--input", *map(str, corpus["inputs"]), "--separator", SEP, "--tokenizer", "gpt2",
+                    "--out", str(out), "--val_fraction", "0.2", "--workers", "2"])
+    assert meta | {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "dtype": "uint16"} == meta
+    assert_round_trip(out, corpus["docs"])
+    ids = np.fromfile(out / "train.bin", dtype=np.uint16)
+    assert local_gpt2.encode_single_token(b" the") in ids, "the encoding's merges were used"
+
+
+def test_huggingface_dataset_from_a_local_folder(tmp_path):
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    docs = list(stories(60, seed=3))
+    (folder / "train.jsonl").write_text("".join(json.dumps({"story": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    out = tmp_path / "out"
+    result = cli("--dataset", folder, "--text_field", "story", "--tokenizer", "byte", "--out", out,
+                 "--val_fraction", "0.25", env=OFFLINE)
+    assert result.returncode == 0, result.stderr
+    meta = assert_round_trip(out, docs)
+    assert meta["source"] == {"dataset": str(folder), "config": None, "split": "train"}
+    result = cli("--dataset", folder, "--tokenizer", "byte", "--out", tmp_path / "x", env=OFFLINE)
+    assert result.returncode == 2 and "no string column 'text'" in result.stderr
+
+
+def test_uint32_where_the_vocabulary_needs_it(corpus, tmp_path, monkeypatch):
+    import tiktoken
+    import tiktoken.registry
+
+    big = tiktoken.Encoding(name="gpt2", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={EOT_TEXT: 70_000})
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", big)
+    out = tmp_path / "big"
+    meta = prepare(["--input", str(corpus["root"] / "lines.jsonl"), "--out", str(out), "--val_fraction", "0.3",
+                    "--block_size", "16", "--workers", "1"])
+    assert meta["dtype"] == "uint32" and meta["eot_token"] == 70_000
+    assert_round_trip(out, corpus["docs"][80:])
+    with pytest.raises(UserError, match="does not fit uint16"):
+        prepare(["--input", str(corpus["root"] / "lines.jsonl"), "--out", str(tmp_path / "b2"), "--dtype", "uint16"])
+
+
+def test_existing_output_is_kept_unless_overwrite(corpus, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"old data")
+    args = ["--input", str(corpus["root"] / "joined.txt"), "--separator", SEP, "--tokenizer", "byte",
+            "--out", str(out), "--val_fraction", "0.3"]
+    result = cli(*args)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "--overwrite" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (out / "train.bin").read_bytes() == b"old data"
+    with pytest.raises(UserError, match="fewer than one block"):  # a failed overwrite loses nothing either
+        prepare([*args, "--overwrite", "--block_size", "100000"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "train.bin").read_bytes() == b"old data"
+    prepare([*args, "--overwrite"])
+    assert_round_trip(out, corpus["docs"][40:80])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("files, extra, message", [
+    ({"a.txt": "  \n", "b.txt": ""}, [], "the input is empty"),
+    ({"a.txt": "fine text", "b.txt": b"\xff\xfe\x00broken"}, [], "b.txt is not UTF-8 text"),
+    ({"a.jsonl": '{"text": "ok"}\n{"text": 3}\n'}, [], "a.jsonl line 2: expected a JSON object"),
+    ({"a.txt": "x" * 500}, ["--tokenizer", "bpe", "--vocab_size", "70000", "--dtype", "uint16"], "does not fit uint16"),
+    ({"a.txt": "short doc"}, ["--val_fraction", "0.5"], "split holds"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, files, extra, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, content in files.items():
+        (src / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=message):
+        prepare(["--input", str(src), "--out", str(tmp_path / "out"), "--tokenizer", "byte", *extra])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"], "no output and no temporary folder"
+
+
+def test_trainer_checks_the_vocabulary_before_training(corpus, byte_out, tmp_path):
+    common = ["--data_dir", str(byte_out), *TINY_MODEL, "--block_size", "32", "--batch_size", "2",
+              "--gradient_accumulation_steps", "1", "--max_iters", "2", "--warmup_steps", "1", "--eval_interval", "2",
+              "--eval_iters", "1", "--demo_data", "false"]
+    result = train([*common, "--out_dir", str(tmp_path / "small"), "--model.vocab_size", "200"])
+    assert result.returncode == 2 and "vocabulary of 257 tokens" in result.stderr, result.stderr
+    assert not (tmp_path / "small" / "checkpoints").exists() or not any((tmp_path / "small" / "checkpoints").iterdir())
+    result = train([*common, "--out_dir", str(tmp_path / "ok"), "--model.vocab_size", "257"])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ok" / "checkpoints" / "step_2" / "model.safetensors").exists()
