@@ -58,6 +58,11 @@ class TrainConfig:
     wandb_project: str = "accel_train"
     run_name: str = ""
     resume: str = ""  # "", "auto" (newest checkpoint in out_dir) or a checkpoint folder
+    init_from: str = ""  # a local HuggingFace Gemma 3 folder to start from; its config.json sets the model shape
+    watch_interval: int = 100  # wandb: gradient and parameter histograms every N optimizer steps (0: never)
+    wandb_tags: str = ""  # comma-separated
+    sample_tokens: int = 200  # length of the sample printed at the end of a run (0: none)
+    plot: bool = True  # draw out_dir/metrics.png at the end of a run
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
@@ -74,7 +79,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"config key '{name}' must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_interval", "keep_last", "weight_decay", "grad_clip", "min_lr"):
+        for name in ("warmup_steps", "checkpoint_interval", "keep_last", "weight_decay", "grad_clip", "min_lr",
+                     "watch_interval", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
         if self.learning_rate <= 0:

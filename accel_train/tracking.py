@@ -51,9 +51,19 @@ def start_tracker(accelerator, cfg, run_id: str) -> None:
         return
     init_kwargs = {}
     if cfg.tracker == "wandb":
-        init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": cfg.out_dir, "name": cfg.run_name or None}
+        init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": cfg.out_dir, "name": cfg.run_name or None,
+                                "tags": [tag.strip() for tag in cfg.wandb_tags.split(",") if tag.strip()]}
     project = cfg.wandb_project if cfg.tracker == "wandb" else (cfg.run_name or "tensorboard")
     accelerator.init_trackers(project, config=flat_config(cfg.to_dict()), init_kwargs=init_kwargs)
+
+
+def watch_model(accelerator, model, cfg) -> None:
+    """wandb histograms of gradients and parameters every `watch_interval` optimizer steps, as the seed's
+    `run.watch` did. wandb counts backward passes, so the interval is scaled by the accumulation."""
+    if cfg.tracker == "wandb" and cfg.watch_interval and accelerator.is_main_process:
+        run = accelerator.get_tracker("wandb", unwrap=True)
+        run.watch(accelerator.unwrap_model(model), log="all",
+                  log_freq=cfg.watch_interval * cfg.gradient_accumulation_steps)
 
 
 def flat_config(d: dict, prefix: str = "") -> dict:

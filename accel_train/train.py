@@ -32,12 +32,15 @@ from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, train_loader
 from accel_train.errors import UserError, run_cli
 from accel_train.evaluate import estimate_loss
+from accel_train.export import hf_model_config, hf_state_dict
 from accel_train.hardware import resolve_hardware
 from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
+from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
 from accel_train.schedule import warmup_cosine
-from accel_train.tracking import MetricsLog, new_run_id, start_tracker
+from accel_train.sample import sample_text
+from accel_train.tracking import MetricsLog, new_run_id, start_tracker, watch_model
 
 
 def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
@@ -163,16 +166,33 @@ def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
                     "lower learning_rate, or set nonfinite to skip to skip such steps")
 
 
+def show_results(cfg: TrainConfig, model, sample: bool) -> None:
+    """The end of a finished run, on the main process: draw the metrics and print a short sample."""
+    if cfg.plot:
+        try:
+            print(f"plot: {write_plot(cfg.out_dir)}")
+        except UserError as err:  # matplotlib is optional
+            print(f"no plot: {err}")
+    if cfg.sample_tokens and sample:
+        print(f"sample: {sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)}")
+
+
 def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     """Run (or continue) the configured training; returns the final trainer state and this process's model."""
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
+    if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape
+        cfg.model = hf_model_config(cfg.init_from)
+        cfg.validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg))
     state.setdefault("skipped_steps", 0)
 
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = Gemma3(cfg.model)
+    if cfg.init_from and resume_from is None:
+        model.load_state_dict(hf_state_dict(cfg.init_from))
+        accelerator.print(f"starting from the weights of {cfg.init_from}")
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                 fused=accelerator.device.type == "cuda")
     scheduler = warmup_cosine(optimizer, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
@@ -192,6 +212,7 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
         set_seed(cfg.seed, device_specific=True)  # each process draws its own evaluation batches
 
     start_tracker(accelerator, cfg, state["run_id"])
+    watch_model(accelerator, model, cfg)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"])
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step")
@@ -251,6 +272,8 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
             if logging:
                 window_start, window_steps = time.perf_counter(), 0
     progress.close()
+    if accelerator.is_main_process and start_step < step == cfg.max_iters:
+        show_results(cfg, accelerator.unwrap_model(model), sample=accelerator.distributed_type != "FSDP")
     if step == start_step:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()

@@ -1,0 +1,202 @@
+"""Checkpoints to HuggingFace Gemma 3 folders and back.
+
+    python -m accel_train.export --checkpoint out/demo --out hf/demo
+
+The folder loads with `transformers.AutoModelForCausalLM.from_pretrained` as `Gemma3ForCausalLM`
+and computes the same logits. Our module names are HuggingFace's without the `model.` prefix,
+so weights map by name; the config carries the shape, the layer types (from
+sliding_window_pattern) and both RoPE bases. `--init_from HF_DIR` in training goes the other
+way. transformers is an optional extra (`pip install -e ".[hf]"`), imported only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from accel_train.errors import UserError, run_cli
+from accel_train.model import ModelConfig
+from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, load_tokenizer
+
+HF_PREFIX = "model."  # HuggingFace keeps the decoder under `model.` and lm_head beside it
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("HuggingFace export and --init_from need transformers: pip install -e \".[hf]\"") from None
+    return transformers
+
+
+def hf_config(cfg: ModelConfig, eot_token: int | None = None):
+    """The Gemma3TextConfig of a model shape; end-of-text doubles as BOS, as every document follows one."""
+    layer_types = [SLIDING if cfg.is_sliding(i) else FULL for i in range(cfg.num_hidden_layers)]
+    if cfg.query_pre_attn_scalar != int(cfg.query_pre_attn_scalar):
+        raise UserError(f"transformers' Gemma 3 needs a whole query_pre_attn_scalar, not {cfg.query_pre_attn_scalar}")
+    return _transformers().Gemma3TextConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, sliding_window=cfg.sliding_window,
+        layer_types=layer_types, query_pre_attn_scalar=int(cfg.query_pre_attn_scalar),
+        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_word_embeddings, initializer_range=cfg.initializer_range,
+        hidden_activation="gelu_pytorch_tanh",
+        rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": cfg.rope_local_base_freq},
+                         FULL: {"rope_type": "default", "rope_theta": cfg.rope_theta}},
+        sliding_window_pattern=cfg.sliding_window_pattern, eos_token_id=eot_token, bos_token_id=eot_token,
+        pad_token_id=None, architectures=["Gemma3ForCausalLM"])
+
+
+def window_pattern(layer_types: list[str]) -> int:
+    """sliding_window_pattern p such that exactly layers p-1, 2p-1, ... attend globally."""
+    n = len(layer_types)
+    pattern = layer_types.index(FULL) + 1 if FULL in layer_types else n + 1
+    if layer_types != [SLIDING if (i + 1) % pattern else FULL for i in range(n)]:
+        raise UserError(f"layer_types {layer_types} do not repeat a sliding_window_pattern; accel_train "
+                        "needs every p-th layer global and the others sliding")
+    return pattern
+
+
+def model_config_from_hf(hf) -> ModelConfig:
+    """Our ModelConfig of a Gemma3TextConfig; features our model lacks are refused, not dropped."""
+    if hf.model_type != "gemma3_text":
+        raise UserError(f"model_type is {hf.model_type!r}; --init_from needs a Gemma 3 text model ('gemma3_text')")
+    rope = hf.rope_parameters or {}
+    unsupported = {
+        "rope scaling": any(rope.get(t, {}).get("rope_type", "default") != "default" for t in (SLIDING, FULL)),
+        "attention logit softcapping": hf.attn_logit_softcapping is not None,
+        "final logit softcapping": hf.final_logit_softcapping is not None,
+        "attention bias": hf.attention_bias,
+        "bidirectional attention": bool(getattr(hf, "use_bidirectional_attention", False)),
+        f"activation {hf.hidden_activation}": hf.hidden_activation != "gelu_pytorch_tanh",
+    }
+    found = [name for name, present in unsupported.items() if present]
+    if found:
+        raise UserError(f"this Gemma 3 checkpoint uses {', '.join(found)}, which accel_train's model does not have")
+    return ModelConfig(
+        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
+        num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
+        num_key_value_heads=hf.num_key_value_heads, head_dim=hf.head_dim, sliding_window=hf.sliding_window,
+        sliding_window_pattern=window_pattern(list(hf.layer_types)),
+        rope_local_base_freq=float(rope[SLIDING]["rope_theta"]), rope_theta=float(rope[FULL]["rope_theta"]),
+        query_pre_attn_scalar=float(hf.query_pre_attn_scalar), max_position_embeddings=hf.max_position_embeddings,
+        rms_norm_eps=hf.rms_norm_eps, tie_word_embeddings=hf.tie_word_embeddings,
+        initializer_range=hf.initializer_range)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def hf_model_config(hf_dir) -> ModelConfig:
+    """The model shape of a local HuggingFace Gemma 3 folder (its config.json)."""
+    try:
+        hf = _transformers().AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read a HuggingFace config from {hf_dir}: {_first_line(err)}") from None
+    return model_config_from_hf(hf)
+
+
+def hf_state_dict(hf_dir) -> dict[str, torch.Tensor]:
+    """The weights of a local HuggingFace Gemma 3 folder under our names, in fp32."""
+    try:
+        hf = _transformers().AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
+                                                                  local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a HuggingFace model from {hf_dir}: {_first_line(err)}") from None
+    return {k.removeprefix(HF_PREFIX): v for k, v in hf.state_dict().items()}
+
+
+def to_hf(model, eot_token: int | None = None):
+    """A transformers Gemma3ForCausalLM holding a copy of our model's weights."""
+    transformers = _transformers()
+    hf = transformers.Gemma3ForCausalLM(hf_config(model.config, eot_token))
+    state = {(k if k.startswith("lm_head.") else HF_PREFIX + k): v for k, v in model.state_dict().items()}
+    hf.load_state_dict(state, strict=True)
+    return hf.eval()
+
+
+def byte_level_backend():
+    """The byte tokenizer as a `tokenizers` BPE with no merges: byte b is id b, end-of-text is 256."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([EOT_TEXT])
+    return backend
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """Write tokenizer files that transformers' AutoTokenizer loads."""
+    transformers = _transformers()
+    if isinstance(tokenizer, BpeTokenizer):
+        backend = tokenizer.tokenizer
+    elif isinstance(tokenizer, ByteTokenizer):
+        backend = byte_level_backend()
+    else:
+        from tokenizers import Tokenizer
+        from transformers.integrations.tiktoken import convert_tiktoken_to_fast
+
+        convert_tiktoken_to_fast(tokenizer.encoding, str(out))
+        shutil.rmtree(out / "tiktoken")  # the intermediate rank file; tokenizer.json holds everything
+        backend = Tokenizer.from_file(str(out / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT_TEXT, bos_token=EOT_TEXT)
+    fast.save_pretrained(str(out))
+
+
+def find_tokenizer(data_dir):
+    """The run's tokenizer, or None (with a note) where its data folder or files are gone."""
+    try:
+        if not Path(data_dir).is_dir():
+            raise UserError(f"data folder {data_dir} not found")
+        return load_tokenizer(data_dir)
+    except UserError as err:
+        print(f"note: writing no tokenizer files ({err}); pass --data_dir to include them")
+        return None
+
+
+def export(checkpoint, out, data_dir=None) -> Path:
+    """Write the HuggingFace folder `out` (written beside it first, so it appears only when complete)."""
+    from accel_train.sample import load_model
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not empty; choose another --out")
+    model, cfg = load_model(checkpoint)
+    tokenizer = find_tokenizer(data_dir or cfg.data_dir)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
+        if tokenizer:
+            save_tokenizer(tokenizer, tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m accel_train.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or an out_dir (its newest)")
+    parser.add_argument("--out", required=True, help="the HuggingFace folder to write (must not exist yet)")
+    parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")
+    args = parser.parse_args(argv)
+    print(f"wrote {export(args.checkpoint, args.out, args.data_dir)}")
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,130 @@
+"""Generate text from a trained checkpoint, decoded with the tokenizer its data was prepared with.
+
+    python -m accel_train.sample --checkpoint out/demo --prompt "Once upon a time"
+
+The prompt is fed once, then each new token alone through the model's KV cache, so a sample's
+cost grows linearly with its length. Every prompt starts after an end-of-text token, as every
+training document did; a sample ends at the next end-of-text token, at --max_new_tokens, or at
+the model's context length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as load_safetensors
+
+from accel_train.checkpoint import latest_checkpoint, read_trainer_state
+from accel_train.config import TrainConfig, config_from_dict
+from accel_train.errors import UserError, run_cli
+from accel_train.model import Gemma3, KVCache
+from accel_train.tokenizer import load_tokenizer
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint folder as given, or the newest complete checkpoint of a run's out_dir."""
+    folder = Path(path)
+    if (folder / WEIGHTS_FILE).is_file():
+        return folder
+    newest = latest_checkpoint(folder) if folder.is_dir() else None
+    if newest is None:
+        raise UserError(f"{folder} is neither a checkpoint folder (with {WEIGHTS_FILE}) nor an out_dir "
+                        "that holds one; pass e.g. out/demo or out/demo/checkpoints/step_300")
+    return newest
+
+
+def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
+    """The trained model (fp32, eval mode, on the CPU) and the run's config from a checkpoint."""
+    folder = find_checkpoint(checkpoint)
+    cfg = config_from_dict(read_trainer_state(folder)["config"])
+    model = Gemma3(cfg.model)
+    try:  # also re-ties lm_head, whose copy Accelerate leaves out of the file
+        load_safetensors(model, folder / WEIGHTS_FILE)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"{folder / WEIGHTS_FILE} does not hold the model its trainer_state.json describes: "
+                        f"{str(err).splitlines()[0]}") from None
+    return model.eval(), cfg
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
+    """Pick from the last position's logits: greedy at temperature 0, else sample from the top k."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(model: Gemma3, ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             eot_token: int | None = None, seed: int = 0, use_cache: bool = True) -> list[int]:
+    """The token ids that follow `ids`, ending before `eot_token`.
+
+    Without the cache every step runs the whole sequence again: slower, and kept to check the
+    cached path. The same seed gives the same tokens.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    cache = KVCache() if use_cache else None
+    seq = torch.tensor([ids], device=device)
+    feed, new = seq, []
+    for _ in range(min(max_new_tokens, model.config.max_position_embeddings - len(ids))):
+        logits, _ = model(feed if use_cache else seq, cache=cache)
+        token = next_token(logits[0, -1], temperature, top_k, generator)
+        if token == eot_token:
+            break
+        new.append(token)
+        feed = torch.tensor([[token]], device=device)
+        seq = torch.cat((seq, feed), dim=1)
+    return new
+
+
+def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
+                top_k: int = 50, seed: int = 0) -> str:
+    """The prompt and its continuation as text."""
+    if not Path(data_dir).is_dir():
+        raise UserError(f"data folder {data_dir} not found: its meta.json names the tokenizer; pass --data_dir")
+    tokenizer = load_tokenizer(data_dir)
+    ids = [tokenizer.eot_token] + tokenizer.encode(prompt)
+    if len(ids) >= model.config.max_position_embeddings:
+        raise UserError(f"the prompt is {len(ids)} tokens, at or beyond the model's context of "
+                        f"{model.config.max_position_embeddings}; shorten it")
+    if temperature < 0:
+        raise UserError(f"--temperature must not be negative, got {temperature}")
+    new = generate(model, ids, max_new_tokens, temperature, top_k, tokenizer.eot_token, seed)
+    return prompt + tokenizer.decode(new)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m accel_train.sample", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or an out_dir (its newest)")
+    parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 picks the likeliest token")
+    parser.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens; 0: all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    args = parser.parse_args(argv)
+    model, cfg = load_model(args.checkpoint)
+    try:
+        model.to(args.device)
+    except (RuntimeError, AssertionError) as err:
+        raise UserError(f"cannot use --device {args.device}: {err}") from None
+    for i in range(args.num_samples):
+        if i:
+            print("-" * 40)
+        print(sample_text(model, args.data_dir or cfg.data_dir, args.prompt, args.max_new_tokens, args.temperature,
+                          args.top_k, args.seed + i), flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(sys.argv[1:]))
