@@ -15,30 +15,41 @@ from accel_train.prepare import write_dataset
 from accel_train.tokenizer import ByteTokenizer
 
 GIRLS = ["Lily", "Mia", "Sara", "Anna", "Zoe", "Ella", "Nina", "Ruby", "Lucy", "Ivy", "Emma", "Rosa", "Maya", "Hana",
-         "Chloe", "Grace", "Amy", "Lena", "Tara", "Molly", "Daisy", "Kate", "Jenny", "Sophie"]
+         "Chloe", "Grace", "Amy", "Lena", "Tara", "Molly", "Daisy", "Kate", "Jenny", "Sophie", "Bella", "Nora",
+         "Alice", "Wendy", "Olive", "Fatima", "Yuki", "Clara", "Hazel", "Iris", "Julia", "Priya", "Lola", "Mina"]
 BOYS = ["Tom", "Ben", "Max", "Leo", "Sam", "Jack", "Finn", "Oscar", "Theo", "Noah", "Eli", "Omar", "Hugo", "Ravi",
-        "Luke", "Adam", "Milo", "Owen", "Kai", "Jonas", "Pablo", "Ted", "Felix", "Danny"]
+        "Luke", "Adam", "Milo", "Owen", "Kai", "Jonas", "Pablo", "Ted", "Felix", "Danny", "Arlo", "Ezra", "Ivan",
+        "Jamal", "Ken", "Liam", "Marco", "Nico", "Peter", "Rami", "Simon", "Toby", "Victor", "Wes"]
 GROWNUPS = ["Mom", "Dad", "Grandma", "Grandpa", "Aunt May", "Uncle Bo", "the teacher", "the old farmer"]
 ANIMALS = ["cat", "dog", "bird", "rabbit", "frog", "duck", "fox", "bear", "mouse", "turtle", "robin", "puppy", "kitten",
-           "squirrel", "goat", "pony", "hedgehog", "bee", "butterfly", "snail", "crab", "deer", "lamb", "chick"]
+           "squirrel", "goat", "pony", "hedgehog", "bee", "butterfly", "snail", "crab", "deer", "lamb", "chick",
+           "hen", "cow", "pig", "seal", "whale", "lizard", "parrot", "tiger", "lion", "monkey", "panda", "bat",
+           "donkey", "goose", "sheep", "worm", "beetle", "zebra", "giraffe", "penguin", "kangaroo", "dolphin"]
 PET_NAMES = ["Spot", "Fluffy", "Pip", "Biscuit", "Momo", "Rex", "Bubbles", "Coco", "Sunny", "Pepper", "Tiny",
              "Button", "Ziggy", "Honey", "Socks", "Bean"]
 PLACES = ["the park", "the garden", "the beach", "the forest", "the farm", "the lake", "the hill", "the market",
           "the school", "the river", "the yard", "the zoo", "the library", "the meadow", "the playground",
-          "the old barn", "the harbor", "the pond", "the orchard", "the cave", "the bakery", "the big field"]
+          "the old barn", "the harbor", "the pond", "the orchard", "the cave", "the bakery", "the big field",
+          "the mountain", "the castle", "the island", "the shop", "the station", "the museum", "the swamp",
+          "the kitchen", "the attic", "the camp", "the village", "the desert", "the jungle", "the bridge"]
 THINGS = ["ball", "kite", "box", "hat", "book", "boat", "drum", "cup", "shell", "stone", "flower", "toy car",
           "blanket", "map", "key", "bell", "scarf", "robot", "doll", "train", "crayon", "basket", "jar", "ring",
-          "sock", "lamp", "puzzle", "whistle", "feather", "teddy bear", "button", "kazoo", "bucket", "spoon"]
+          "sock", "lamp", "puzzle", "whistle", "feather", "teddy bear", "button", "kazoo", "bucket", "spoon",
+          "balloon", "paper boat", "pencil", "wagon", "guitar", "shovel", "coin", "mirror", "pillow", "sled",
+          "bike", "rope", "clock", "marble", "candle", "net", "backpack", "flag", "tent", "paintbrush"]
 LOOKS = ["red", "blue", "green", "yellow", "shiny", "big", "little", "soft", "rusty", "new", "pink", "golden",
-         "purple", "striped", "tiny", "round", "fuzzy", "silver", "bright", "sparkly", "spotty", "funny"]
+         "purple", "striped", "tiny", "round", "fuzzy", "silver", "bright", "sparkly", "spotty", "funny",
+         "brown", "white", "black", "heavy", "light", "smooth", "bumpy", "long", "short", "magic", "wooden",
+         "warm", "cozy", "gentle", "strange", "lovely", "dusty", "noisy", "wobbly", "pretty", "plain"]
 FOODS = ["apples", "cookies", "bread", "soup", "pancakes", "berries", "carrots", "cake", "milk", "honey", "pie",
-         "sandwiches", "plums", "rice", "cheese", "muffins", "lemonade", "nuts"]
+         "sandwiches", "plums", "rice", "cheese", "muffins", "lemonade", "nuts", "pears", "grapes", "noodles",
+         "corn", "peas", "jam", "toast", "eggs", "pizza", "beans", "oranges", "cherries", "waffles", "popcorn"]
 FEELINGS = ["happy", "sad", "scared", "excited", "tired", "proud", "curious", "angry", "surprised", "calm",
             "worried", "shy", "brave", "lonely", "silly", "cross", "glad", "sleepy"]
 WEATHERS = ["sunny", "rainy", "windy", "cold", "warm", "quiet", "bright", "cloudy", "snowy", "foggy", "hot", "gray"]
 OPENINGS = ["One day", "Once upon a time", "One morning", "Last summer", "One evening", "Long ago", "Yesterday",
             "On a {weather} day", "One afternoon", "Every Sunday", "In the spring", "One winter night"]
-SAY = ["said", "asked", "shouted", "whispered", "cried", "called", "laughed", "answered", "told"]
+SAY = ["said", "asked", "shouted", "whispered", "cried", "called", "laughed", "answered", "sighed"]
 SKY = ["The sun was high in the sky.", "The wind made the trees dance.", "Rain tapped on the roof.",
        "Birds sang in the trees.", "The air smelled of {food}.", "Big white clouds moved slowly.",
        "Snow covered the ground like a blanket.", "The grass was wet and green.", "It was very quiet."]
@@ -169,7 +180,7 @@ PLOTS = {
         ["The {animal} could not walk. It looked cold and {feeling}.",
          "\"Poor little {animal},\" {hero} {say}. \"You are hurt.\"",
          "It made a tiny, sad noise."],
-        ["{hero} picked it up very gently and put it in {his} {thing}.",
+        ["{hero} picked it up very gently and put it in {his} basket.",
          "{hero} ran home to get {grownup}.",
          "{hero} and {friend} made a soft bed of leaves for it."],
         ["{grownup} helped wrap the leg. They gave it water and {food}.",
@@ -276,25 +287,56 @@ PLOTS = {
          "And {hero} slept all night long, happy and safe."],
     ],
 }
-EXTRAS = [
-    "{hero} looked at {friend}. {friend} looked at {hero}.",
-    "\"Wow,\" {friend} {say}.",
-    "A {look} {animal} watched them from a tree.",
-    "{hero} felt {feeling}.",
-    "\"Come on!\" {hero} {say}.",
-    "It was a {look} day at {place}.",
-]
+# Asides composed word by word: a scene (who does what, where, how) and a short exchange of words.
+MOVES = ["jumped", "ran", "sang", "danced", "hopped", "rolled", "slept", "played", "sat", "hid", "waited", "laughed",
+         "splashed", "climbed", "dug a hole", "walked", "peeked", "spun around", "rested", "looked around",
+         "sniffed the air", "found a {thing}", "ate some {food}", "counted the clouds", "chased a {animal}",
+         "took a nap", "made a little nest", "sneezed", "stretched", "wiggled"]
+WHERE = ["over the fence", "under the table", "in the sun", "by the pond", "near the door", "behind a tree",
+         "on the roof", "in the tall grass", "across the road", "around the garden", "up the hill", "into a puddle",
+         "next to {hero}", "on a big rock", "in the shade", "under the bridge", "along the river", "by the window",
+         "at {place}", "on the path", "in a pile of leaves", "between the flowers"]
+HOW = ["slowly", "quickly", "happily", "quietly", "all day", "for a while", "again and again", "with a big smile",
+       "very carefully", "without a sound", "one more time", "like a little ball"]
+WHO = ["the {animal}", "a little {animal}", "the {look} {animal}", "{friend}", "{grownup}", "{pet} the {animal}",
+       "a bird", "the old dog", "a baby {animal}", "{hero}"]
+ASKS = ["Can I play with your {thing}?", "Do you want some {food}?", "Where are you going?", "What is that?",
+        "Will you help me?", "Can we go to {place2}?", "Why is the {animal} so {feeling}?", "Is it time for {food}?",
+        "Do you like my {look} {thing}?", "Who made this?", "Are you {feeling}?", "Can the {animal} come too?"]
+REPLIES = ["Yes, of course!", "No, not now.", "Maybe later.", "I don't know.", "Let's find out!", "Sure, here you go.",
+           "Only if you share.", "I think so.", "Ask {grownup}.", "Not today, but maybe tomorrow.", "Me too!",
+           "Follow me!"]
+SHOUTS = ["Look at the {look} {animal}!", "I love {food}!", "This is so much fun!", "Let's go to {place2}!",
+          "Watch me!", "I can do it!", "Be careful!", "What a {look} {thing}!", "Hooray!", "Wait for me!"]
+MANNER = ["", "", "", " softly", " with a grin", " loudly", " again", " and clapped", " and giggled", " in a small voice"]
+
+
+def scene(rng: random.Random, c: dict) -> str:
+    words = [one_of(rng, WHO, c), one_of(rng, MOVES, c), one_of(rng, WHERE, c)] + [rng.choice(HOW)] * (rng.random() < 0.5)
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + "."
+
+
+def chat(rng: random.Random, c: dict) -> str:
+    a, b = rng.sample([c["hero"], c["friend"], c["hero"], c["friend"], c["grownup"]], 2)
+    if a == b or rng.random() < 0.4:
+        return f"\"{one_of(rng, SHOUTS, c)}\" {a} {rng.choice(SAY[2:])}{rng.choice(MANNER)}."
+    reply = one_of(rng, REPLIES, c)
+    reply = reply[:-1] + "," if reply.endswith(".") else reply  # "Maybe later," he said.
+    return (f"\"{one_of(rng, ASKS, c)}\" {a} asked{rng.choice(MANNER)}. "
+            f"\"{reply}\" {b} {rng.choice(['said', 'answered', 'replied', 'laughed'])}.")
 
 
 def story(rng: random.Random) -> str:
-    """One story: an opening, every beat of one plot in one of its wordings, now and then an aside."""
+    """One story: an opening, every beat of one plot in one of its wordings, asides, now and then a new paragraph."""
     cast = make_cast(rng)
-    lines = opening(rng, cast)
+    text = " ".join(opening(rng, cast))
     for beat in PLOTS[rng.choice(list(PLOTS))]:
-        lines.append(one_of(rng, beat, cast))
-        if rng.random() < 0.12:
-            lines.append(one_of(rng, EXTRAS, cast))
-    return " ".join(lines)
+        text += ("\n" if rng.random() < 0.2 else " ") + one_of(rng, beat, cast)
+        for aside, chance in ((scene, 0.35), (chat, 0.35)):
+            if rng.random() < chance:
+                text += " " + aside(rng, cast)
+    return text
 
 
 def stories(count: int, seed: int = 0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import TINY_MODEL, run, train
 
-from accel_train.demo_corpus import stories
+from accel_train.demo_corpus import stories, write_demo_data
 from accel_train.errors import UserError
 from accel_train.prepare import main as prepare
 from accel_train.tokenizer import EOT_TEXT, load_tokenizer
@@ -184,3 +184,15 @@ def test_trainer_checks_the_vocabulary_before_training(corpus, byte_out, tmp_pat
     result = train([*common, "--out_dir", str(tmp_path / "ok"), "--model.vocab_size", "257"])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ok" / "checkpoints" / "step_2" / "model.safetensors").exists()
+
+
+def test_demo_corpus_is_seeded_well_formed_and_written_like_any_corpus(tmp_path):
+    first, again, other = list(stories(400, seed=1)), list(stories(400, seed=1)), list(stories(400, seed=2))
+    assert first == again and first != other
+    assert len(set(first)) == len(first), "no story repeats"
+    text = "".join(first)
+    assert "{" not in text and "}" not in text, "every slot of the grammar is filled"
+    assert text.count('"') % 2 == 0 and all(s.count('"') % 2 == 0 for s in first), "quotes are closed"
+    meta = write_demo_data(tmp_path / "demo", num_stories=400, seed=1)
+    assert meta | {"tokenizer": "byte", "vocab_size": 257, "eot_token": 256, "dtype": "uint16"} == meta
+    assert_round_trip(tmp_path / "demo", first)
