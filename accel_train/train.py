@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a path: make the package importable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from accel_train.checkpoint import (list_checkpoints, prune, read_trainer_state, resolve_resume, save_checkpoint,
@@ -33,7 +33,9 @@ from accel_train.data import open_split, read_meta, train_loader
 from accel_train.errors import UserError, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.export import hf_model_config, hf_state_dict
-from accel_train.hardware import resolve_hardware
+from accel_train.flops import flops_per_token, mfu, peak_tflops
+from accel_train.hardware import resolve_hardware, switch_on
+from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
 from accel_train.plot import write_plot
@@ -78,6 +80,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         log_with=None if cfg.tracker == "none" else cfg.tracker,
         project_dir=cfg.out_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
+        # prepare() compiles the model, loss included; one static shape per micro-batch
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no", dynamic=False),
     )
 
 
@@ -188,20 +192,25 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg))
     state.setdefault("skipped_steps", 0)
 
+    fused_adamw = switch_on(cfg.fused_adamw, accelerator.device.type == "cuda")
+    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)
+    micro_steps = cfg.batch_size * cfg.gradient_accumulation_steps // micro_batch  # same sequences per step
+    accelerator.gradient_accumulation_steps = micro_steps
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
-    model = Gemma3(cfg.model)
+    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                fused=accelerator.device.type == "cuda")
+                                fused=fused_adamw)
     scheduler = warmup_cosine(optimizer, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
     world, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
     batches_per_step = accum * world
     first_batch = state["next_batch"]
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          first_batch=first_batch, pin_memory=accelerator.device.type == "cuda")
+                          first_batch=first_batch, pin_memory=accelerator.device.type == "cuda",
+                          micro_batch=micro_batch)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if resume_from:
         accelerator.load_state(str(resume_from))
@@ -215,7 +224,9 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     watch_model(accelerator, model, cfg)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"])
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
-                      f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step")
+                      f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step "
+                      f"in {micro_steps} micro-batch(es) of {micro_batch} per process")
+    flops_per_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(accelerator.device, cfg.peak_tflops)
 
     def checkpoint(step: int, val_loss: float | None) -> Path:
         state.update(step=step, next_batch=first_batch + (step - start_step) * batches_per_step, val_loss=val_loss)
@@ -229,11 +240,12 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     last_saved = resume_from
     batches = iter(loader)
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
+    report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop:
         while step < cfg.max_iters:
             loss, grad_norm, lr, skipped = train_step(model, optimizer, scheduler, accelerator,
-                                                      itertools.islice(batches, accum), cfg.grad_clip,
+                                                      itertools.islice(batches, micro_steps), cfg.grad_clip,
                                                       skip_nonfinite=cfg.nonfinite == "skip")
             step, window_steps = step + 1, window_steps + 1
             state["tokens"] += cfg.tokens_per_step * world
@@ -248,6 +260,8 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
             record = {"step": step, "loss": accelerator.reduce(loss, "mean").item(), "lr": lr,
                       "grad_norm": grad_norm.item(), "tokens": state["tokens"],
                       "tokens_per_s": window_steps * cfg.tokens_per_step * world / (time.perf_counter() - window_start)}
+            if peak:
+                record["mfu"] = mfu(record["tokens_per_s"], flops_per_tok, peak, world)
             if cfg.nonfinite == "skip":
                 record["skipped_steps"] = state["skipped_steps"]
             else:
@@ -258,7 +272,7 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
                 record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
                 if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
                     state["best_val_loss"] = losses["val"]
-                progress.write(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+                report(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
             if logging:
                 metrics.write(record)
                 accelerator.log(record, step=step)
@@ -266,18 +280,19 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
             if saving or stopping:
                 last_saved = checkpoint(step, record.get("val_loss"))
             if stopping:
-                progress.write(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
-                               f"saved {last_saved}; continue with --resume auto")
+                report(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
+                       f"saved {last_saved}; continue with --resume auto")
                 break
             if logging:
                 window_start, window_steps = time.perf_counter(), 0
     progress.close()
+    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
     if accelerator.is_main_process and start_step < step == cfg.max_iters:
-        show_results(cfg, accelerator.unwrap_model(model), sample=accelerator.distributed_type != "FSDP")
+        show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
     if step == start_step:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()
-    return state, accelerator.unwrap_model(model)
+    return state, plain_model
 
 
 def main(argv: list[str] | None = None) -> None:
