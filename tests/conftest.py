@@ -27,3 +27,18 @@ def local_gpt2(monkeypatch):
                                  special_tokens={"<|endoftext|>": 50256})
     monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", encoding)
     return encoding
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_data_dir):
+    """(out_dir, stdout) of a tiny model trained for 24 steps on the demo corpus, through the real CLI;
+    shared by the sampling, export and plot tests, which only read it."""
+    from helpers import TINY_MODEL, train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(out), *TINY_MODEL, "--max_iters", "24",
+                    "--warmup_steps", "2", "--batch_size", "8", "--gradient_accumulation_steps", "1",
+                    "--learning_rate", "3e-3", "--min_lr", "3e-4", "--eval_interval", "12", "--eval_iters", "2",
+                    "--log_interval", "3", "--sample_tokens", "40"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout

@@ -1,0 +1,114 @@
+"""HuggingFace export and import: transformers loads the export with the same logits, the tokenizer
+comes along, weights survive the round trip, and `--init_from` continues pretraining from it."""
+
+import math
+import sys
+
+import pytest
+import torch
+
+from accel_train.errors import UserError
+from accel_train.export import SLIDING, FULL, hf_config, hf_model_config, hf_state_dict, model_config_from_hf, window_pattern
+from accel_train.model import ModelConfig
+from accel_train.sample import find_checkpoint, load_model
+from accel_train.tokenizer import ByteTokenizer
+from accel_train.tracking import read_metrics
+from helpers import run, train
+
+transformers = pytest.importorskip("transformers")  # the `hf` extra
+
+
+def export_cli(*args):
+    return run([sys.executable, "-m", "accel_train.export", *args])
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out_dir, _ = trained_run
+    hf_dir = tmp_path_factory.mktemp("export") / "hf"
+    result = export_cli("--checkpoint", str(out_dir), "--out", str(hf_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return find_checkpoint(out_dir), hf_dir
+
+
+def test_transformers_loads_the_export_with_the_same_logits(exported):
+    checkpoint, hf_dir = exported
+    ours, cfg = load_model(checkpoint)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    assert type(theirs).__name__ == "Gemma3ForCausalLM" and theirs.config.model_type == "gemma3_text"
+    assert theirs.dtype == torch.float32
+    assert cfg.model.sliding_window < 160  # the sequence runs past the sliding window
+    idx = torch.randint(cfg.model.vocab_size, (2, 160), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (ours(idx)[0] - theirs(idx).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_the_export_carries_the_byte_tokenizer(exported):
+    _, hf_dir = exported
+    theirs = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    ours = ByteTokenizer()
+    text = "Lily saw a ☃ near the lake. Ça va?"
+    assert theirs.encode(text, add_special_tokens=False) == ours.encode(text)
+    ids = ours.encode("The end.") + [ours.eot_token] + ours.encode("Tom ran.")
+    assert theirs.decode(ids) == ours.decode(ids) == "The end.<|endoftext|>Tom ran."
+    config = transformers.AutoConfig.from_pretrained(str(hf_dir))
+    assert theirs.eos_token_id == config.eos_token_id == ours.eot_token
+
+
+def test_a_round_trip_keeps_every_weight(exported):
+    checkpoint, hf_dir = exported
+    ours, cfg = load_model(checkpoint)
+    assert hf_model_config(hf_dir) == cfg.model
+    back = hf_state_dict(hf_dir)
+    original = ours.state_dict()
+    assert back.keys() == original.keys()
+    assert all(torch.equal(back[k], original[k]) for k in original)
+
+
+def test_init_from_continues_pretraining(exported, demo_data_dir, tmp_path):
+    checkpoint, hf_dir = exported
+    source_val = read_metrics(checkpoint.parent.parent)[-1]["val_loss"]
+    assert source_val < math.log(320) - 1.5  # the source model learned something to carry over
+    out = tmp_path / "continued"
+    # no model.* flags: the shape comes from the HuggingFace folder
+    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(out), "--init_from", str(hf_dir),
+                    "--max_iters", "2", "--warmup_steps", "1", "--batch_size", "8", "--gradient_accumulation_steps",
+                    "1", "--eval_iters", "1", "--log_interval", "1", "--learning_rate", "1e-5", "--min_lr", "1e-6",
+                    "--sample_tokens", "0", "--plot", "false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    first_loss = read_metrics(out)[0]["loss"]  # the first step's loss is the loaded weights' loss
+    assert abs(first_loss - source_val) < 0.3
+    _, cfg = load_model(out)
+    assert cfg.model == hf_model_config(hf_dir)
+
+
+def test_export_keeps_an_existing_folder(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    (tmp_path / "notes.txt").write_text("mine")
+    result = export_cli("--checkpoint", str(out_dir), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_270m_shape_maps_both_ways():
+    cfg = ModelConfig()  # Gemma 3 270M: 18 layers, every 6th global
+    hf = hf_config(cfg, eot_token=50256)
+    assert hf.layer_types.count(FULL) == 3 and hf.layer_types[5] == FULL and hf.layer_types[0] == SLIDING
+    assert hf.rope_parameters[FULL]["rope_theta"] == cfg.rope_theta
+    assert hf.rope_parameters[SLIDING]["rope_theta"] == cfg.rope_local_base_freq
+    assert model_config_from_hf(hf) == cfg
+
+
+def test_import_refuses_what_the_model_lacks(tmp_path):
+    assert window_pattern([SLIDING, SLIDING, FULL] * 2) == 3
+    assert window_pattern([SLIDING] * 4) == 5  # no global layer at all
+    with pytest.raises(UserError, match="sliding_window_pattern"):
+        window_pattern([SLIDING, FULL, FULL])
+    softcapped = hf_config(ModelConfig(num_hidden_layers=2))
+    softcapped.final_logit_softcapping = 30.0
+    with pytest.raises(UserError, match="final logit softcapping"):
+        model_config_from_hf(softcapped)
+    with pytest.raises(UserError, match="cannot read a HuggingFace config"):
+        hf_model_config(tmp_path)
