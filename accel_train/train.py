@@ -242,7 +242,7 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
     window_start, window_steps = time.perf_counter(), 0
-    with StopSignals() as stop:
+    with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
         while step < cfg.max_iters:
             loss, grad_norm, lr, skipped = train_step(model, optimizer, scheduler, accelerator,
                                                       itertools.islice(batches, micro_steps), cfg.grad_clip,
@@ -285,7 +285,6 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
                 break
             if logging:
                 window_start, window_steps = time.perf_counter(), 0
-    progress.close()
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
     if accelerator.is_main_process and start_step < step == cfg.max_iters:
         show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
