@@ -16,19 +16,26 @@ TINY_MODEL = ["--model.hidden_size", "64", "--model.intermediate_size", "128", "
               "--model.query_pre_attn_scalar", "32", "--model.sliding_window", "32"]
 
 
+def subprocess_env(env: dict | None = None) -> dict:
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
 def run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def command(script: str, args: list[str], processes: int = 1) -> list[str]:
+    """`python script ...` for one process, `accelerate launch --multi_gpu` for several (gloo on CPU)."""
+    if processes == 1:
+        return [sys.executable, script, *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", "0",  # a free port: tests running side by side must not collide on 29500
+            script, *args]
 
 
 def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
-    """`python script ...` for one process, `accelerate launch --multi_gpu` for several (gloo on CPU)."""
-    if processes == 1:
-        return run([sys.executable, script, *args], **kwargs)
-    return run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "0",  # a free port: tests running side by side must not collide on 29500
-                script, *args], **kwargs)
+    return run(command(script, args, processes), **kwargs)
 
 
 def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
