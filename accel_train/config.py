@@ -22,6 +22,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("none", "wandb", "tensorboard")
 NONFINITE = ("stop", "skip")
+SWITCHES = ("auto", "on", "off")
 
 
 @dataclass
@@ -46,6 +47,12 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 0.5  # 0 disables clipping
+    # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
+    micro_batch: int = 0  # sequences per forward pass; 0: batch_size on the CPU, the largest that fits on a GPU
+    compile: str = "auto"  # torch.compile the model and its loss: auto, on or off
+    fused_adamw: str = "auto"  # AdamW's fused kernel: auto, on or off
+    fused_loss: bool = True  # cross-entropy a chunk of tokens at a time, fused with the output projection
+    peak_tflops: float = 0.0  # the device's peak for MFU; 0: NVIDIA's figure for the GPU (none on the CPU)
     # evaluation: how often (optimizer steps) and how many batches per split
     eval_interval: int = 500
     eval_iters: int = 200
@@ -80,7 +87,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"config key '{name}' must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "checkpoint_interval", "keep_last", "weight_decay", "grad_clip", "min_lr",
-                     "watch_interval", "sample_tokens"):
+                     "watch_interval", "sample_tokens", "micro_batch", "peak_tflops"):
             if getattr(self, name) < 0:
                 raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -92,9 +99,14 @@ class TrainConfig:
             raise UserError(f"warmup_steps ({self.warmup_steps}) must be below max_iters ({self.max_iters})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS), ("nonfinite", NONFINITE)):
+        for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS), ("nonfinite", NONFINITE),
+                              ("compile", SWITCHES), ("fused_adamw", SWITCHES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"config key '{name}' must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
+        if self.micro_batch and (self.batch_size * self.gradient_accumulation_steps) % self.micro_batch:
+            raise UserError(f"micro_batch ({self.micro_batch}) must divide batch_size x gradient_accumulation_steps "
+                            f"({self.batch_size * self.gradient_accumulation_steps}), the sequences of an optimizer "
+                            "step on each process")
         m = self.model
         if self.block_size > m.max_position_embeddings:
             raise UserError(f"block_size ({self.block_size}) exceeds the model's context "

@@ -128,20 +128,28 @@ class RandomWindowBatches(torch.utils.data.Sampler):
 
     Batch `b` depends only on `(seed, b)`, so the stream is the same whatever the number of
     processes (Accelerate deals batch b to process b % num_processes) and a resumed run
-    starts at `first_batch` without replaying the ones before it.
+    starts at `first_batch` without replaying the ones before it. `micro_batch` regroups the same
+    windows, in the same order, into batches of that size: it must divide the windows of an
+    optimizer step, which then sees the same data whatever micro-batch the GPU runs.
     """
 
-    def __init__(self, num_windows: int, batch_size: int, seed: int, num_batches: int, first_batch: int = 0):
+    def __init__(self, num_windows: int, batch_size: int, seed: int, num_batches: int, first_batch: int = 0,
+                 micro_batch: int = 0):
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
         self.num_batches, self.first_batch = num_batches, first_batch
+        self.micro_batch = micro_batch or batch_size
 
     def __len__(self) -> int:
-        return self.num_batches - self.first_batch
+        return (self.num_batches - self.first_batch) * self.batch_size // self.micro_batch
 
     def __iter__(self):
+        pending = []
         for b in range(self.first_batch, self.num_batches):
             rng = np.random.default_rng((self.seed, b))
-            yield rng.integers(0, self.num_windows, self.batch_size).tolist()
+            pending += rng.integers(0, self.num_windows, self.batch_size).tolist()
+            while len(pending) >= self.micro_batch:
+                yield pending[:self.micro_batch]
+                del pending[:self.micro_batch]
 
 
 def _batch_as_is(batch):
@@ -149,9 +157,11 @@ def _batch_as_is(batch):
 
 
 def train_loader(data_dir, block_size: int, batch_size: int, seed: int, num_batches: int,
-                 first_batch: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """The training DataLoader (for `accelerator.prepare`) over `num_batches` global batches."""
+                 first_batch: int = 0, pin_memory: bool = False, micro_batch: int = 0) -> torch.utils.data.DataLoader:
+    """The training DataLoader (for `accelerator.prepare`) over `num_batches` global batches of
+    `batch_size`, served as batches of `micro_batch` (see RandomWindowBatches)."""
     data = open_split(str(data_dir), "train")
-    sampler = RandomWindowBatches(data.num_windows(block_size), batch_size, seed, num_batches, first_batch)
+    sampler = RandomWindowBatches(data.num_windows(block_size), batch_size, seed, num_batches, first_batch,
+                                  micro_batch)
     return torch.utils.data.DataLoader(WindowDataset(data, block_size), batch_sampler=sampler,
                                        collate_fn=_batch_as_is, pin_memory=pin_memory)

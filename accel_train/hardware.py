@@ -29,3 +29,9 @@ def resolve_hardware(device: str, dtype: str) -> tuple[bool, str]:
         warnings.warn("this GPU has no bfloat16: training in float16 with loss scaling instead", stacklevel=2)
         dtype = "float16"
     return cpu, MIXED_PRECISION[dtype]
+
+
+def switch_on(value: str, cuda: bool) -> bool:
+    """A speed switch (`auto`, `on`, `off`): `auto` is on where it pays, on CUDA, and off on the CPU
+    (torch.compile there mostly costs compile time)."""
+    return value == "on" or (value == "auto" and cuda)

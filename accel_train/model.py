@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accel_train.losses import linear_cross_entropy
+
 
 @dataclass
 class ModelConfig:
@@ -164,11 +166,17 @@ class KVCache:
 
 
 class Gemma3(nn.Module):
-    """Gemma 3 text decoder; `forward(idx, targets=None)` returns `(logits, loss)` like the seed's model."""
+    """Gemma 3 text decoder; `forward(idx, targets=None)` returns `(logits, loss)` like the seed's model.
 
-    def __init__(self, cfg: ModelConfig):
+    With targets and `fused_loss` (the default) the logits are None: the loss is computed a chunk of
+    tokens at a time (losses.py), so no (tokens x vocabulary) tensor is ever made. `fused_loss=False`
+    is the seed's way: full logits, then cross-entropy.
+    """
+
+    def __init__(self, cfg: ModelConfig, fused_loss: bool = True):
         super().__init__()
         self.config = cfg
+        self.fused_loss = fused_loss
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -191,16 +199,18 @@ class Gemma3(nn.Module):
         rope_local = rope_tables(cfg.head_dim, cfg.rope_local_base_freq, positions)
         rope_global = rope_tables(cfg.head_dim, cfg.rope_theta, positions)
         x = self.embed_tokens(idx)
-        x = x * x.new_tensor(self.embed_scale)  # rounded to the weights' dtype, as HF does
+        x = x * torch.tensor(self.embed_scale, dtype=x.dtype)  # rounded as HF does; a CPU scalar: no GPU sync
         for layer in self.layers:
             x = layer(x, rope_local if layer.self_attn.sliding else rope_global, cache)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.norm(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        x = self.norm(x)
+        if targets is None:
+            return self.lm_head(x), None
+        if self.fused_loss:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+        logits = self.lm_head(x)
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
