@@ -1,0 +1,117 @@
+"""Trackers through Accelerate: offline wandb and tensorboard files hold what metrics.jsonl holds.
+
+wandb: the run's name and tags, the same run continued on resume, and gradient and parameter
+histograms at the watch interval. Nothing here needs a network (WANDB_MODE=offline).
+"""
+
+import json
+import struct
+
+import pytest
+
+from accel_train.checkpoint import list_checkpoints, read_trainer_state
+from accel_train.tracking import read_metrics
+from helpers import TINY_MODEL, train
+
+RUN = [*TINY_MODEL, "--warmup_steps", "1", "--batch_size", "2", "--gradient_accumulation_steps", "2",
+       "--eval_interval", "4", "--eval_iters", "1", "--log_interval", "1", "--sample_tokens", "0", "--plot", "false"]
+
+
+def wandb_records(path):
+    """The protobuf records of an offline `.wandb` file. wandb ships no reader for it, so this reads
+    its LevelDB-style log: 32 KiB blocks of chunks (crc32c, length, type) after a 7-byte header."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, chunks, records = path.read_bytes(), 1 << 15, 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or kind == 0:  # block trailer or padding
+            pos += left
+            continue
+        chunks, pos = chunks + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+            chunks = b""
+    return records
+
+
+def wandb_history(records) -> list[dict]:
+    """Each logged row as a dict; a histogram is a nested dict (its items have nested keys)."""
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in record.history.item:
+            *parents, leaf = list(item.nested_key) or [item.key]
+            node = row
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = json.loads(item.value_json)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory, demo_data_dir):
+    """A wandb run of 4 steps, then resumed to 6: out_dir and the offline run folders, oldest first."""
+    out = tmp_path_factory.mktemp("wandb") / "run"
+    common = ["--data_dir", str(demo_data_dir), "--out_dir", str(out), *RUN, "--tracker", "wandb",
+              "--wandb_project", "tests", "--run_name", "tiny-run", "--wandb_tags", "smoke, tiny",
+              "--watch_interval", "2"]
+    for args in (["--max_iters", "4"], ["--max_iters", "6", "--resume", "auto"]):
+        result = train(common + args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return out, sorted((out / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_resume_continues_the_same_run(wandb_run):
+    out, folders = wandb_run
+    run_id = read_trainer_state(list_checkpoints(out)[-1])["run_id"]
+    assert len(folders) == 2
+    for folder in folders:
+        assert folder.name.endswith(f"-{run_id}")
+        (run,) = [r.run for r in wandb_records(folder / f"run-{run_id}.wandb") if r.WhichOneof("record_type") == "run"]
+        assert (run.run_id, run.display_name, list(run.tags), run.project) == (run_id, "tiny-run", ["smoke", "tiny"],
+                                                                               "tests")
+
+
+def test_wandb_holds_the_logged_values(wandb_run):
+    out, folders = wandb_run
+    logged = [row for folder in folders for row in wandb_history(wandb_records(next(folder.glob("run-*.wandb"))))]
+    by_step = {row["step"]: row for row in logged if "loss" in row}
+    expected = read_metrics(out)
+    assert [r["step"] for r in expected] == list(range(1, 7))
+    for row in expected:
+        assert {k: by_step[row["step"]][k] for k in row} == pytest.approx(row, rel=1e-9)
+
+
+def test_wandb_watches_gradients_and_parameters(wandb_run):
+    _, folders = wandb_run
+    logged = [row for folder in folders for row in wandb_history(wandb_records(next(folder.glob("run-*.wandb"))))]
+    gradient_steps = [row["step"] for row in logged if "gradients/layers.0.self_attn.q_proj.weight" in row]
+    # wandb logs at the first backward pass and then every watch_interval optimizer steps; the histograms
+    # ride on that step's logged row
+    assert gradient_steps == [1, 3, 5]
+    histogram = next(row for row in logged if "gradients/embed_tokens.weight" in row)["gradients/embed_tokens.weight"]
+    assert histogram["_type"] == "histogram" and sum(histogram["values"]) > 0
+    assert any("parameters/norm.weight" in row for row in logged)
+
+
+def test_tensorboard_holds_the_logged_values(tmp_path, demo_data_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(out), *RUN, "--max_iters", "4",
+                    "--tracker", "tensorboard", "--run_name", "tb"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    expected = read_metrics(out)
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in expected if key in r]
