@@ -34,8 +34,8 @@ def fresh_accelerate_state():
 
 def config(tmp_path, **overrides) -> TrainConfig:
     settings = dict(device="cpu", dtype="float32", out_dir=str(tmp_path), learning_rate=1e-3, min_lr=1e-4,
-                    warmup_steps=2, max_iters=10, weight_decay=0.1, block_size=BLOCK, gradient_accumulation_steps=1, grad_clip=0.0,
-                    model=TINY)
+                    warmup_steps=2, max_iters=10, weight_decay=0.1, block_size=BLOCK, gradient_accumulation_steps=1,
+                    grad_clip=0.0, model=TINY)
     return TrainConfig(**{**settings, **overrides}).validate()
 
 
