@@ -15,17 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from accel_train.bench import seed_get_batch
 from accel_train.data import get_batch
-
-
-def seed_get_batch(path: Path, block_size: int, batch_size: int):
-    data = np.memmap(path, dtype=np.uint16, mode="r")
-    ix = torch.randint(len(data) - block_size, (batch_size,))
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-    return x, y
 
 
 def batches_per_second(fn, calls: int) -> float:

@@ -1,0 +1,190 @@
+"""Training throughput and MFU of a config, beside the seed's loop on the same model and data.
+
+    python -m accel_train.bench --config configs/gemma3_270m.json [--steps 10] [--seed_steps 2]
+        [--seed_loop off] [--json FILE] [--key value ...]
+
+Ours is `train.train()` itself: `steps` optimizer steps to warm up (compilation, allocator), then
+`steps` timed ones, whose tokens/s and MFU are the run's last metrics row. The seed's loop is
+written here as its document describes it (bf16 autocast, GradScaler, loss / accumulation,
+a scheduler step per micro-batch, its memmap-per-call get_batch, micro-batch = batch_size) and
+timed in the same process on a fresh model of the same shape. Without data in the config's
+data_dir, both read the built-in demo corpus (speed does not depend on the text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from accel_train.config import DEFAULT_CONFIG, TrainConfig, load_config
+from accel_train.data import read_meta, split_path
+from accel_train.errors import UserError, run_cli
+from accel_train.flops import flops_per_token, mfu, peak_tflops
+from accel_train.hardware import resolve_hardware, switch_on
+from accel_train.micro_batch import resolve_micro_batch
+from accel_train.model import Gemma3
+from accel_train.tracking import read_metrics
+from accel_train.train import make_accelerator, train
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_get_batch(path: Path, block_size: int, batch_size: int, dtype=np.uint16):
+    """The seed's get_batch, on the CPU: a fresh memmap per call, a Python loop of slices, two stacks."""
+    data = np.memmap(path, dtype=dtype, mode="r")
+    ix = torch.randint(len(data) - block_size, (batch_size,))
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    return x, y
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def reset_memory(device: torch.device) -> None:
+    """Return cached blocks and start a new peak, so the next measurement is its own."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def seed_loop(cfg: TrainConfig, device: torch.device, optimizer_steps: int) -> dict:
+    """The seed's training loop for one warm-up and `optimizer_steps` timed optimizer steps."""
+    _, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
+    ctx = (torch.autocast(device.type, dtype=AUTOCAST[mixed_precision]) if mixed_precision in AUTOCAST
+           else contextlib.nullcontext())
+    torch.manual_seed(cfg.seed)
+    model = Gemma3(cfg.model, fused_loss=False).to(device)  # the seed's model: full logits, then cross-entropy
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=cfg.warmup_steps)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_iters - cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[cfg.warmup_steps])
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
+    path, dtype = split_path(Path(cfg.data_dir), "train"), read_meta(Path(cfg.data_dir))["dtype"]
+    accum = cfg.gradient_accumulation_steps
+
+    def micro_batch(epoch: int) -> torch.Tensor:
+        X, y = seed_get_batch(path, cfg.block_size, cfg.batch_size, dtype)
+        if device.type == "cuda":
+            X, y = X.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        with ctx:
+            logits, loss = model(X, y)
+            loss = loss / accum
+        scaler.scale(loss).backward()
+        if (epoch + 1) % accum == 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return loss
+
+    for epoch in range(accum):  # warm-up
+        micro_batch(epoch)
+    synchronize(device)
+    start = time.perf_counter()
+    for epoch in range(accum, accum * (1 + optimizer_steps)):
+        loss = micro_batch(epoch)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {"tokens_per_s": optimizer_steps * cfg.tokens_per_step / elapsed, "step_time_s": elapsed / optimizer_steps,
+            "micro_batch": cfg.batch_size, "loss": loss.item() * accum, "peak_memory_gib": peak_memory_gib(device)}
+
+
+def bench_config(cfg: TrainConfig, steps: int, work: Path) -> TrainConfig:
+    """The config as the benchmark runs it: 2 x steps optimizer steps into a scratch folder, one row per
+    `steps`, one evaluation batch and one checkpoint at the end, nothing drawn or sampled."""
+    if not cfg.demo_data and not (Path(cfg.data_dir) / "train.bin").exists():
+        print(f"bench: no data in {cfg.data_dir}: using the built-in demo corpus")
+        cfg.data_dir, cfg.demo_data = str(work / "data"), True
+    cfg.out_dir, cfg.resume, cfg.tracker = str(work / "run"), "", "none"
+    cfg.max_iters, cfg.log_interval, cfg.eval_interval, cfg.eval_iters = 2 * steps, steps, 2 * steps, 1
+    cfg.warmup_steps = min(cfg.warmup_steps, steps)
+    cfg.checkpoint_interval, cfg.plot, cfg.sample_tokens = 0, False, 0
+    return cfg.validate()
+
+
+def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, command: str) -> dict:
+    accelerator = make_accelerator(cfg)
+    if accelerator.num_processes > 1:
+        raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
+    device = accelerator.device
+    flops_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(device, cfg.peak_tflops)
+    result = {"date": datetime.date.today().isoformat(), "command": command,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "flops_per_token": flops_tok, "peak_tflops": peak}
+    if with_seed:
+        reset_memory(device)
+        seed = seed_loop(cfg, device, seed_steps)
+        seed["mfu"] = mfu(seed["tokens_per_s"], flops_tok, peak) if peak else None
+        result["seed"] = seed
+    reset_memory(device)
+    fused_adamw = switch_on(cfg.fused_adamw, device.type == "cuda")
+    cfg.micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)  # train() then takes it as given
+    reset_memory(device)
+    train(cfg)
+    row = read_metrics(cfg.out_dir)[-1]  # the timed window: the steps after the warm-up's row
+    result["config"] = cfg.to_dict()
+    result["ours"] = {"tokens_per_s": row["tokens_per_s"], "mfu": row.get("mfu"),
+                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": cfg.micro_batch,
+                      "micro_steps": cfg.batch_size * cfg.gradient_accumulation_steps // cfg.micro_batch,
+                      "compile": switch_on(cfg.compile, device.type == "cuda"), "fused_adamw": fused_adamw,
+                      "fused_loss": cfg.fused_loss, "loss": row["loss"], "peak_memory_gib": peak_memory_gib(device)}
+    if with_seed:
+        result["speedup"] = result["ours"]["tokens_per_s"] / result["seed"]["tokens_per_s"]
+    return result
+
+
+def describe(name: str, r: dict) -> str:
+    mfu_text = f"MFU {100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else "MFU n/a (no peak known)"
+    memory = f"peak {r['peak_memory_gib']:.2f} GiB" if r.get("peak_memory_gib") is not None else "peak n/a (CPU)"
+    return (f"  {name:<6} {r['tokens_per_s']:12,.0f} tokens/s  {mfu_text}  step {r['step_time_s'] * 1000:9.1f} ms  "
+            f"micro-batch {r['micro_batch']}  {memory}  loss {r['loss']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m accel_train.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--steps", type=int, default=10, help="warm-up optimizer steps, then as many timed ones")
+    parser.add_argument("--seed_steps", type=int, default=2, help="timed optimizer steps of the seed's loop")
+    parser.add_argument("--seed_loop", choices=("on", "off"), default="on")
+    parser.add_argument("--json", default="", help="where to write the results (default out/bench/<config>.json)")
+    argv = sys.argv[1:] if argv is None else argv
+    args, config_args = parser.parse_known_args(argv)
+    if args.steps < 1 or args.seed_steps < 1:
+        raise UserError("--steps and --seed_steps must be at least 1")
+    cfg = load_config(["--config", args.config, *config_args])
+    json_path = Path(args.json or f"out/bench/{Path(args.config).stem}.json")
+    with tempfile.TemporaryDirectory(prefix="accel_train_bench_") as work:
+        result = run_bench(bench_config(cfg, args.steps, Path(work)), args.steps, args.seed_steps,
+                           args.seed_loop == "on", " ".join(["python -m accel_train.bench", *argv]))
+    print(f"bench: {result['device']}, {result['flops_per_token'] / 1e6:.1f} MFLOP per token, "
+          f"{cfg.tokens_per_step:,} tokens per optimizer step")
+    if "seed" in result:
+        print(describe("seed", result["seed"]))
+    print(describe("ours", result["ours"]))
+    if "speedup" in result:
+        print(f"  ratio  {result['speedup']:.2f}x the seed's tokens/s")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"bench: results in {json_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
