@@ -103,11 +103,14 @@ def dataset_texts(name: str, config: str | None, split: str, text_field: str) ->
         rows = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as err:  # the hub client raises many types; all mean "cannot load it"
         raise UserError(f"cannot load dataset {name!r} (split {split!r}): {err}") from None
-    for row in rows:
-        if not isinstance(row.get(text_field), str):
-            raise UserError(f"dataset {name!r} has no string column '{text_field}' (it has: "
-                            f"{', '.join(row)}); set --text_field")
-        yield row[text_field]
+    for i, row in enumerate(rows):
+        if text_field not in row:
+            raise UserError(f"dataset {name!r} has no column '{text_field}' (it has: {', '.join(row)}); "
+                            "set --text_field")
+        if isinstance(row[text_field], str):  # a missing (None) text is an empty document
+            yield row[text_field]
+        elif row[text_field] is not None:
+            raise UserError(f"dataset {name!r} row {i}: '{text_field}' is {type(row[text_field]).__name__}, not text")
 
 
 def documents(texts: Iterable[str]) -> Iterator[str]:

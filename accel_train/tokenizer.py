@@ -36,8 +36,11 @@ class Tokenizer:
 
     def encode_documents(self, texts: list[str]) -> np.ndarray:
         """All documents' ids, each document followed by the end-of-text token (uint32)."""
-        ids = [i for text in texts for i in self.encode(text) + [self.eot_token]]
-        return np.array(ids, dtype=np.uint32)
+        parts = [np.array(ids + [self.eot_token], dtype=np.uint32) for ids in self._encode_many(texts)]
+        return np.concatenate([np.zeros(0, dtype=np.uint32), *parts])
+
+    def _encode_many(self, texts: list[str]):
+        return map(self.encode, texts)
 
     def decode(self, ids) -> str:
         out, run = [], []
@@ -101,10 +104,8 @@ class BpeTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_documents(self, texts: list[str]) -> np.ndarray:
-        parts = [np.array(e.ids + [self.eot_token], dtype=np.uint32)
-                 for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+    def _encode_many(self, texts: list[str]):
+        return (e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False))
 
     def _decode_run(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

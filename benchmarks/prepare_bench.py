@@ -11,6 +11,7 @@ tokens per second of the whole run, and the peak resident memory of the largest 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -26,14 +27,13 @@ SEP = "<|endoftext|>"
 
 
 def write_corpus(path: Path, megabytes: int) -> int:
-    """Stories until the file holds `megabytes` MB; returns its size in bytes."""
-    target, size, seed = megabytes * 10**6, 0, 0
-    with open(path, "w", encoding="utf-8") as f:
-        while size < target:
-            block = SEP.join(stories(5_000, seed)) + SEP
+    """Stories until the file holds `megabytes` MB (eight generated blocks, cycled); returns its size in bytes."""
+    blocks = [(SEP.join(stories(5_000, seed)) + SEP).encode() for seed in range(8)]
+    with open(path, "wb") as f:
+        for block in itertools.cycle(blocks):
+            if f.tell() >= megabytes * 10**6:
+                return f.tell()
             f.write(block)
-            size, seed = size + len(block.encode()), seed + 1
-    return size
 
 
 def main() -> None:

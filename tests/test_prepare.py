@@ -120,7 +120,7 @@ def test_huggingface_dataset_from_a_local_folder(tmp_path):
     meta = assert_round_trip(out, docs)
     assert meta["source"] == {"dataset": str(folder), "config": None, "split": "train"}
     result = cli("--dataset", folder, "--tokenizer", "byte", "--out", tmp_path / "x", env=OFFLINE)
-    assert result.returncode == 2 and "no string column 'text'" in result.stderr
+    assert result.returncode == 2 and "no column 'text'" in result.stderr
 
 
 def test_uint32_where_the_vocabulary_needs_it(corpus, tmp_path, monkeypatch):
