@@ -101,7 +101,8 @@ def test_accumulated_step_equals_one_big_batch(tmp_path, clip_fraction):
     model, optimizer, scheduler = accelerator.prepare(*build(cfg))
     seen = record_steps(optimizer.optimizer)
     micro_batches = [(x[i:i + b], y[i:i + b]) for i in range(0, k * b, b)]
-    loss, grad_norm, lr = train_step(model, optimizer, scheduler, accelerator, micro_batches, cfg.grad_clip)
+    loss, grad_norm, lr, _ = train_step(model, optimizer, scheduler, accelerator, micro_batches, cfg.grad_clip,
+                                        skip_nonfinite=False)
 
     assert len(seen) == 1  # one optimizer step for the whole accumulation window
     assert loss.item() == pytest.approx(loss_ref, rel=1e-6)  # mean over all k*b*BLOCK tokens
@@ -121,7 +122,7 @@ def test_learning_rate_follows_optimizer_steps_whatever_the_accumulation(tmp_pat
     model, optimizer, scheduler = accelerator.prepare(*build(cfg))
     seen = record_steps(optimizer.optimizer)
     returned = [train_step(model, optimizer, scheduler, accelerator,
-                           [batch(1, seed=s * 10 + i) for i in range(accumulation)], cfg.grad_clip)[2]
+                           [batch(1, seed=s * 10 + i) for i in range(accumulation)], cfg.grad_clip, False)[2]
                 for s in range(cfg.max_iters + 2)]
     expected = [lr_at(s, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
                 for s in range(1, cfg.max_iters + 3)]
@@ -176,7 +177,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_optimizer_state(tmp_path):
     accelerator.unwrap_model(model).layers[0].mlp.up_proj.register_forward_hook(
         lambda module, args, output: matmul_dtypes.append(output.dtype))
 
-    train_step(model, optimizer, scheduler, accelerator, [batch(4)], cfg.grad_clip)
+    train_step(model, optimizer, scheduler, accelerator, [batch(4)], cfg.grad_clip, skip_nonfinite=False)
 
     assert accelerator.mixed_precision == "bf16" and matmul_dtypes == [torch.bfloat16]
     assert all(p.dtype == torch.float32 for p in model.parameters())
