@@ -90,7 +90,7 @@ def _install(tmp: Path, final: Path) -> None:
     """Rename a complete folder into place. A folder already there (an earlier run's checkpoint of the
     same step, or an older best/) is replaced; one that fails verification is kept, renamed, for inspection."""
     if final.exists():
-        if verify(final, checksums=False) is None:
+        if verify(final) is None:
             _remove(final)
         else:
             kept = final.with_name(f"{final.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -163,5 +163,7 @@ def train_loader(data_dir, block_size: int, batch_size: int, seed: int, num_batc
     data = open_split(str(data_dir), "train")
     sampler = RandomWindowBatches(data.num_windows(block_size), batch_size, seed, num_batches, first_batch,
                                   micro_batch)
+    # Its own generator: starting an iterator draws a seed, which must not come from the global RNG
+    # that evaluation uses, or a resumed run's evaluations would differ from an uninterrupted run's.
     return torch.utils.data.DataLoader(WindowDataset(data, block_size), batch_sampler=sampler,
-                                       collate_fn=_batch_as_is, pin_memory=pin_memory)
+                                       collate_fn=_batch_as_is, pin_memory=pin_memory, generator=torch.Generator())

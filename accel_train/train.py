@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from accel_train.checkpoint import (list_checkpoints, prune, read_trainer_state, resolve_resume, save_checkpoint,
                                     update_best)
 from accel_train.config import TrainConfig, load_config
-from accel_train.data import open_split, read_meta, train_loader
+from accel_train.data import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.export import hf_model_config, hf_state_dict
@@ -107,6 +107,7 @@ def check_data(cfg: TrainConfig) -> dict:
         from accel_train.demo_corpus import write_demo_data
 
         write_demo_data(data_dir)
+    split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:
         raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens but the model has "
@@ -139,8 +140,8 @@ def plan_start(cfg: TrainConfig) -> tuple[Path | None, dict]:
         if changed:
             raise UserError(f"the config's model shape differs from the checkpoint {resume_from} "
                             f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
-    prepare_out_dir(cfg, resuming=resume_from is not None)
     check_data(cfg)
+    prepare_out_dir(cfg, resuming=resume_from is not None)
     return resume_from, state
 
 
