@@ -32,6 +32,15 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model gains nothing from threads, which other jobs on a small machine contend for."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def config(tmp_path, **overrides) -> TrainConfig:
     settings = dict(device="cpu", dtype="float32", out_dir=str(tmp_path), learning_rate=1e-3, min_lr=1e-4,
                     warmup_steps=2, max_iters=10, weight_decay=0.1, block_size=BLOCK, gradient_accumulation_steps=1,
