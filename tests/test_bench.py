@@ -1,0 +1,118 @@
+"""The benchmark tool, MFU, and the speed switches that must not change what training computes."""
+
+import json
+import sys
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from accel_train.config import load_config
+from accel_train.errors import UserError
+from accel_train.flops import flops_per_token, mfu
+from accel_train.micro_batch import divisors_descending, largest_fitting
+from accel_train.model import Gemma3
+from accel_train.tracking import read_metrics
+from accel_train.train import train
+from helpers import TINY_MODEL, run
+
+SMALL_RUN = ["--batch_size", "4", "--gradient_accumulation_steps", "4", "--warmup_steps", "1", "--eval_iters", "1",
+             "--sample_tokens", "0", "--plot", "false", *TINY_MODEL]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, demo_data_dir):
+    """One benchmark run of a tiny model on the CPU: (its JSON, its printed output)."""
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    proc = run([sys.executable, "-m", "accel_train.bench", "--config", "configs/demo.json", "--data_dir",
+                str(demo_data_dir), "--steps", "2", "--seed_steps", "1", "--peak_tflops", "0.5", "--json", str(out),
+                "--micro_batch", "8", *SMALL_RUN])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_bench_times_ours_beside_the_seed_loop(bench):
+    result, stdout = bench
+    ours, seed = result["ours"], result["seed"]
+    assert ours["tokens_per_s"] > 0 and seed["tokens_per_s"] > 0
+    assert result["speedup"] == pytest.approx(ours["tokens_per_s"] / seed["tokens_per_s"])
+    assert f"ratio  {result['speedup']:.2f}x" in stdout
+    tokens_per_step = 4 * 4 * 128
+    assert ours["step_time_s"] == pytest.approx(tokens_per_step / ours["tokens_per_s"])
+    assert seed["step_time_s"] == pytest.approx(tokens_per_step / seed["tokens_per_s"])
+    assert (ours["micro_batch"], ours["micro_steps"], seed["micro_batch"]) == (8, 2, 4)
+    assert result["config"]["max_iters"] == 4  # 2 warm-up steps, then the 2 timed ones
+    assert ours["compile"] is False and ours["fused_adamw"] is False  # "auto" on the CPU
+    for r in (ours, seed):
+        assert r["mfu"] == pytest.approx(mfu(r["tokens_per_s"], result["flops_per_token"], 0.5))
+        assert 0 < r["loss"] < 10
+
+
+def test_palm_flops_match_the_matmuls_a_training_step_runs():
+    """6N + 12 L H Q T per token is what torch counts in a real forward and backward pass, but for the
+    formula's norm vectors, which are parameters that do no matmul."""
+    cfg = load_config(["--config", "configs/demo.json", *TINY_MODEL])
+    model, batch, T = Gemma3(cfg.model, fused_loss=False), 2, cfg.block_size
+    idx = torch.randint(cfg.model.vocab_size, (batch, T + 1))
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # attention as counted matmuls
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+    norm_params = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    assert counter.get_total_flops() == (flops_per_token(cfg.model, T) - 6 * norm_params) * batch * T
+
+
+def test_micro_batch_must_divide_a_step():
+    with pytest.raises(UserError, match="micro_batch"):
+        load_config(["--batch_size", "4", "--gradient_accumulation_steps", "2", "--micro_batch", "3"])
+
+
+def test_search_takes_the_largest_divisor_that_fits():
+    tried = []
+
+    def fits(size):
+        tried.append(size)
+        if size > 6:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return size <= 4  # 6 runs but leaves no headroom
+
+    assert divisors_descending(24) == [24, 12, 8, 6, 4, 3, 2, 1]
+    assert largest_fitting(divisors_descending(24), fits) == 4
+    assert tried == [24, 12, 8, 6, 4]
+    with pytest.raises(ValueError):  # an error that is not about memory is not swallowed
+        largest_fitting([8, 4], lambda size: int("not a number"))
+
+
+@pytest.fixture(scope="module")
+def regrouped(tmp_path_factory, demo_data_dir):
+    """The same 6 optimizer steps of 16 sequences as 4 x 4 (the config), 1 x 16 and 8 x 2: metrics and weights."""
+    runs = {}
+    for micro_batch in (0, 16, 2):
+        out = tmp_path_factory.mktemp(f"micro{micro_batch}")
+        cfg = load_config(["--data_dir", str(demo_data_dir), "--out_dir", str(out), "--max_iters", "6",
+                           "--log_interval", "1", "--eval_interval", "6", "--micro_batch", str(micro_batch),
+                           "--peak_tflops", "2", "--learning_rate", "3e-3", "--min_lr", "3e-4", *SMALL_RUN])
+        _, model = train(cfg)
+        runs[micro_batch] = read_metrics(out), torch.cat([p.detach().flatten() for p in model.parameters()])
+    return runs
+
+
+def test_micro_batch_changes_no_step(regrouped):
+    """Regrouping a step's sequences into other micro-batches gives the same losses, gradient norms and weights."""
+    rows_ref, weights_ref = regrouped[0]
+    assert rows_ref[-1]["loss"] < rows_ref[0]["loss"]
+    for micro_batch in (16, 2):
+        rows, weights = regrouped[micro_batch]
+        assert [r["step"] for r in rows] == [r["step"] for r in rows_ref] == list(range(1, 7))
+        for r, ref in zip(rows, rows_ref):
+            assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+            assert r["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
+        assert ((weights - weights_ref).norm() / weights_ref.norm()).item() < 1e-5
+
+
+def test_metrics_rows_carry_tokens_per_second_and_mfu(regrouped):
+    rows, _ = regrouped[0]
+    cfg = load_config(SMALL_RUN)
+    for r in rows:
+        assert r["tokens_per_s"] > 0
+        assert r["mfu"] == pytest.approx(mfu(r["tokens_per_s"], flops_per_token(cfg.model, 128), 2.0))
