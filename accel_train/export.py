@@ -136,6 +136,15 @@ def byte_level_backend():
     return backend
 
 
+def tiktoken_backend(encoding):
+    """A tiktoken encoding (GPT-2's) as a `tokenizers` byte-level BPE, by transformers' converter."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(pattern=encoding._pat_str, extra_special_tokens=encoding._special_tokens)
+    converter.load_tiktoken_bpe = lambda _: encoding._mergeable_ranks  # the ranks in memory, not a rank file
+    return converter.converted()
+
+
 def save_tokenizer(tokenizer, out: Path) -> None:
     """Write tokenizer files that transformers' AutoTokenizer loads."""
     transformers = _transformers()
@@ -144,12 +153,10 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     elif isinstance(tokenizer, ByteTokenizer):
         backend = byte_level_backend()
     else:
-        from tokenizers import Tokenizer
-        from transformers.integrations.tiktoken import convert_tiktoken_to_fast
-
-        convert_tiktoken_to_fast(tokenizer.encoding, str(out))
-        shutil.rmtree(out / "tiktoken")  # the intermediate rank file; tokenizer.json holds everything
-        backend = Tokenizer.from_file(str(out / "tokenizer.json"))
+        backend = tiktoken_backend(tokenizer.encoding)
+    if backend.token_to_id(EOT_TEXT) != tokenizer.eot_token:  # special tokens are numbered after the vocabulary
+        print(f"note: writing no tokenizer files: {tokenizer.name}'s end-of-text id does not follow its vocabulary")
+        return
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT_TEXT, bos_token=EOT_TEXT)
     fast.save_pretrained(str(out))
 

@@ -112,3 +112,33 @@ def test_import_refuses_what_the_model_lacks(tmp_path):
         model_config_from_hf(softcapped)
     with pytest.raises(UserError, match="cannot read a HuggingFace config"):
         hf_model_config(tmp_path)
+
+
+@pytest.fixture(params=["bpe", "gpt2"])
+def other_tokenizer(request):
+    from accel_train.tokenizer import TiktokenTokenizer, train_bpe
+
+    if request.param == "gpt2":  # GPT-2's make from local ranks (no download): bytes, merges, then end-of-text
+        import tiktoken
+
+        ranks = {bytes([i]): i for i in range(256)}
+        for word in (b"th", b"the", b" the", b"an", b"and", b" and"):
+            ranks[word] = len(ranks)
+        pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+        encoding = tiktoken.Encoding(name="gpt2-like", pat_str=pattern, mergeable_ranks=ranks,
+                                     special_tokens={"<|endoftext|>": len(ranks)})
+        return TiktokenTokenizer(encoding, "gpt2")
+    texts = ["Tom and Lily went to the park. The sun was warm.", "The dog ran and ran; the end!"] * 20
+    return train_bpe(texts, vocab_size=300)
+
+
+def test_bpe_and_gpt2_tokenizers_export_too(other_tokenizer, tmp_path):
+    from accel_train.export import save_tokenizer
+
+    save_tokenizer(other_tokenizer, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "The dog and the cat ran to the park. Ça va ☃"
+    ids = other_tokenizer.encode(text)
+    assert theirs.encode(text, add_special_tokens=False) == ids
+    assert theirs.decode(ids + [other_tokenizer.eot_token]) == text + "<|endoftext|>"
+    assert theirs.eos_token_id == other_tokenizer.eot_token
