@@ -29,7 +29,7 @@ SWITCHES = ("auto", "on", "off")
 class TrainConfig:
     # data and outputs
     data_dir: str = "data/demo"
-    demo_data: bool = False  # write the built-in demo corpus into data_dir if it holds no data
+    demo_data: bool = False  # write the built-in demo corpus into data_dir if it holds no data (or an older demo)
     out_dir: str = "out"
     seed: int = 1337
     # hardware: "auto" picks cuda when present, and bf16 where the GPU has it (fp16 otherwise)

@@ -9,7 +9,9 @@ varied (about 10 MB) to memorize. It is written with the same code as any prepar
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from accel_train.prepare import write_dataset
 from accel_train.tokenizer import ByteTokenizer
@@ -344,8 +346,29 @@ def stories(count: int, seed: int = 0):
     return (story(rng) for _ in range(count))
 
 
-def write_demo_data(data_dir, num_stories: int = 20_000, val_fraction: float = 0.02, seed: int = 0) -> dict:
+GENERATOR = "accel_train.demo_corpus"
+VERSION = 2  # raise it whenever the grammar changes, so that older demo data on disk is written again
+
+
+def write_demo_data(data_dir, num_stories: int = 20_000, val_fraction: float = 0.02, seed: int = 0,
+                    overwrite: bool = False) -> dict:
     """Write train.bin, val.bin and meta.json of the demo corpus; the folder appears only when complete."""
-    source = {"generator": "accel_train.demo_corpus", "stories": num_stories, "seed": seed}
+    source = {"generator": GENERATOR, "version": VERSION, "stories": num_stories, "seed": seed}
     return write_dataset(data_dir, stories(num_stories, seed), ByteTokenizer(), source=source,
-                         val_fraction=val_fraction, seed=seed)
+                         val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+
+
+def ensure_demo_data(data_dir) -> None:
+    """Write the demo corpus into `data_dir` if it holds no data or an older demo corpus; leave other data alone."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "train.bin").exists():
+        write_demo_data(data_dir)
+        return
+    try:
+        source = json.loads((data_dir / "meta.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return  # not ours to judge: the trainer's own checks report a broken data folder
+    older = source == "demo-stories" or (isinstance(source, dict) and source.get("generator") == GENERATOR
+                                         and source.get("version") != VERSION)
+    if older:
+        write_demo_data(data_dir, overwrite=True)

@@ -103,10 +103,10 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
 def check_data(cfg: TrainConfig) -> dict:
     """Make the demo corpus if asked, then check both splits and meta.json against the model."""
     data_dir = Path(cfg.data_dir)
-    if cfg.demo_data and not (data_dir / "train.bin").exists():
-        from accel_train.demo_corpus import write_demo_data
+    if cfg.demo_data:
+        from accel_train.demo_corpus import ensure_demo_data
 
-        write_demo_data(data_dir)
+        ensure_demo_data(data_dir)
     split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:

@@ -196,3 +196,22 @@ def test_demo_corpus_is_seeded_well_formed_and_written_like_any_corpus(tmp_path)
     meta = write_demo_data(tmp_path / "demo", num_stories=400, seed=1)
     assert meta | {"tokenizer": "byte", "vocab_size": 257, "eot_token": 256, "dtype": "uint16"} == meta
     assert_round_trip(tmp_path / "demo", first)
+
+
+def test_an_older_demo_corpus_is_rewritten_and_other_data_left_alone(byte_out, tmp_path):
+    import accel_train.demo_corpus as demo
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "train.bin").write_bytes(b"\x01\x00" * 500)
+    (old / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 257, "source": "demo-stories"}))
+    demo.ensure_demo_data(old)
+    assert json.loads((old / "meta.json").read_text())["source"]["version"] == demo.VERSION
+    current = old.stat().st_ino  # a rewrite would rename a new folder into place
+    demo.ensure_demo_data(old)
+    assert old.stat().st_ino == current, "the current version stays as it is"
+    before = {p.name: p.read_bytes() for p in byte_out.iterdir()}
+    demo.ensure_demo_data(byte_out)  # somebody's own data is never replaced
+    assert {p.name: p.read_bytes() for p in byte_out.iterdir()} == before
+    demo.ensure_demo_data(tmp_path / "new")
+    assert (tmp_path / "new" / "val.bin").exists()
