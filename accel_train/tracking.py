@@ -62,7 +62,7 @@ def watch_model(accelerator, model, cfg) -> None:
     `run.watch` did. wandb counts backward passes, so the interval is scaled by the accumulation."""
     if cfg.tracker == "wandb" and cfg.watch_interval and accelerator.is_main_process:
         run = accelerator.get_tracker("wandb", unwrap=True)
-        run.watch(accelerator.unwrap_model(model), log="all",
+        run.watch(accelerator.unwrap_model(model, keep_torch_compile=False), log="all",
                   log_freq=cfg.watch_interval * cfg.gradient_accumulation_steps)
 
 
