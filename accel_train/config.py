@@ -52,6 +52,7 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile the model and its loss: auto, on or off
     fused_adamw: str = "auto"  # AdamW's fused kernel: auto, on or off
     fused_loss: bool = True  # cross-entropy a chunk of tokens at a time, fused with the output projection
+    checkpoint_layers: bool = False  # recompute each layer in the backward pass: much less memory, ~1/3 more work
     peak_tflops: float = 0.0  # the device's peak for MFU; 0: NVIDIA's figure for the GPU (none on the CPU)
     # evaluation: how often (optimizer steps) and how many batches per split
     eval_interval: int = 500

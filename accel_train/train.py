@@ -198,7 +198,7 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     micro_steps = cfg.batch_size * cfg.gradient_accumulation_steps // micro_batch  # same sequences per step
     accelerator.gradient_accumulation_steps = micro_steps
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
-    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss)
+    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")

@@ -116,3 +116,31 @@ def test_metrics_rows_carry_tokens_per_second_and_mfu(regrouped):
     for r in rows:
         assert r["tokens_per_s"] > 0
         assert r["mfu"] == pytest.approx(mfu(r["tokens_per_s"], flops_per_token(cfg.model, 128), 2.0))
+
+
+def saved_bytes_and_grads(model, idx):
+    """Bytes the forward pass keeps for the backward (weights aside), and the gradients it gives."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    return sum(saved.values()), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_checkpointed_layers_keep_less_and_give_the_same_gradients():
+    cfg = load_config(["--config", "configs/demo.json", *TINY_MODEL])
+    torch.manual_seed(0)
+    plain, checkpointed = Gemma3(cfg.model), Gemma3(cfg.model, checkpoint_layers=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    idx = torch.randint(cfg.model.vocab_size, (4, 129))
+    kept, grads = saved_bytes_and_grads(plain, idx)
+    kept_checkpointed, grads_checkpointed = saved_bytes_and_grads(checkpointed, idx)
+    torch.testing.assert_close(grads_checkpointed, grads)
+    assert kept_checkpointed < kept / 3

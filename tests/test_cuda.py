@@ -1,0 +1,91 @@
+"""What only a GPU can show: no host-device synchronization inside training steps, attention on the flash
+kernel, the fused loss in bf16 on CUDA. Skipped without CUDA; scripts/gpu_check.py runs them."""
+
+import itertools
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from accel_train.config import load_config
+from accel_train.data import train_loader
+from accel_train.model import Gemma3
+from accel_train.optim import build_optimizer
+from accel_train.schedule import warmup_cosine
+from accel_train.train import make_accelerator, train_step
+from helpers import TINY_MODEL
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# One layer of each kind in the Gemma 3 270M attention shape (4 query heads, 1 key-value head, head_dim 256).
+GEMMA_ATTENTION = ["--model.num_hidden_layers", "2", "--model.sliding_window_pattern", "2", "--model.vocab_size",
+                   "50257", "--model.hidden_size", "640", "--model.intermediate_size", "2048",
+                   "--model.num_attention_heads", "4", "--model.num_key_value_heads", "1", "--model.head_dim", "256",
+                   "--model.query_pre_attn_scalar", "256", "--model.sliding_window", "512"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_training_steps_do_not_synchronize(demo_data_dir, compile):
+    """Between log steps the host only queues work: any synchronization inside train_step raises here."""
+    cfg = load_config(["--data_dir", str(demo_data_dir), "--dtype", "bfloat16", "--compile", compile,
+                       "--batch_size", "8", "--gradient_accumulation_steps", "2", *TINY_MODEL])
+    accelerator = make_accelerator(cfg)
+    model = Gemma3(cfg.model)
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=True)
+    scheduler = warmup_cosine(optimizer, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+    loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed, num_batches=40, pin_memory=True)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    batches = iter(loader)
+
+    def step():
+        return train_step(model, optimizer, scheduler, accelerator, itertools.islice(batches, 2), cfg.grad_clip,
+                          skip_nonfinite=False)
+
+    for _ in range(3):  # warm-up: compilation and first allocations may synchronize
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = [step() for _ in range(5)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss).item() for loss, *_ in results)
+
+
+def test_attention_runs_on_the_flash_kernel_within_the_window():
+    """With only the flash kernel allowed, SDPA raises if the call (mask, GQA, head_dim) does not suit it."""
+    cfg = load_config(GEMMA_ATTENTION)
+    model = Gemma3(cfg.model).cuda()
+    idx = torch.randint(cfg.model.vocab_size, (4, 129), device="cuda")
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_fused_loss_matches_the_plain_loss_in_bf16_on_cuda():
+    cfg = load_config(GEMMA_ATTENTION)
+    torch.manual_seed(0)
+    plain = Gemma3(cfg.model, fused_loss=False).cuda()
+    fused = Gemma3(cfg.model).cuda()
+    fused.load_state_dict(plain.state_dict())
+    idx = torch.randint(cfg.model.vocab_size, (8, 129), device="cuda")
+    results = []
+    for model in (plain, fused):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (loss_ref, grad_ref), (loss, grad) = results
+    assert loss == pytest.approx(loss_ref, rel=1e-3)
+    assert ((grad - grad_ref).norm() / grad_ref.norm()).item() < 2e-2
