@@ -98,7 +98,7 @@ def bf16_phase(args, out: Path, data: Path) -> dict:
     common = [str(REPO / "accel_train" / "train.py"), "--data_dir", str(data), "--dtype", "bfloat16",
               "--max_iters", str(steps), "--warmup_steps", str(steps // 10), "--learning_rate", "3e-3",
               "--min_lr", "3e-4", "--batch_size", batch, "--gradient_accumulation_steps", "2", "--micro_batch", batch,
-              "--log_interval", str(steps // 30), "--eval_interval", str(steps), "--eval_iters", "5",
+              "--log_interval", str(max(1, steps // 30)), "--eval_interval", str(steps), "--eval_iters", "5",
               "--checkpoint_interval", "0", "--sample_tokens", "0", "--plot", "false"]
     common += ["--config", "configs/demo.json", *TINY] if args.tiny else ["--config", "configs/gemma3_270m.json"]
     timeout = 240 * TIME_SCALE
