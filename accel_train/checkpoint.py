@@ -53,7 +53,7 @@ def _fsync(path: Path) -> None:
 def write_manifest(folder: Path) -> None:
     """Record size and sha256 of every file, fsyncing each, then the manifest itself."""
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
         _fsync(path)
         files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = folder / MANIFEST_FILE

@@ -1,0 +1,142 @@
+"""Interrupting real training runs the ways they die in practice, then resuming them.
+
+An interruption is one of: SIGKILL to every process at a random moment of a chosen step
+("kill-step"), SIGKILL while a checkpoint is being written ("kill-save"), or SIGTERM / SIGINT
+to one process only ("term" / "int"), after which every process must save and exit 0.
+Runs need `--log_interval 1`, so that metrics.jsonl shows which step a run has reached.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from accel_train.checkpoint import list_checkpoints
+from helpers import REPO, TRAIN, command, subprocess_env
+
+KINDS = ("kill-step", "kill-save", "term", "int")
+SIGNAL_GRACE_S = 60  # a signalled run must be gone within this (torchrun itself allows 30 s before SIGKILL)
+
+
+def start(args: list[str], processes: int, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as output:
+        return subprocess.Popen(command(TRAIN, args, processes), cwd=REPO, env=subprocess_env(),
+                                stdout=output, stderr=subprocess.STDOUT)
+
+
+def kill_all(proc: subprocess.Popen) -> int:
+    """SIGKILL the run and every process under it (torchrun starts its workers in sessions of their own,
+    so killing the launcher's group alone would leave them training); the launcher's exit status."""
+    try:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    for process in [psutil.Process(proc.pid), *workers] if proc.poll() is None else workers:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    returncode = proc.wait()
+    psutil.wait_procs(workers, timeout=30)
+    return returncode
+
+
+def reached_step(out_dir: Path) -> int:
+    """The last step metrics.jsonl shows (0 before any); a torn last row is ignored."""
+    try:
+        lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError):
+            continue
+    return 0
+
+
+def saving(out_dir: Path) -> bool:
+    return any((out_dir / "checkpoints").glob(".tmp_step_*"))
+
+
+def wait_until(proc: subprocess.Popen, condition, timeout: float = 300) -> bool:
+    """Poll every few milliseconds until `condition()` holds (True) or the run ends first (False)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if condition():
+            return True
+        if time.monotonic() > deadline:
+            raise TimeoutError("the run neither reached the moment nor ended")
+        time.sleep(0.003)
+    return False
+
+
+def trainer_processes(proc: subprocess.Popen, processes: int) -> list[psutil.Process]:
+    """The training processes, rank 0 first: the process itself, or the launcher's workers."""
+    if processes == 1:
+        return [psutil.Process(proc.pid)]
+    workers = []
+    while len(workers) < processes:
+        workers = [p for p in psutil.Process(proc.pid).children() if "train.py" in " ".join(p.cmdline())]
+        time.sleep(0.01)
+    return sorted(workers, key=lambda p: int(p.environ().get("RANK", "0")))
+
+
+def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: random.Random, max_iters: int,
+              log: Path, rank: int | None = None) -> dict:
+    """Run `--resume auto` once and interrupt it as `kind` says; returns what happened.
+
+    The target step is drawn between the step already reached and max_iters; a run that ends before
+    the moment comes is reported as not interrupted. A signal goes to process `rank` (random if None).
+    """
+    start_step = reached_step(out_dir)
+    last = max_iters - (4 if kind in ("term", "int") else 1)  # a signal must land before training ends
+    target = rng.randint(start_step + 1, last) if start_step + 1 <= last else max_iters
+    proc = start([*args, "--resume", "auto"], processes, log)
+    event = {"kind": kind, "from_step": start_step, "target": target}
+    try:
+        if kind == "kill-save":
+            hit = wait_until(proc, lambda: saving(out_dir))
+            time.sleep(rng.uniform(0, 0.02))
+        elif kind.startswith("kill"):
+            hit = wait_until(proc, lambda: reached_step(out_dir) >= target)
+            time.sleep(rng.uniform(0, 0.2))
+        else:
+            victim = rng.randrange(processes) if rank is None else rank
+            victim_process = trainer_processes(proc, processes)[victim]
+            hit = wait_until(proc, lambda: reached_step(out_dir) >= target)
+        if not hit or proc.poll() is not None:
+            event.update(interrupted=False, returncode=proc.wait())
+            return event
+        if kind.startswith("kill"):
+            event.update(interrupted=True, returncode=kill_all(proc))
+            return event
+        sent = time.monotonic()
+        victim_process.send_signal(signal.SIGTERM if kind == "term" else signal.SIGINT)
+        returncode = proc.wait(timeout=SIGNAL_GRACE_S)
+        event.update(interrupted=True, rank=victim, returncode=returncode, exit_s=time.monotonic() - sent,
+                     stopped_at=reached_step(out_dir), newest=list_checkpoints(out_dir)[-1].name)
+        return event
+    finally:
+        kill_all(proc)  # whatever is left of it
+
+
+def finish(args: list[str], processes: int, log: Path) -> int:
+    """Resume to the end without interruption; the exit status."""
+    proc = start([*args, "--resume", "auto"], processes, log)
+    try:
+        return proc.wait(timeout=600)
+    finally:
+        kill_all(proc)
+
+
+def comparable_rows(out_dir: Path) -> list[dict]:
+    """metrics.jsonl without the fields that measure speed, which no two runs share."""
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("tokens_per_s", "mfu")} for row in rows]

@@ -1,0 +1,109 @@
+"""Every mistake a user can make before training starts: one `error:` line, exit status 2, nothing on disk harmed.
+
+All cases run as real trainer processes, side by side to save time.
+"""
+
+import hashlib
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from helpers import REPO, TINY_MODEL, TRAIN, command, subprocess_env
+
+
+def write_data(folder, train_tokens=5000, val_tokens=1000, meta=None):
+    """A small valid data folder (uint16 byte tokens) unless the arguments say otherwise."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        if n is not None:
+            rng.integers(0, 257, n, dtype=np.uint16).tofile(folder / f"{split}.bin")
+    meta = meta or {"dtype": "uint16", "vocab_size": 257, "tokens": {"train": train_tokens, "val": val_tokens}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def setup_cases(root):
+    """(name, trainer arguments, words the message must contain) for each mistake, with its files made."""
+    base = ["--demo_data", "false", "--max_iters", "4", "--warmup_steps", "1", "--batch_size", "2",
+            "--block_size", "32", *TINY_MODEL, "--model.vocab_size", "320", "--plot", "false", "--sample_tokens", "0"]
+    good = write_data(root / "good")
+
+    def run_with(data, out="out", *extra):
+        return [*base, "--data_dir", str(data), "--out_dir", str(root / out), *extra]
+
+    no_val = write_data(root / "no_val", val_tokens=None)
+    empty = write_data(root / "empty")
+    (empty / "train.bin").write_bytes(b"")
+    odd = write_data(root / "odd")
+    (odd / "train.bin").write_bytes((odd / "train.bin").read_bytes()[:-1])
+    short_meta = write_data(root / "short_meta", meta={"dtype": "uint16", "vocab_size": 257,
+                                                        "tokens": {"train": 9000, "val": 1000}})
+    wrong_dtype = write_data(root / "wrong_dtype", meta={"dtype": "uint32", "vocab_size": 257,
+                                                          "tokens": {"train": 5000, "val": 1000}})
+    big_vocab = write_data(root / "big_vocab", meta={"dtype": "uint16", "vocab_size": 50257,
+                                                      "tokens": {"train": 5000, "val": 1000}})
+    bad_json = root / "bad.json"
+    bad_json.write_text('{\n  "max_iters": 10,\n  "batch_size": 4,,\n}\n')
+    string_int = root / "string_int.json"
+    string_int.write_text('{"max_iters": "10"}')
+    a_file = root / "a_file"
+    a_file.write_text("not a folder")
+    return [
+        ("missing data folder", run_with(root / "nowhere"), ["nowhere", "does not exist"]),
+        ("missing split", run_with(no_val), ["no val split"]),
+        ("empty .bin", run_with(empty), ["train.bin", "empty"]),
+        ("odd-sized .bin", run_with(odd), ["train.bin", "not a whole number"]),
+        ("meta.json token count", run_with(short_meta), ["train.bin", "meta.json", "9,000"]),
+        ("meta.json dtype", run_with(wrong_dtype), ["uint32", "meta.json"]),
+        ("meta.json vocabulary", run_with(big_vocab), ["50257", "model.vocab_size"]),
+        ("malformed JSON", ["--config", str(bad_json)], ["bad.json", "line 3"]),
+        ("unknown key", run_with(good, "out", "--max_iter", "5"), ["max_iter", "did you mean 'max_iters'"]),
+        ("ill-typed key", run_with(good, "out", "--max_iters", "ten"), ["max_iters", "int", "ten"]),
+        ("ill-typed JSON key", ["--config", str(string_int)], ["max_iters", "int"]),
+        ("unwritable out_dir", run_with(good, "a_file/out"), ["out_dir", "a_file"]),
+        ("resume from nothing", run_with(good, "out", "--resume", str(root / "no_checkpoint")),
+         ["no_checkpoint", "no such folder"]),
+    ]
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    cases = setup_cases(root)
+    before = snapshot(root)
+    procs = [subprocess.Popen(command(TRAIN, args), cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _, args, _ in cases]
+    results = {}
+    for (name, _, words), proc in zip(cases, procs):
+        stdout, stderr = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, stderr, words)
+    return results, before, snapshot(root)
+
+
+CASES = ["missing data folder", "missing split", "empty .bin", "odd-sized .bin", "meta.json token count",
+         "meta.json dtype", "meta.json vocabulary", "malformed JSON", "unknown key", "ill-typed key",
+         "ill-typed JSON key", "unwritable out_dir", "resume from nothing"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mistake_ends_with_one_error_line_and_status_2(outcomes, name):
+    returncode, stderr, words = outcomes[0][name]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_no_mistake_touches_existing_files(outcomes):
+    _, before, after = outcomes
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not [name for name in after if name not in before]  # nor writes any
