@@ -81,22 +81,29 @@ def trainer_processes(proc: subprocess.Popen, processes: int) -> list[psutil.Pro
     """The training processes, rank 0 first: the process itself, or the launcher's workers."""
     if processes == 1:
         return [psutil.Process(proc.pid)]
-    workers = []
+    workers = {}
     while len(workers) < processes:
-        workers = [p for p in psutil.Process(proc.pid).children() if "train.py" in " ".join(p.cmdline())]
         time.sleep(0.01)
-    return sorted(workers, key=lambda p: int(p.environ().get("RANK", "0")))
+        for child in psutil.Process(proc.pid).children():
+            try:
+                if "train.py" in " ".join(child.cmdline()) and "RANK" in child.environ():
+                    workers[int(child.environ()["RANK"])] = child
+            except psutil.Error:  # a helper process that just ended
+                continue
+    return [workers[rank] for rank in sorted(workers)]
 
 
 def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: random.Random, max_iters: int,
-              log: Path, rank: int | None = None) -> dict:
+              log: Path, rank: int | None = None, ahead: int | None = None) -> dict:
     """Run `--resume auto` once and interrupt it as `kind` says; returns what happened.
 
-    The target step is drawn between the step already reached and max_iters; a run that ends before
-    the moment comes is reported as not interrupted. A signal goes to process `rank` (random if None).
+    The target step is drawn after the step already reached, at most `ahead` steps later (or up to
+    the end); a run that ends before the moment comes is reported as not interrupted. A signal goes
+    to process `rank` (random if None).
     """
     start_step = reached_step(out_dir)
     last = max_iters - (4 if kind in ("term", "int") else 1)  # a signal must land before training ends
+    last = min(last, start_step + ahead) if ahead else last
     target = rng.randint(start_step + 1, last) if start_step + 1 <= last else max_iters
     proc = start([*args, "--resume", "auto"], processes, log)
     event = {"kind": kind, "from_step": start_step, "target": target}
