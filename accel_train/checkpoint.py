@@ -119,27 +119,34 @@ def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree)
     """
     root = checkpoints_root(out_dir)
     final, tmp = root / f"{PREFIX}{step}", root / f".tmp_{PREFIX}{step}"
+
+    def write(save) -> None:
+        """Run this process's part of the save; the agreement after it is also the barrier."""
+        problem = None
+        try:
+            save()
+        except WRITE_ERRORS as err:
+            problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if agree(problem is not None):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(f"could not write checkpoint {final}: {problem or 'a write failed on another process'} "
+                            "(disk full?); the earlier checkpoints are intact")
+
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
     accelerator.wait_for_everyone()
-    problem = None
-    try:
-        accelerator.save_state(str(tmp))  # every process writes its own RNG state
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
-            write_manifest(tmp)
-    except WRITE_ERRORS as err:
-        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if agree(problem is not None):
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not write checkpoint {final}: {problem or 'a write failed on another process'} "
-                        "(disk full?); the earlier checkpoints are intact")
+    write(lambda: accelerator.save_state(str(tmp)))  # every process writes its own RNG state
+    write(lambda: _finish_save(tmp, trainer_state) if accelerator.is_main_process else None)
     if accelerator.is_main_process:
         _install(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _finish_save(tmp: Path, trainer_state: dict) -> None:
+    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+    write_manifest(tmp)
 
 
 def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
