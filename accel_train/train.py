@@ -52,7 +52,7 @@ def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_cli
     synchronizing with the device. `accelerator.backward` scales each loss by 1/accumulation
     and gradients are all-reduced only on the window's last micro-batch. With `skip_nonfinite`,
     a step whose gradient norm is not finite changes no weight; deciding that costs one device
-    synchronization per step, which is why stopping (checked at log steps) is the default.
+    synchronization per step, which is why stopping (checked at log and checkpoint steps) is the default.
     """
     loss_sum, count = 0.0, 0
     for x, y in micro_batches:
@@ -162,7 +162,7 @@ def on_main_process(accelerator: Accelerator, fn):
 
 def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
     """Stop a diverged run. Checked only where the loss and gradient norm are fetched anyway: a
-    non-finite update leaves non-finite weights, so the loss stays non-finite until the check. Under
+    non-finite update leaves non-finite weights, so they stay non-finite until the check. Under
     fp16 an infinite gradient norm is the loss scaler's business (it skips the step), so only the loss counts."""
     if math.isfinite(record["loss"]) and (scaled or math.isfinite(record["grad_norm"])):
         return
