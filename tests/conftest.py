@@ -1,4 +1,5 @@
 import pytest
+from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.demo_corpus import write_demo_data
 
@@ -42,3 +43,14 @@ def trained_run(tmp_path_factory, demo_data_dir):
                     "--log_interval", "3", "--sample_tokens", "40"])
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide state; tests that build their own Accelerator in this process
+    start and end with none, as Accelerate's own tests do."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

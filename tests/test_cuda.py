@@ -5,7 +5,6 @@ import itertools
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from accel_train.config import load_config
@@ -16,6 +15,8 @@ from accel_train.schedule import warmup_cosine
 from accel_train.train import make_accelerator, train_step
 from helpers import TINY_MODEL
 
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # One layer of each kind in the Gemma 3 270M attention shape (4 query heads, 1 key-value head, head_dim 256).
@@ -23,15 +24,6 @@ GEMMA_ATTENTION = ["--model.num_hidden_layers", "2", "--model.sliding_window_pat
                    "50257", "--model.hidden_size", "640", "--model.intermediate_size", "2048",
                    "--model.num_attention_heads", "4", "--model.num_key_value_heads", "1", "--model.head_dim", "256",
                    "--model.query_pre_attn_scalar", "256", "--model.sliding_window", "512"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.mark.parametrize("compile", ["off", "on"])

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.config import TrainConfig
 from accel_train.model import Gemma3, ModelConfig
@@ -16,20 +15,12 @@ from accel_train.optim import build_optimizer
 from accel_train.schedule import lr_at, warmup_cosine
 from accel_train.train import make_accelerator, train_step
 
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 TINY = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                    num_key_value_heads=1, head_dim=16, sliding_window=8, sliding_window_pattern=2,
                    query_pre_attn_scalar=16, max_position_embeddings=64)
 BLOCK = 16
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide state; each test builds its own Accelerator, as Accelerate's own tests do."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(autouse=True)
