@@ -15,9 +15,8 @@ from accel_train.schedule import warmup_cosine
 from accel_train.train import make_accelerator, train_step
 from helpers import TINY_MODEL
 
-pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("fresh_accelerate_state")]
 
 # One layer of each kind in the Gemma 3 270M attention shape (4 query heads, 1 key-value head, head_dim 256).
 GEMMA_ATTENTION = ["--model.num_hidden_layers", "2", "--model.sliding_window_pattern", "2", "--model.vocab_size",
