@@ -1,8 +1,23 @@
-"""accel_train: pretrain small language models from scratch with HuggingFace Accelerate."""
+"""accel_train: pretrain small language models from scratch with HuggingFace Accelerate.
 
-from accel_train.config import TrainConfig, load_config
-from accel_train.data import get_batch
-from accel_train.evaluate import estimate_loss
-from accel_train.model import Gemma3, ModelConfig
+The public names load on first use, so tools that need no torch (data preparation, plots)
+start without importing it.
+"""
 
-__all__ = ["Gemma3", "ModelConfig", "TrainConfig", "estimate_loss", "get_batch", "load_config"]
+import importlib
+
+_EXPORTS = {
+    "Gemma3": "accel_train.model",
+    "ModelConfig": "accel_train.model",
+    "TrainConfig": "accel_train.config",
+    "load_config": "accel_train.config",
+    "get_batch": "accel_train.data",
+    "estimate_loss": "accel_train.evaluate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'accel_train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
