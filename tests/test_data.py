@@ -1,7 +1,6 @@
 """get_batch and the training data stream: shapes, shift by one, bounds, reproducibility, memory."""
 
 import json
-import resource
 
 import numpy as np
 import pytest
