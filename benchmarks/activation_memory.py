@@ -16,23 +16,15 @@ import argparse
 
 import torch
 
+from accel_train.activation_memory import saved_activation_bytes
 from accel_train.config import load_config
 from accel_train.model import Gemma3
 
 
 def kept_bytes(model, forward, batch: int, block: int) -> int:
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    kept = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     idx = torch.randint(model.config.vocab_size, (batch, block + 1))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-        forward(idx[:, :-1], idx[:, 1:])
-    return sum(kept.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return saved_activation_bytes(model, lambda: forward(idx[:, :-1], idx[:, 1:]))[0]
 
 
 def main() -> None:

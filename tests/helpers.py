@@ -40,3 +40,23 @@ def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subpro
 
 def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
     return launch(TRAIN, args, processes, **kwargs)
+
+
+def bf16_losses_and_grads(model_config, idx):
+    """[(loss, flat gradients)] of the plain-loss and the fused-loss model, same weights, under bf16
+    autocast on idx's device: the two ways of computing the loss compared as training sees them."""
+    import torch
+
+    from accel_train.model import Gemma3
+
+    torch.manual_seed(0)
+    plain = Gemma3(model_config, fused_loss=False).to(idx.device)
+    fused = Gemma3(model_config).to(idx.device)
+    fused.load_state_dict(plain.state_dict())
+    results = []
+    for model in (plain, fused):
+        with torch.autocast(idx.device.type, dtype=torch.bfloat16):
+            _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    return results

@@ -8,6 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from accel_train.activation_memory import saved_activation_bytes
 from accel_train.config import load_config
 from accel_train.errors import UserError
 from accel_train.flops import flops_per_token, mfu
@@ -120,18 +121,9 @@ def test_metrics_rows_carry_tokens_per_second_and_mfu(regrouped):
 
 def saved_bytes_and_grads(model, idx):
     """Bytes the forward pass keeps for the backward (weights aside), and the gradients it gives."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
+    saved, (_, loss) = saved_activation_bytes(model, lambda: model(idx[:, :-1], idx[:, 1:]))
     loss.backward()
-    return sum(saved.values()), torch.cat([p.grad.flatten() for p in model.parameters()])
+    return saved, torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def test_checkpointed_layers_keep_less_and_give_the_same_gradients():

@@ -13,7 +13,7 @@ from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
 from accel_train.schedule import warmup_cosine
 from accel_train.train import make_accelerator, train_step
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, bf16_losses_and_grads
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
               pytest.mark.usefixtures("fresh_accelerate_state")]
@@ -66,17 +66,7 @@ def test_attention_runs_on_the_flash_kernel_within_the_window():
 
 def test_fused_loss_matches_the_plain_loss_in_bf16_on_cuda():
     cfg = load_config(GEMMA_ATTENTION)
-    torch.manual_seed(0)
-    plain = Gemma3(cfg.model, fused_loss=False).cuda()
-    fused = Gemma3(cfg.model).cuda()
-    fused.load_state_dict(plain.state_dict())
     idx = torch.randint(cfg.model.vocab_size, (8, 129), device="cuda")
-    results = []
-    for model in (plain, fused):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = model(idx[:, :-1], idx[:, 1:])
-        loss.backward()
-        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
-    (loss_ref, grad_ref), (loss, grad) = results
+    (loss_ref, grad_ref), (loss, grad) = bf16_losses_and_grads(cfg.model, idx)
     assert loss == pytest.approx(loss_ref, rel=1e-3)
     assert ((grad - grad_ref).norm() / grad_ref.norm()).item() < 2e-2
