@@ -59,11 +59,12 @@ def start_tracker(accelerator, cfg, run_id: str) -> None:
 
 def watch_model(accelerator, model, cfg) -> None:
     """wandb histograms of gradients and parameters every `watch_interval` optimizer steps, as the seed's
-    `run.watch` did. wandb counts backward passes, so the interval is scaled by the accumulation."""
+    `run.watch` did. wandb counts backward passes, so the interval is scaled by the micro-batches per
+    optimizer step (the accelerator's accumulation count, which `micro_batch` may make differ from the config's)."""
     if cfg.tracker == "wandb" and cfg.watch_interval and accelerator.is_main_process:
         run = accelerator.get_tracker("wandb", unwrap=True)
         run.watch(accelerator.unwrap_model(model, keep_torch_compile=False), log="all",
-                  log_freq=cfg.watch_interval * cfg.gradient_accumulation_steps)
+                  log_freq=cfg.watch_interval * accelerator.gradient_accumulation_steps)
 
 
 def flat_config(d: dict, prefix: str = "") -> dict:
