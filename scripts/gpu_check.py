@@ -11,7 +11,8 @@ timeout still leaves the others' results:
           (if not, again with checkpoint_layers, and both figures are kept)
   bf16    a bf16 run of 300 steps, compiled and not (side by side): the loss falls, and both runs'
           losses agree within bf16 noise
-  tests   tests/test_cuda.py and tests/test_losses.py
+  tests   tests/test_cuda.py (no syncs, flash and FlexAttention kernels, the bf16 loss), test_losses.py
+          and test_attention.py
 Writes <phase>.log, the benchmarks' JSON, summary.json and summary.md (rows for benchmarks/RESULTS.md).
 Exits 1 if a check failed.
 """
@@ -132,8 +133,9 @@ def bf16_phase(args, out: Path, data: Path) -> dict:
 
 
 def tests_phase(args, out: Path, data: Path) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py", "tests/test_losses.py"]
-    status, seconds = run("tests", cmd, out, timeout=180)
+    cmd = [sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py", "tests/test_losses.py",
+           "tests/test_attention.py"]
+    status, seconds = run("tests", cmd, out, timeout=300)
     return {"status": status, "seconds": seconds, "command": " ".join(cmd[1:]), "ok": status == 0}
 
 
