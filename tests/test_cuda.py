@@ -1,5 +1,6 @@
 """What only a GPU can show: no host-device synchronization inside training steps, attention on the
-flash kernel within the sliding window and on FlexAttention beyond it, the fused loss in bf16 on CUDA. Skipped without CUDA; scripts/gpu_check.py runs them."""
+flash kernel within the sliding window and on FlexAttention beyond it, the fused loss in bf16 on CUDA.
+Skipped without CUDA; scripts/gpu_check.py runs them."""
 
 import itertools
 
