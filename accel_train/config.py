@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("none", "wandb", "tensorboard")
 NONFINITE = ("stop", "skip")
 SWITCHES = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
     micro_batch: int = 0  # sequences per forward pass; 0: batch_size on the CPU, the largest that fits on a GPU
     compile: str = "auto"  # torch.compile the model and its loss: auto, on or off
+    compile_mode: str = "default"  # torch.compile's mode; max-autotune tries more matmul kernels (minutes more)
     fused_adamw: str = "auto"  # AdamW's fused kernel: auto, on or off
     fused_loss: bool = True  # cross-entropy a chunk of tokens at a time, fused with the output projection
     checkpoint_layers: bool = False  # recompute each layer in the backward pass: much less memory, ~1/3 more work
@@ -101,7 +103,7 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
         for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS), ("nonfinite", NONFINITE),
-                              ("compile", SWITCHES), ("fused_adamw", SWITCHES)):
+                              ("compile", SWITCHES), ("compile_mode", COMPILE_MODES), ("fused_adamw", SWITCHES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"config key '{name}' must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
         if self.micro_batch and (self.batch_size * self.gradient_accumulation_steps) % self.micro_batch:

@@ -81,7 +81,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         project_dir=cfg.out_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
         # prepare() compiles the model, loss included; one static shape per micro-batch
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no", dynamic=False),
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no",
+                                        mode=cfg.compile_mode, dynamic=False),
     )
 
 

@@ -4,10 +4,12 @@ import json
 import sys
 
 import pytest
+import torch
 
 from accel_train.config import DEFAULT_CONFIG, load_config
 from accel_train.errors import UserError
 from accel_train.hardware import resolve_hardware
+from accel_train.train import make_accelerator
 from helpers import TRAIN, run
 
 
@@ -41,6 +43,7 @@ def test_config_file_and_seed_keys(tmp_path):
     (["--block_size", "1024", "--model.max_position_embeddings", "512"], "block_size (1024) exceeds the model's context"),
     (["--dtype", "float8"], "config key 'dtype' must be one of"),
     (["--tracker", "mlflow"], "config key 'tracker' must be one of"),
+    (["--compile_mode", "fastest"], "config key 'compile_mode' must be one of"),
     (["--batch_size", "0"], "'batch_size' must be at least 1"),
     (["--model.num_attention_heads", "3", "--model.num_key_value_heads", "2"], "must be a multiple of"),
     (["--max_iters"], "--max_iters needs a value"),
@@ -76,6 +79,15 @@ def test_precision_resolution_on_this_cpu():
         resolve_hardware("cpu", "float16")
     with pytest.raises(UserError, match="no CUDA GPU is visible"):
         resolve_hardware("cuda", "auto")
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("mode, autotunes", [("default", False), ("max-autotune-no-cudagraphs", True)])
+def test_compile_mode_reaches_torch_compile(mode, autotunes):
+    """The prepared model is compiled with the configured mode (max-autotune benchmarks matmul kernels)."""
+    accelerator = make_accelerator(load_config(["--compile", "on", "--compile_mode", mode]))
+    model = accelerator.prepare(torch.nn.Linear(4, 4))
+    assert model.get_compiler_config()["max_autotune"] is autotunes
 
 
 def test_cli_error_is_one_line_and_exit_2():
