@@ -13,6 +13,7 @@ timeout still leaves the others' results:
           losses agree within bf16 noise
   tests   tests/test_cuda.py (no syncs, flash and FlexAttention kernels, the bf16 loss), test_losses.py
           and test_attention.py
+  ablate  (only with --only ablate) our loop alone with one setting changed at a time: what each pays
 Writes <phase>.log, the benchmarks' JSON, summary.json and summary.md (rows for benchmarks/RESULTS.md).
 Exits 1 if a check failed.
 """
@@ -139,7 +140,36 @@ def tests_phase(args, out: Path, data: Path) -> dict:
     return {"status": status, "seconds": seconds, "command": " ".join(cmd[1:]), "ok": status == 0}
 
 
-PHASES = {"bench": bench_phase, "vocab": vocab_phase, "bf16": bf16_phase, "tests": tests_phase}
+def ablations(tiny: bool) -> dict[str, list[str]]:
+    """One setting changed at a time, most telling first: a vocabulary padded to a multiple of 64 (what
+    aligned output-projection matmuls would gain), a larger and a smaller micro-batch, the plain loss,
+    autotuned matmuls."""
+    larger, smaller = ("32", "8") if tiny else ("512", "128")
+    return {"as configured": [], "vocab 50304": ["--model.vocab_size", "50304"],
+            f"micro-batch {larger}": ["--micro_batch", larger], f"micro-batch {smaller}": ["--micro_batch", smaller],
+            "plain loss": ["--fused_loss", "false"], "max-autotune": ["--compile_mode", "max-autotune-no-cudagraphs"]}
+
+
+def ablate_phase(args, out: Path, data: Path) -> dict:
+    """The benchmark of our loop alone, once per setting of `ablations`; each row records what it measured."""
+    base = ["--config", "configs/demo.json", *TINY, "--steps", "2"] if args.tiny else \
+           ["--config", "configs/gemma3_270m.json", "--steps", "5"]
+    rows, start = {}, time.perf_counter()
+    for label, change in ablations(args.tiny).items():
+        name = "ablate_" + label.replace(" ", "_")
+        json_path = out / f"{name}.json"
+        cmd = [sys.executable, "-m", "accel_train.bench", *base, *change, "--seed_loop", "off",
+               "--data_dir", str(data), "--json", str(json_path)]
+        status, seconds = run(name, cmd, out, timeout=240 if "autotune" in label else 150)
+        rows[label] = {"status": status, "seconds": seconds, "command": " ".join(cmd[1:]),
+                       **({"ours": json.loads(json_path.read_text())["ours"]} if status == 0 else {})}
+    return {"status": 0, "seconds": time.perf_counter() - start, "command": "one bench per setting",
+            "rows": rows, "ok": all(r["status"] == 0 for r in rows.values())}
+
+
+PHASES = {"bench": bench_phase, "vocab": vocab_phase, "bf16": bf16_phase, "tests": tests_phase,
+          "ablate": ablate_phase}
+DEFAULT_PHASES = ("bench", "vocab", "bf16", "tests")
 
 
 def summary_markdown(results: dict, card: str, date: str) -> str:
@@ -166,6 +196,16 @@ def summary_markdown(results: dict, card: str, date: str) -> str:
                 memory = "n/a (CPU)" if v["peak_memory_gib"] is None else f"{v['peak_memory_gib']:.2f} GiB"
                 row(label, f"peak {memory} at micro-batch {v['ours']['micro_batch']}, "
                     f"{v['ours']['tokens_per_s']:,.0f} tokens/s", v)
+        elif name == "ablate":
+            for label, a in r["rows"].items():
+                if a["status"] != 0:
+                    row(f"ablate: {label}", f"exit status {a['status']}", a)
+                else:
+                    o = a["ours"]
+                    mfu = f"{100 * o['mfu']:.1f}% MFU" if o.get("mfu") is not None else "MFU n/a"
+                    memory = f", {o['peak_memory_gib']:.1f} GiB" if o.get("peak_memory_gib") is not None else ""
+                    row(f"ablate: {label}", f"{o['tokens_per_s']:,.0f} tokens/s, {mfu}, micro-batch "
+                        f"{o['micro_batch']}{memory}", {**a, "ok": True})
         elif name == "bf16":
             row(name, f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}; compiled {r['compiled_tail_loss']:.4f} "
                 f"vs eager {r['eager_tail_loss']:.4f} ({100 * r['relative_gap']:.2f}%)", r)
@@ -189,7 +229,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         data = Path(tmp) / "demo"  # every check reads the built-in corpus: speed does not depend on the text
         write_demo_data(data)
-        for name in args.only or PHASES:
+        for name in args.only or DEFAULT_PHASES:
             print(f"gpu_check: {name} ...", flush=True)
             results[name] = PHASES[name](args, out, data)
             print(f"gpu_check: {name}: {'ok' if results[name].get('ok') else 'FAILED'} "
