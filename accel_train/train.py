@@ -123,17 +123,46 @@ def check_data(cfg: TrainConfig) -> dict:
     return meta
 
 
-def fresh_state(cfg: TrainConfig) -> dict:
+def fresh_state(cfg: TrainConfig, processes: int) -> dict:
     return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
-            "run_id": new_run_id(), "config": cfg.to_dict()}
+            "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
-def plan_start(cfg: TrainConfig) -> tuple[Path | None, dict]:
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
+    """Refuse to resume `folder` where the run would draw other data: global batches come from (seed, b)
+    and an optimizer step takes accumulation x processes of them, so only micro_batch may regroup them.
+    Checkpoints without a process count come from this project's single-process days."""
+    saved, saved_processes = state["config"], state.get("processes", 1)
+    changed, fixes = [], []
+    for k in ("batch_size", "block_size", "seed"):
+        if saved[k] != getattr(cfg, k):
+            changed.append(f"{k} is {saved[k]} there, {getattr(cfg, k)} here")
+            fixes.append(f"--{k} {saved[k]}")
+    saved_batches, accum = saved["gradient_accumulation_steps"] * saved_processes, cfg.gradient_accumulation_steps
+    if saved_batches != accum * processes:
+        changed.append(f"gradient_accumulation_steps x processes is {saved['gradient_accumulation_steps']} x "
+                       f"{_processes(saved_processes)} there, {accum} x {_processes(processes)} here")
+        fixes.append(f"--gradient_accumulation_steps {saved_batches // processes} with {_processes(processes)}"
+                     if saved_batches % processes == 0 else
+                     f"--gradient_accumulation_steps {saved['gradient_accumulation_steps']} with "
+                     f"{_processes(saved_processes)}")
+    if changed:
+        raise UserError(f"resuming {folder} would change its data stream ({'; '.join(changed)}): it took "
+                        f"{saved_batches * saved['batch_size']} sequences of {saved['block_size']} tokens per "
+                        f"optimizer step, this run would take {accum * processes * cfg.batch_size} sequences of "
+                        f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
+
+
+def plan_start(cfg: TrainConfig, processes: int) -> tuple[Path | None, dict]:
     """The checkpoint to resume (or None) and the trainer state to start from; every check a user's
     mistake can fail happens here, before anything is written."""
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
     if resume_from is None:
-        state = fresh_state(cfg)
+        state = fresh_state(cfg, processes)
     else:
         state = read_trainer_state(resume_from)
         saved, wanted = state["config"]["model"], cfg.to_dict()["model"]
@@ -141,6 +170,8 @@ def plan_start(cfg: TrainConfig) -> tuple[Path | None, dict]:
         if changed:
             raise UserError(f"the config's model shape differs from the checkpoint {resume_from} "
                             f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
+        check_data_stream(resume_from, state, cfg, processes)
+        state.update(config=cfg.to_dict(), processes=processes)  # the next checkpoint is this run's
     check_data(cfg)
     prepare_out_dir(cfg, resuming=resume_from is not None)
     return resume_from, state
@@ -191,7 +222,7 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape
         cfg.model = hf_model_config(cfg.init_from)
         cfg.validate()
-    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg))
+    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes))
     state.setdefault("skipped_steps", 0)
 
     fused_adamw = switch_on(cfg.fused_adamw, accelerator.device.type == "cuda")
@@ -216,6 +247,7 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if resume_from:
         accelerator.load_state(str(resume_from))
+        accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
         accelerator.print(f"resuming from {resume_from} at step {state['step']}")
     else:
         if cfg.resume == "auto":
