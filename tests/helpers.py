@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -40,6 +41,12 @@ def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subpro
 
 def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
     return launch(TRAIN, args, processes, **kwargs)
+
+
+def snapshot(root: Path) -> dict:
+    """sha256 of every file under root, by relative path: compare two to show that nothing on disk changed."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
 def bf16_losses_and_grads(model_config, idx):

@@ -3,14 +3,13 @@
 All cases run as real trainer processes, side by side to save time.
 """
 
-import hashlib
 import json
 import subprocess
 
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_MODEL, TRAIN, command, subprocess_env
+from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env
 
 
 def write_data(folder, train_tokens=5000, val_tokens=1000, meta=None):
@@ -67,11 +66,6 @@ def setup_cases(root):
         ("resume from nothing", run_with(good, "out", "--resume", str(root / "no_checkpoint")),
          ["no_checkpoint", "no such folder"]),
     ]
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ of batch_size, block_size, seed or accumulation x processes would change the dat
 must be refused before anything is written.
 """
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from accel_train.checkpoint import write_manifest
-from helpers import REPO, TINY_MODEL, TRAIN, command, subprocess_env, train
+from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env, train
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2
 RUN = ["--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4", "--batch_size", "4", "--block_size", "32",
@@ -33,11 +32,6 @@ def args(data_dir, out_dir, accumulation, *extra):
 
 def weights(out_dir, step=MAX_ITERS):
     return load_file(out_dir / "checkpoints" / f"step_{step}" / "model.safetensors")
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
