@@ -19,7 +19,7 @@ from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env, 
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2
 RUN = ["--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4", "--batch_size", "4", "--block_size", "32",
-       "--eval_interval", "3", "--eval_iters", "1", "--log_interval", "1", "--checkpoint_interval", "3",
+       "--eval_interval", "3", "--eval_iters", "1", "--log_interval", "1", "--checkpoint_interval", str(FIRST_PART),
        "--keep_last", "0", "--dtype", "float32", "--device", "cpu", "--demo_data", "false", "--plot", "false",
        "--sample_tokens", "0", *TINY_MODEL]
 ONE_PROCESS = {"OMP_NUM_THREADS": "1"}  # as accelerate launch sets it for each of several processes
