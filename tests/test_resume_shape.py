@@ -2,7 +2,9 @@
 
 Global batch b is drawn from (seed, b) alone and an optimizer step takes accumulation x processes
 of them, so 2 processes with accumulation 1 and 1 process with accumulation 2 are the same run:
-a run started one way and finished the other must end where an uninterrupted run ends. A change
+a run started one way and finished the other must end where an uninterrupted run ends; so must one
+whose micro_batch (sequences per forward pass) changed on resume, as the automatic one may on another
+GPU. A change
 of batch_size, block_size, seed or accumulation x processes would change the data mid-run and
 must be refused before anything is written.
 """
@@ -37,16 +39,20 @@ def weights(out_dir, step=MAX_ITERS):
 @pytest.fixture(scope="module")
 def runs(demo_data_dir, tmp_path_factory):
     """out_dirs of: one uninterrupted process with accumulation 2 ("reference"); two processes with
-    accumulation 1 ("two_processes"); each taken back to its mid-run checkpoint and finished the other
-    way ("to_one_process": on one process with accumulation 2; "to_two_processes": the reverse)."""
+    accumulation 1 ("two_processes"); one process taking both sequence groups of a step in one forward pass
+    ("micro_batch_8"); each taken back to its mid-run checkpoint and finished another way ("to_one_process":
+    on one process with accumulation 2; "to_two_processes": the reverse; "to_micro_batch_4": two forward
+    passes per step, as a resume on a GPU with less memory would choose)."""
     root = tmp_path_factory.mktemp("resume_shape")
-    out = {name: root / name for name in ("reference", "two_processes", "to_one_process", "to_two_processes")}
-    result = train(args(demo_data_dir, out["reference"], 2), env=ONE_PROCESS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = train(args(demo_data_dir, out["two_processes"], 1), processes=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = {name: root / name for name in ("reference", "two_processes", "micro_batch_8", "to_one_process",
+                                          "to_two_processes", "to_micro_batch_4")}
+    for name, accumulation, processes, extra in (("reference", 2, 1, []), ("two_processes", 1, 2, []),
+                                                 ("micro_batch_8", 2, 1, ["--micro_batch", "8"])):
+        result = train(args(demo_data_dir, out[name], accumulation, *extra), processes=processes, env=ONE_PROCESS)
+        assert result.returncode == 0, result.stderr[-3000:]
     for source, switched, processes, accumulation in (("two_processes", "to_one_process", 1, 2),
-                                                      ("reference", "to_two_processes", 2, 1)):
+                                                      ("reference", "to_two_processes", 2, 1),
+                                                      ("micro_batch_8", "to_micro_batch_4", 1, 2)):
         shutil.copytree(out[source], out[switched])
         shutil.rmtree(out[switched] / "checkpoints" / f"step_{MAX_ITERS}")
         result = train(args(demo_data_dir, out[switched], accumulation, "--resume", "auto"), processes=processes,
@@ -60,8 +66,9 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("switched", ["to_one_process", "to_two_processes"])
-def test_a_run_resumed_with_processes_traded_for_accumulation_matches_an_uninterrupted_run(runs, switched):
+@pytest.mark.parametrize("switched", ["micro_batch_8", "to_one_process", "to_two_processes", "to_micro_batch_4"])
+def test_a_run_regrouped_or_resumed_regrouped_matches_an_uninterrupted_run(runs, switched):
+    """Processes traded for accumulation, or sequences regrouped into forward passes (micro_batch)."""
     assert max_difference(weights(runs[switched]), weights(runs["reference"])) < 1e-6
     # the resumed steps were real, so agreeing within 1e-6 means something
     assert max_difference(weights(runs["reference"], FIRST_PART), weights(runs["reference"])) > 1e-3
