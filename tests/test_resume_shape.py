@@ -4,9 +4,8 @@ Global batch b is drawn from (seed, b) alone and an optimizer step takes accumul
 of them, so 2 processes with accumulation 1 and 1 process with accumulation 2 are the same run:
 a run started one way and finished the other must end where an uninterrupted run ends; so must one
 whose micro_batch (sequences per forward pass) changed on resume, as the automatic one may on another
-GPU. A change
-of batch_size, block_size, seed or accumulation x processes would change the data mid-run and
-must be refused before anything is written.
+GPU. A change of batch_size, block_size, seed or accumulation x processes would change the data
+mid-run and must be refused before anything is written.
 """
 
 import json
