@@ -3,6 +3,7 @@
     python scripts/gpu_check.py                # the real checks; results under $OUT (else out/gpu_check)
     python scripts/gpu_check.py --tiny         # the same checks on a tiny model: proves the script anywhere
     python scripts/gpu_check.py --only bench   # one check again
+    python scripts/gpu_check.py --budget_s 520 # as many checks as fit in one 10-minute device call
 
 Checks, most important first, each a subprocess with its own time limit, so one failure or
 timeout still leaves the others' results:
@@ -14,7 +15,9 @@ timeout still leaves the others' results:
   tests   tests/test_cuda.py (no syncs, flash and FlexAttention kernels, the bf16 loss), test_losses.py
           and test_attention.py
   ablate  (only with --only ablate) our loop alone with one setting changed at a time: what each pays
-Writes <phase>.log, the benchmarks' JSON, summary.json and summary.md (rows for benchmarks/RESULTS.md).
+Writes <phase>.log, the benchmarks' JSON, summary.json and summary.md (rows for benchmarks/RESULTS.md),
+the summaries after every check. With --budget_s, a check is cut at the budget's end and those after
+it are not run (both count as failed, exit status 124).
 Exits 1 if a check failed.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,15 +49,24 @@ VOCAB_LIMIT_GIB = 20.0
 LOSS_AGREEMENT = 0.03  # relative: compiled and eager bf16 runs drift apart by rounding, not by more
 LOSS_DROP = 0.5  # nats the bf16 run's loss must fall
 TIME_SCALE = 1.0  # --tiny on a CPU: slower than a GPU even for a tiny model, so 4x the time limits
+DEADLINE = math.inf  # time.monotonic() by which every check must have ended (--budget_s)
+
+
+def time_limit(seconds: float) -> float:
+    """A check's own limit, scaled for --tiny on a CPU and cut to what is left of --budget_s."""
+    return min(seconds * TIME_SCALE, DEADLINE - time.monotonic())
 
 
 def run(name: str, cmd: list[str], out: Path, timeout: float, env: dict | None = None) -> tuple[int, float]:
     """Run cmd with its output in out/<name>.log; (exit status, or 124 on timeout; seconds)."""
-    timeout *= TIME_SCALE
+    timeout = time_limit(timeout)
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
+        if timeout < 1:
+            log.write("not run: --budget_s is spent\n")
+            return 124, 0.0
         try:
             status = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
                                     env={**os.environ, "WANDB_MODE": "offline", **(env or {})}).returncode
@@ -103,19 +116,19 @@ def bf16_phase(args, out: Path, data: Path) -> dict:
               "--log_interval", str(max(1, steps // 30)), "--eval_interval", str(steps), "--eval_iters", "5",
               "--checkpoint_interval", "0", "--sample_tokens", "0", "--plot", "false"]
     common += ["--config", "configs/demo.json", *TINY] if args.tiny else ["--config", "configs/gemma3_270m.json"]
-    timeout = 240 * TIME_SCALE
+    timeout = time_limit(240)
     procs, start = {}, time.perf_counter()
     for mode in ("on", "off"):
-        log = open(out / f"bf16_compile_{mode}.log", "w")
         cmd = [sys.executable, *common, "--compile", mode, "--out_dir", str(out / f"bf16_compile_{mode}")]
-        log.write(" ".join(cmd) + "\n\n")
-        log.flush()
-        procs[mode] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "WANDB_MODE": "offline"})
+        with open(out / f"bf16_compile_{mode}.log", "w") as log:  # the child keeps its own copy
+            log.write(" ".join(cmd) + "\n\n")
+            log.flush()
+            procs[mode] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                           env={**os.environ, "WANDB_MODE": "offline"})
     status = {}
     for mode, proc in procs.items():
         try:
-            status[mode] = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - start)))
+            status[mode] = proc.wait(timeout=max(0.1, timeout - (time.perf_counter() - start)))
         except subprocess.TimeoutExpired:
             proc.kill()
             status[mode] = 124
@@ -180,7 +193,7 @@ def summary_markdown(results: dict, card: str, date: str) -> str:
 
     for name, r in results.items():
         if r["status"] != 0:
-            row(name, f"exit status {r['status']} (see {name}.log)", r)
+            row(name, f"exit status {r['status']} (see {name}*.log)", r)
         elif name == "bench":
             for who in ("seed", "ours"):
                 x = r[who]
@@ -218,9 +231,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a tiny model, to prove the script on any machine")
     parser.add_argument("--only", choices=PHASES, action="append", help="run only this check (repeatable)")
+    parser.add_argument("--budget_s", type=float, default=math.inf,
+                        help="end every check within this many seconds: a check that is cut short fails")
     args = parser.parse_args()
-    global TIME_SCALE
+    global TIME_SCALE, DEADLINE
     TIME_SCALE = 4.0 if args.tiny and not torch.cuda.is_available() else 1.0
+    DEADLINE = time.monotonic() + args.budget_s
     out = Path(os.environ.get("OUT") or REPO / "out" / "gpu_check")
     out.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -234,10 +250,12 @@ def main() -> None:
             results[name] = PHASES[name](args, out, data)
             print(f"gpu_check: {name}: {'ok' if results[name].get('ok') else 'FAILED'} "
                   f"in {results[name]['seconds']:.0f} s", flush=True)
-    (out / "summary.json").write_text(json.dumps({"card": card, "date": date, "tiny": args.tiny,
-                                                  "torch": torch.__version__, "results": results}, indent=2) + "\n")
-    markdown = summary_markdown(results, card, date)
-    (out / "summary.md").write_text(markdown)
+            # after every check, so that a run cut short from outside still leaves what it measured
+            (out / "summary.json").write_text(json.dumps({"card": card, "date": date, "tiny": args.tiny,
+                                                          "torch": torch.__version__, "results": results},
+                                                         indent=2) + "\n")
+            markdown = summary_markdown(results, card, date)
+            (out / "summary.md").write_text(markdown)
     print(markdown)
     sys.exit(0 if all(r.get("ok") for r in results.values()) else 1)
 
