@@ -55,6 +55,7 @@ class TrainConfig:
     fused_adamw: str = "auto"  # AdamW's fused kernel: auto, on or off
     fused_loss: bool = True  # cross-entropy a chunk of tokens at a time, fused with the output projection
     checkpoint_layers: bool = False  # recompute each layer in the backward pass: much less memory, ~1/3 more work
+    activation_memory_budget: float = 1.0  # compiled: share of the activations kept for backward; less recomputes
     peak_tflops: float = 0.0  # the device's peak for MFU; 0: NVIDIA's figure for the GPU (none on the CPU)
     # evaluation: how often (optimizer steps) and how many batches per split
     eval_interval: int = 500
@@ -93,6 +94,8 @@ class TrainConfig:
                      "watch_interval", "sample_tokens", "micro_batch", "peak_tflops"):
             if getattr(self, name) < 0:
                 raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.activation_memory_budget <= 1:
+            raise UserError(f"config key 'activation_memory_budget' must lie in [0, 1], got {self.activation_memory_budget}")
         if self.learning_rate <= 0:
             raise UserError(f"config key 'learning_rate' must be positive, got {self.learning_rate}")
         if self.min_lr > self.learning_rate:

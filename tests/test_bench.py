@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from torch._functorch import config as functorch_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -15,7 +16,7 @@ from accel_train.flops import flops_per_token, mfu
 from accel_train.micro_batch import divisors_descending, largest_fitting
 from accel_train.model import Gemma3
 from accel_train.tracking import read_metrics
-from accel_train.train import train
+from accel_train.train import make_accelerator, train
 from helpers import TINY_MODEL, run
 
 SMALL_RUN = ["--batch_size", "4", "--gradient_accumulation_steps", "4", "--warmup_steps", "1", "--eval_iters", "1",
@@ -136,3 +137,27 @@ def test_checkpointed_layers_keep_less_and_give_the_same_gradients():
     kept_checkpointed, grads_checkpointed = saved_bytes_and_grads(checkpointed, idx)
     torch.testing.assert_close(grads_checkpointed, grads)
     assert kept_checkpointed < kept / 3
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_activation_memory_budget_makes_the_compiled_model_keep_less_for_the_same_gradients(monkeypatch):
+    """The budget reaches inductor's partitioner through the trainer's Accelerator: the compiled model keeps
+    a fraction of the activations and recomputes the rest, with the same gradients."""
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", 1.0)  # this process's value comes back after
+    cfg = load_config(["--config", "configs/demo.json", *TINY_MODEL, "--compile", "on", "--device", "cpu"])
+    torch.manual_seed(0)
+    weights = Gemma3(cfg.model).state_dict()
+    idx = torch.randint(cfg.model.vocab_size, (16, 129))
+    kept, grads = {}, {}
+    for budget in (1.0, 0.2):
+        cfg.activation_memory_budget = budget
+        accelerator = make_accelerator(cfg)
+        torch._dynamo.reset()
+        model = Gemma3(cfg.model)
+        model.load_state_dict(weights)
+        compiled = accelerator.prepare(model)
+        compiled(idx[:, :-1], idx[:, 1:])[1].backward()  # compiled outside the counting: the graph training runs
+        model.zero_grad(set_to_none=True)
+        kept[budget], grads[budget] = saved_bytes_and_grads(compiled, idx)
+    torch.testing.assert_close(grads[0.2], grads[1.0], rtol=1e-4, atol=1e-6)
+    assert kept[0.2] < kept[1.0] / 2

@@ -44,6 +44,7 @@ def test_config_file_and_seed_keys(tmp_path):
     (["--dtype", "float8"], "config key 'dtype' must be one of"),
     (["--tracker", "mlflow"], "config key 'tracker' must be one of"),
     (["--compile_mode", "fastest"], "config key 'compile_mode' must be one of"),
+    (["--activation_memory_budget", "1.5"], "'activation_memory_budget' must lie in [0, 1], got 1.5"),
     (["--batch_size", "0"], "'batch_size' must be at least 1"),
     (["--model.num_attention_heads", "3", "--model.num_key_value_heads", "2"], "must be a multiple of"),
     (["--max_iters"], "--max_iters needs a value"),
