@@ -41,6 +41,7 @@ from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
+from accel_train.resume import check_resumable
 from accel_train.schedule import warmup_cosine
 from accel_train.sample import sample_text
 from accel_train.tracking import MetricsLog, new_run_id, start_tracker, watch_model
@@ -132,35 +133,6 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
             "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
-def _processes(n: int) -> str:
-    return f"{n} process" if n == 1 else f"{n} processes"
-
-
-def check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
-    """Refuse to resume `folder` where the run would draw other data: global batches come from (seed, b)
-    and an optimizer step takes accumulation x processes of them, so only micro_batch may regroup them.
-    Checkpoints without a process count come from this project's single-process days."""
-    saved, saved_processes = state["config"], state.get("processes", 1)
-    changed, fixes = [], []
-    for k in ("batch_size", "block_size", "seed"):
-        if saved[k] != getattr(cfg, k):
-            changed.append(f"{k} is {saved[k]} there, {getattr(cfg, k)} here")
-            fixes.append(f"--{k} {saved[k]}")
-    saved_batches, accum = saved["gradient_accumulation_steps"] * saved_processes, cfg.gradient_accumulation_steps
-    if saved_batches != accum * processes:
-        changed.append(f"gradient_accumulation_steps x processes is {saved['gradient_accumulation_steps']} x "
-                       f"{_processes(saved_processes)} there, {accum} x {_processes(processes)} here")
-        fixes.append(f"--gradient_accumulation_steps {saved_batches // processes} with {_processes(processes)}"
-                     if saved_batches % processes == 0 else
-                     f"--gradient_accumulation_steps {saved['gradient_accumulation_steps']} with "
-                     f"{_processes(saved_processes)}")
-    if changed:
-        raise UserError(f"resuming {folder} would change its data stream ({'; '.join(changed)}): it took "
-                        f"{saved_batches * saved['batch_size']} sequences of {saved['block_size']} tokens per "
-                        f"optimizer step, this run would take {accum * processes * cfg.batch_size} sequences of "
-                        f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
-
-
 def plan_start(cfg: TrainConfig, processes: int) -> tuple[Path | None, dict]:
     """The checkpoint to resume (or None) and the trainer state to start from; every check a user's
     mistake can fail happens here, before anything is written."""
@@ -169,12 +141,7 @@ def plan_start(cfg: TrainConfig, processes: int) -> tuple[Path | None, dict]:
         state = fresh_state(cfg, processes)
     else:
         state = read_trainer_state(resume_from)
-        saved, wanted = state["config"]["model"], cfg.to_dict()["model"]
-        changed = [f"model.{k} is {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v]
-        if changed:
-            raise UserError(f"the config's model shape differs from the checkpoint {resume_from} "
-                            f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
-        check_data_stream(resume_from, state, cfg, processes)
+        check_resumable(resume_from, state, cfg, processes)
         state.update(config=cfg.to_dict(), processes=processes)  # the next checkpoint is this run's
     check_data(cfg)
     prepare_out_dir(cfg, resuming=resume_from is not None)
