@@ -1,10 +1,12 @@
 """Training throughput and MFU of a config, beside the seed's loop on the same model and data.
 
     python -m accel_train.bench --config configs/gemma3_270m.json [--steps 10] [--seed_steps 2]
-        [--seed_loop off] [--json FILE] [--key value ...]
+        [--seed_loop off] [--profile_steps 3] [--json FILE] [--key value ...]
 
 Ours is `train.train()` itself: `steps` optimizer steps to warm up (compilation, allocator), then
-`steps` timed ones, whose tokens/s and MFU are the run's last metrics row. The seed's loop is
+`steps` timed ones, whose tokens/s and MFU are the run's metrics row at the end of them. With
+`--profile_steps N`, torch.profiler then records N more steps (after one of its own warm-up), and
+the operations taking the most time are printed and kept (the full table beside the JSON). The seed's loop is
 written here as its document describes it (bf16 autocast, GradScaler, loss / accumulation,
 a scheduler step per micro-batch, its memmap-per-call get_batch, micro-batch = batch_size) and
 timed in the same process on a fresh model of the same shape. Without data in the config's
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd import DeviceType
 
 from accel_train.config import DEFAULT_CONFIG, TrainConfig, load_config
 from accel_train.data import read_meta, split_path
@@ -106,20 +109,49 @@ def seed_loop(cfg: TrainConfig, device: torch.device, optimizer_steps: int) -> d
             "micro_batch": cfg.batch_size, "loss": loss.item() * accum, "peak_memory_gib": peak_memory_gib(device)}
 
 
-def bench_config(cfg: TrainConfig, steps: int, work: Path) -> TrainConfig:
-    """The config as the benchmark runs it: 2 x steps optimizer steps into a scratch folder, one row per
-    `steps`, one evaluation batch and one checkpoint at the end, nothing drawn or sampled."""
+def bench_config(cfg: TrainConfig, steps: int, work: Path, profile_steps: int = 0) -> TrainConfig:
+    """The config as the benchmark runs it: 2 x steps optimizer steps into a scratch folder (and the
+    profiled ones after them), one row per `steps`, one evaluation batch at the end of the timed steps
+    and at the end of the run, one checkpoint at the end, nothing drawn or sampled."""
     if not cfg.demo_data and not (Path(cfg.data_dir) / "train.bin").exists():
         print(f"bench: no data in {cfg.data_dir}: using the built-in demo corpus")
         cfg.data_dir, cfg.demo_data = str(work / "data"), True
     cfg.out_dir, cfg.resume, cfg.tracker = str(work / "run"), "", "none"
-    cfg.max_iters, cfg.log_interval, cfg.eval_interval, cfg.eval_iters = 2 * steps, steps, 2 * steps, 1
+    cfg.max_iters = 2 * steps + (1 + profile_steps if profile_steps else 0)
+    cfg.log_interval, cfg.eval_interval, cfg.eval_iters = steps, 2 * steps, 1
     cfg.warmup_steps = min(cfg.warmup_steps, steps)
     cfg.checkpoint_interval, cfg.plot, cfg.sample_tokens = 0, False, 0
     return cfg.validate()
 
 
-def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, command: str) -> dict:
+def top_operations(profiler: torch.profiler.profile, on_cuda: bool, steps: int, count: int = 12) -> list[dict]:
+    """The operations that took the most self time, per optimizer step. On a GPU these are its kernels
+    (the operators that launched them carry the same time, and are left out, as torch's table total does)."""
+    key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    events = profiler.key_averages()
+    if on_cuda:
+        events = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:count]
+    return [{"name": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "share": getattr(e, key) / total,
+             "calls_per_step": e.count / steps} for e in ranked]
+
+
+def profiled_train(cfg: TrainConfig, timed_until: int, profile_steps: int, table_path: Path) -> list[dict]:
+    """train(cfg) with torch.profiler recording the `profile_steps` steps after `timed_until` + 1; the
+    table of every operation goes to `table_path`, the top ones are returned."""
+    on_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
+    schedule = torch.profiler.schedule(wait=timed_until, warmup=1, active=profile_steps, repeat=1)
+    with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
+        train(cfg, after_step=profiler.step)
+    sort_by = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    table_path.write_text(profiler.key_averages().table(sort_by=sort_by, row_limit=60) + "\n")
+    return top_operations(profiler, on_cuda, profile_steps)
+
+
+def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, command: str,
+              profile_steps: int = 0, profile_table: Path | None = None) -> dict:
     accelerator = make_accelerator(cfg)
     if accelerator.num_processes > 1:
         raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
@@ -137,8 +169,11 @@ def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, co
     fused_adamw = switch_on(cfg.fused_adamw, device.type == "cuda")
     cfg.micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)  # train() then takes it as given
     reset_memory(device)
-    train(cfg)
-    row = read_metrics(cfg.out_dir)[-1]  # the timed window: the steps after the warm-up's row
+    if profile_steps:
+        result["profile"] = profiled_train(cfg, 2 * steps, profile_steps, profile_table)
+    else:
+        train(cfg)
+    row = next(r for r in read_metrics(cfg.out_dir) if r["step"] == 2 * steps)  # the timed window's row
     result["config"] = cfg.to_dict()
     result["ours"] = {"tokens_per_s": row["tokens_per_s"], "mfu": row.get("mfu"),
                       "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": cfg.micro_batch,
@@ -164,16 +199,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="warm-up optimizer steps, then as many timed ones")
     parser.add_argument("--seed_steps", type=int, default=2, help="timed optimizer steps of the seed's loop")
     parser.add_argument("--seed_loop", choices=("on", "off"), default="on")
+    parser.add_argument("--profile_steps", type=int, default=0, help="optimizer steps to profile after the timed ones")
     parser.add_argument("--json", default="", help="where to write the results (default out/bench/<config>.json)")
     argv = sys.argv[1:] if argv is None else argv
     args, config_args = parser.parse_known_args(argv)
-    if args.steps < 1 or args.seed_steps < 1:
-        raise UserError("--steps and --seed_steps must be at least 1")
+    if args.steps < 1 or args.seed_steps < 1 or args.profile_steps < 0:
+        raise UserError("--steps and --seed_steps must be at least 1, --profile_steps at least 0")
     cfg = load_config(["--config", args.config, *config_args])
     json_path = Path(args.json or f"out/bench/{Path(args.config).stem}.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="accel_train_bench_") as work:
-        result = run_bench(bench_config(cfg, args.steps, Path(work)), args.steps, args.seed_steps,
-                           args.seed_loop == "on", " ".join(["python -m accel_train.bench", *argv]))
+        result = run_bench(bench_config(cfg, args.steps, Path(work), args.profile_steps), args.steps,
+                           args.seed_steps, args.seed_loop == "on", " ".join(["python -m accel_train.bench", *argv]),
+                           args.profile_steps, json_path.with_suffix(".profile.txt"))
     print(f"bench: {result['device']}, {result['flops_per_token'] / 1e6:.1f} MFLOP per token, "
           f"{cfg.tokens_per_step:,} tokens per optimizer step")
     if "seed" in result:
@@ -181,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     print(describe("ours", result["ours"]))
     if "speedup" in result:
         print(f"  ratio  {result['speedup']:.2f}x the seed's tokens/s")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+    if "profile" in result:
+        print(f"  profile of {args.profile_steps} steps (self time per optimizer step; all operations in "
+              f"{json_path.with_suffix('.profile.txt')}):")
+        for op in result["profile"]:
+            print(f"    {100 * op['share']:5.1f}%  {op['ms_per_step']:9.2f} ms  {op['name'][:90]}")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"bench: results in {json_path}")
 

@@ -185,8 +185,11 @@ def show_results(cfg: TrainConfig, model, sample: bool) -> None:
         print(f"sample: {sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)}")
 
 
-def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
-    """Run (or continue) the configured training; returns the final trainer state and this process's model."""
+def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
+    """Run (or continue) the configured training; returns the final trainer state and this process's model.
+
+    `after_step()`, if given, is called as soon as each optimizer step's work is queued, before any
+    evaluation or checkpoint: a profiler's step, for the benchmark."""
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
@@ -252,6 +255,8 @@ def train(cfg: TrainConfig) -> tuple[dict, torch.nn.Module]:
             loss, grad_norm, lr, skipped = train_step(model, optimizer, scheduler, accelerator,
                                                       itertools.islice(batches, micro_steps), cfg.grad_clip,
                                                       skip_nonfinite=cfg.nonfinite == "skip")
+            if after_step is not None:
+                after_step()
             step, window_steps = step + 1, window_steps + 1
             state["tokens"] += cfg.tokens_per_step * world
             state["skipped_steps"] += skipped

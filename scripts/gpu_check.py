@@ -7,7 +7,8 @@
 
 Checks, most important first, each a subprocess with its own time limit, so one failure or
 timeout still leaves the others' results:
-  bench   `python -m accel_train.bench` on configs/gemma3_270m.json beside the seed's loop
+  bench   `python -m accel_train.bench` on configs/gemma3_270m.json beside the seed's loop, then a
+          profile of 3 more steps: where the time goes
   vocab   the official 262,144-token vocabulary at micro-batch 256: peak GPU memory under 20 GiB
           (while not, again with activation_memory_budget 0.5, then checkpoint_layers; all kept)
   bf16    a bf16 run of 300 steps, compiled and not (side by side): the loss falls, and both runs'
@@ -80,12 +81,14 @@ def bench_phase(args, out: Path, data: Path) -> dict:
     json_path = out / "bench_gemma3_270m.json"
     config = ["--config", "configs/demo.json", *TINY, "--steps", "2", "--seed_steps", "1"] if args.tiny else \
              ["--config", "configs/gemma3_270m.json", "--steps", "10", "--seed_steps", "2"]
-    cmd = [sys.executable, "-m", "accel_train.bench", *config, "--data_dir", str(data), "--json", str(json_path)]
+    cmd = [sys.executable, "-m", "accel_train.bench", *config, "--profile_steps", "3", "--data_dir", str(data),
+           "--json", str(json_path)]
     status, seconds = run("bench", cmd, out, timeout=240)
     result = {"status": status, "seconds": seconds, "command": " ".join(cmd[1:])}
     if status == 0:
         bench = json.loads(json_path.read_text())
-        result.update(ok=True, device=bench["device"], ours=bench["ours"], seed=bench["seed"], speedup=bench["speedup"])
+        result.update(ok=True, device=bench["device"], ours=bench["ours"], seed=bench["seed"], speedup=bench["speedup"],
+                      profile=bench["profile"])
     return result
 
 
@@ -216,6 +219,7 @@ def summary_markdown(results: dict, card: str, date: str) -> str:
             for who in ("seed", "ours"):
                 row(f"bench: {who}", figure(r[who]), r)
             row("bench: ratio", f"{r['speedup']:.2f}x", r)
+            row("bench: profile", "; ".join(f"{op['name'][:60]} {100 * op['share']:.1f}%" for op in r["profile"][:8]), r)
         elif "rows" in r:
             for label, v in r["rows"].items():
                 row(f"{name}: {label}", figure(v["ours"]) if "ours" in v else f"exit status {v['status']}", v)

@@ -25,17 +25,17 @@ SMALL_RUN = ["--batch_size", "4", "--gradient_accumulation_steps", "4", "--warmu
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, demo_data_dir):
-    """One benchmark run of a tiny model on the CPU: (its JSON, its printed output)."""
+    """One benchmark run of a tiny model on the CPU: (its JSON, its printed output, the JSON's path)."""
     out = tmp_path_factory.mktemp("bench") / "result.json"
     proc = run([sys.executable, "-m", "accel_train.bench", "--config", "configs/demo.json", "--data_dir",
                 str(demo_data_dir), "--steps", "2", "--seed_steps", "1", "--peak_tflops", "0.5", "--json", str(out),
-                "--micro_batch", "8", *SMALL_RUN])
+                "--micro_batch", "8", "--profile_steps", "2", *SMALL_RUN])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout, out
 
 
 def test_bench_times_ours_beside_the_seed_loop(bench):
-    result, stdout = bench
+    result, stdout, _ = bench
     ours, seed = result["ours"], result["seed"]
     assert ours["tokens_per_s"] > 0 and seed["tokens_per_s"] > 0
     assert result["speedup"] == pytest.approx(ours["tokens_per_s"] / seed["tokens_per_s"])
@@ -44,11 +44,24 @@ def test_bench_times_ours_beside_the_seed_loop(bench):
     assert ours["step_time_s"] == pytest.approx(tokens_per_step / ours["tokens_per_s"])
     assert seed["step_time_s"] == pytest.approx(tokens_per_step / seed["tokens_per_s"])
     assert (ours["micro_batch"], ours["micro_steps"], seed["micro_batch"]) == (8, 2, 4)
-    assert result["config"]["max_iters"] == 4  # 2 warm-up steps, then the 2 timed ones
+    assert result["config"]["max_iters"] == 7  # 2 warm-up steps, 2 timed ones, the profiler's warm-up, 2 profiled
     assert ours["compile"] is False and ours["fused_adamw"] is False  # "auto" on the CPU
     for r in (ours, seed):
         assert r["mfu"] == pytest.approx(mfu(r["tokens_per_s"], result["flops_per_token"], 0.5))
         assert 0 < r["loss"] < 10
+
+
+def test_bench_profiles_the_steps_after_the_timed_ones(bench):
+    result, stdout, json_path = bench
+    ops = result["profile"]
+    shares = [op["share"] for op in ops]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert "aten::mm" in [op["name"] for op in ops]  # the matmuls, forward and backward
+    mm = next(op for op in ops if op["name"] == "aten::mm")
+    assert mm["calls_per_step"] >= 2 * 7 * 2  # 2 micro-batches x (7 linear layers per block x 2 blocks) at least
+    table = json_path.with_suffix(".profile.txt").read_text()
+    assert "aten::mm" in table and "Self CPU" in table
+    assert "profile of 2 steps" in stdout
 
 
 def test_palm_flops_match_the_matmuls_a_training_step_runs():
