@@ -124,10 +124,10 @@ def bench_config(cfg: TrainConfig, steps: int, work: Path, profile_steps: int = 
     return cfg.validate()
 
 
-def top_operations(profiler: torch.profiler.profile, on_cuda: bool, steps: int, count: int = 12) -> list[dict]:
-    """The operations that took the most self time, per optimizer step. On a GPU these are its kernels
+def top_operations(profiler: torch.profiler.profile, on_cuda: bool, key: str, steps: int,
+                   count: int = 12) -> list[dict]:
+    """The operations that took the most self time (`key`), per optimizer step. On a GPU these are its kernels
     (the operators that launched them carry the same time, and are left out, as torch's table total does)."""
-    key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
     events = profiler.key_averages()
     if on_cuda:
         events = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
@@ -137,17 +137,17 @@ def top_operations(profiler: torch.profiler.profile, on_cuda: bool, steps: int, 
              "calls_per_step": e.count / steps} for e in ranked]
 
 
-def profiled_train(cfg: TrainConfig, timed_until: int, profile_steps: int, table_path: Path) -> list[dict]:
+def profiled_train(cfg: TrainConfig, on_cuda: bool, timed_until: int, profile_steps: int,
+                   table_path: Path) -> list[dict]:
     """train(cfg) with torch.profiler recording the `profile_steps` steps after `timed_until` + 1; the
     table of every operation goes to `table_path`, the top ones are returned."""
-    on_cuda = torch.cuda.is_available() and cfg.device != "cpu"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
     schedule = torch.profiler.schedule(wait=timed_until, warmup=1, active=profile_steps, repeat=1)
     with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
         train(cfg, after_step=profiler.step)
-    sort_by = "self_device_time_total" if on_cuda else "self_cpu_time_total"
-    table_path.write_text(profiler.key_averages().table(sort_by=sort_by, row_limit=60) + "\n")
-    return top_operations(profiler, on_cuda, profile_steps)
+    key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    table_path.write_text(profiler.key_averages().table(sort_by=key, row_limit=60) + "\n")
+    return top_operations(profiler, on_cuda, key, profile_steps)
 
 
 def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, command: str,
@@ -170,7 +170,7 @@ def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, co
     cfg.micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)  # train() then takes it as given
     reset_memory(device)
     if profile_steps:
-        result["profile"] = profiled_train(cfg, 2 * steps, profile_steps, profile_table)
+        result["profile"] = profiled_train(cfg, device.type == "cuda", 2 * steps, profile_steps, profile_table)
     else:
         train(cfg)
     row = next(r for r in read_metrics(cfg.out_dir) if r["step"] == 2 * steps)  # the timed window's row
