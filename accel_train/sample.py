@@ -89,8 +89,6 @@ def generate(model: Gemma3, ids: list[int], max_new_tokens: int, temperature: fl
 def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int = 50, seed: int = 0) -> str:
     """The prompt and its continuation as text."""
-    if not Path(data_dir).is_dir():
-        raise UserError(f"data folder {data_dir} not found: its meta.json names the tokenizer; pass --data_dir")
     tokenizer = load_tokenizer(data_dir)
     ids = [tokenizer.eot_token] + tokenizer.encode(prompt)
     if len(ids) >= model.config.max_position_embeddings:

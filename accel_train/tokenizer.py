@@ -143,6 +143,8 @@ def load_tokenizer(data_dir) -> Tokenizer:
     from accel_train.data import read_meta
 
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():  # not the seed's data: no folder at all says nothing about the tokenizer
+        raise UserError(f"data folder {data_dir} not found: its meta.json names the tokenizer; pass --data_dir")
     name = read_meta(data_dir).get("tokenizer", "gpt2")
     if name == "byte":
         return ByteTokenizer()

@@ -108,6 +108,12 @@ def test_gpt2_through_tiktoken(corpus, local_gpt2, tmp_path):
     assert local_gpt2.encode_single_token(b" the") in ids, "the encoding's merges were used"
 
 
+def test_a_missing_data_folder_is_named_not_taken_for_the_seeds_gpt2_data(tmp_path):
+    """A folder without meta.json is the seed's GPT-2 data; no folder at all is a mistake to report."""
+    with pytest.raises(UserError, match="nowhere not found"):
+        load_tokenizer(tmp_path / "nowhere")
+
+
 def test_huggingface_dataset_from_a_local_folder(tmp_path):
     folder = tmp_path / "hub_like"
     folder.mkdir()
