@@ -37,16 +37,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import torch  # noqa: E402  (after the path set-up)
 
 from accel_train.demo_corpus import write_demo_data  # noqa: E402
 from accel_train.tracking import read_metrics  # noqa: E402
-
-TINY = ["--model.hidden_size", "64", "--model.intermediate_size", "128", "--model.num_hidden_layers", "2",
-        "--model.num_attention_heads", "2", "--model.num_key_value_heads", "1", "--model.head_dim", "32",
-        "--model.query_pre_attn_scalar", "32", "--model.sliding_window", "32"]
+from helpers import TINY_MODEL as TINY  # noqa: E402  (the test suite's tiny model)
 VOCAB_LIMIT_GIB = 20.0
 LOSS_AGREEMENT = 0.03  # relative: compiled and eager bf16 runs drift apart by rounding, not by more
 LOSS_DROP = 0.5  # nats the bf16 run's loss must fall

@@ -2,6 +2,7 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.demo_corpus import write_demo_data
+from helpers import gpt2_like_encoding
 
 
 @pytest.fixture(scope="session")
@@ -17,15 +18,9 @@ def local_gpt2(monkeypatch):
     """A GPT-2-shaped tiktoken encoding built from local ranks (bytes plus a few merges; end-of-text 50256),
     put in tiktoken's registry so `tiktoken.get_encoding("gpt2")`, and processes forked after it, use it
     instead of downloading the real one."""
-    import tiktoken
     import tiktoken.registry
 
-    ranks = {bytes([i]): i for i in range(256)}
-    for word in (b"th", b"the", b" the", b"an", b"and", b" and"):
-        ranks[word] = len(ranks)
-    pat = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    encoding = tiktoken.Encoding(name="gpt2", pat_str=pat, mergeable_ranks=ranks,
-                                 special_tokens={"<|endoftext|>": 50256})
+    encoding = gpt2_like_encoding("gpt2", eot_token=50256)
     monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", encoding)
     return encoding
 

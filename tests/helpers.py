@@ -49,6 +49,25 @@ def snapshot(root: Path) -> dict:
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
+def max_difference(a: dict, b: dict) -> float:
+    """The largest element-wise difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def gpt2_like_encoding(name: str, eot_token: int | None = None):
+    """A GPT-2-shaped tiktoken encoding from local ranks (no download): the 256 bytes, a few merges, GPT-2's
+    split pattern, and end-of-text at `eot_token` (default: right after the merges)."""
+    import tiktoken
+
+    ranks = {bytes([i]): i for i in range(256)}
+    for word in (b"th", b"the", b" the", b"an", b"and", b" and"):
+        ranks[word] = len(ranks)
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": len(ranks) if eot_token is None else eot_token})
+
+
 def bf16_losses_and_grads(model_config, idx):
     """[(loss, flat gradients)] of the plain-loss and the fused-loss model, same weights, under bf16
     autocast on idx's device: the two ways of computing the loss compared as training sees them."""

@@ -13,7 +13,7 @@ from accel_train.model import ModelConfig
 from accel_train.sample import find_checkpoint, load_model
 from accel_train.tokenizer import ByteTokenizer
 from accel_train.tracking import read_metrics
-from helpers import run, train
+from helpers import gpt2_like_encoding, run, train
 
 transformers = pytest.importorskip("transformers")  # the `hf` extra
 
@@ -118,16 +118,8 @@ def test_import_refuses_what_the_model_lacks(tmp_path):
 def other_tokenizer(request):
     from accel_train.tokenizer import TiktokenTokenizer, train_bpe
 
-    if request.param == "gpt2":  # GPT-2's make from local ranks (no download): bytes, merges, then end-of-text
-        import tiktoken
-
-        ranks = {bytes([i]): i for i in range(256)}
-        for word in (b"th", b"the", b" the", b"an", b"and", b" and"):
-            ranks[word] = len(ranks)
-        pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-        encoding = tiktoken.Encoding(name="gpt2-like", pat_str=pattern, mergeable_ranks=ranks,
-                                     special_tokens={"<|endoftext|>": len(ranks)})
-        return TiktokenTokenizer(encoding, "gpt2")
+    if request.param == "gpt2":  # end-of-text right after the merges, as the exported tokenizer numbers it
+        return TiktokenTokenizer(gpt2_like_encoding("gpt2-like"), "gpt2")
     texts = ["Tom and Lily went to the park. The sun was warm.", "The dog ran and ran; the end!"] * 20
     return train_bpe(texts, vocab_size=300)
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from accel_train.schedule import lr_at
 from accel_train.tracking import read_metrics
-from helpers import REPO, TINY_MODEL, launch
+from helpers import REPO, TINY_MODEL, launch, max_difference
 
 SCRIPT = str(REPO / "tests" / "scripts" / "train_and_record.py")
 STEPS, WARMUP, LR, MIN_LR, GRAD_CLIP = 6, 2, 2e-3, 2e-4, 0.05
@@ -34,11 +34,6 @@ def runs(demo_data_dir, tmp_path_factory):
         assert result.returncode == 0, result.stderr[-3000:]
         out[processes] = out_dir
     return out
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_both_processes_end_with_identical_weights(runs):

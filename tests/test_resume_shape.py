@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from accel_train.checkpoint import write_manifest
-from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env, train
+from helpers import REPO, TINY_MODEL, TRAIN, command, max_difference, snapshot, subprocess_env, train
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2
 RUN = ["--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4", "--batch_size", "4", "--block_size", "32",
@@ -58,11 +58,6 @@ def runs(demo_data_dir, tmp_path_factory):
                        env=ONE_PROCESS)
         assert result.returncode == 0, result.stderr[-3000:]
     return out
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.mark.parametrize("switched", ["micro_batch_8", "to_one_process", "to_two_processes", "to_micro_batch_4"])
