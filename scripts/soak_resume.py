@@ -24,7 +24,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from accel_train.demo_corpus import write_demo_data  # noqa: E402
 from helpers import TINY_MODEL, train  # noqa: E402
-from interrupt import KINDS, comparable_rows, finish, interrupt  # noqa: E402
+from interrupt import KINDS, comparable_rows, finish, interrupt, stopped_cleanly  # noqa: E402
 
 STEPS_PER_INTERRUPTION = 5  # the run is this many times longer than the number of interruptions
 
@@ -68,7 +68,7 @@ def main() -> int:
             problems.append(f"a run failed on its own: {event}")
             break
         survived[kind] += 1
-        if kind in ("term", "int") and (event["returncode"] != 0 or event["newest"] != f"step_{event['stopped_at']}"):
+        if kind in ("term", "int") and not stopped_cleanly(event):
             problems.append(f"a signalled run did not stop cleanly: {event}")
     if finish(args, opts.processes, log) != 0:
         problems.append(f"the final resume failed; see {log}")

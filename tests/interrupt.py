@@ -134,6 +134,12 @@ def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: ra
         kill_all(proc)  # whatever is left of it
 
 
+def stopped_cleanly(event: dict) -> bool:
+    """A signalled run exited 0 within the grace period, leaving a checkpoint at the step it stopped at."""
+    return (event["returncode"] == 0 and event["exit_s"] < SIGNAL_GRACE_S
+            and event["newest"] == f"step_{event['stopped_at']}")
+
+
 def finish(args: list[str], processes: int, log: Path) -> int:
     """Resume to the end without interruption; the exit status."""
     proc = start([*args, "--resume", "auto"], processes, log)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from accel_train.checkpoint import list_checkpoints, verify, write_manifest
 from helpers import REPO, TINY_MODEL, TRAIN, command, subprocess_env, train
-from interrupt import SIGNAL_GRACE_S, comparable_rows, finish, interrupt
+from interrupt import comparable_rows, finish, interrupt, stopped_cleanly
 
 MAX_ITERS = 12
 RUN = ["--max_iters", str(MAX_ITERS), "--warmup_steps", "2", "--batch_size", "4", "--block_size", "64",
@@ -59,17 +59,11 @@ def interrupted_run(data_dir, out, kinds, processes, seed, **kw):
     return events
 
 
-def check_signal_stop(event):
-    """A signalled run exits 0 soon, leaving a checkpoint at the step it stopped at."""
-    assert event["returncode"] == 0 and event["exit_s"] < SIGNAL_GRACE_S, event
-    assert event["newest"] == f"step_{event['stopped_at']}", event
-
-
 def test_single_process_killed_and_interrupted_resumes_bit_exactly(demo_data_dir, reference, tmp_path):
     out = tmp_path / "out"
     events = interrupted_run(demo_data_dir, out, ["kill-save", "int", "kill-step"], processes=1, seed=1)
     assert all(e["interrupted"] for e in events), events
-    check_signal_stop(events[1])
+    assert stopped_cleanly(events[1]), events[1]
     assert weights(out) == weights(reference), events
     assert comparable_rows(out) == comparable_rows(reference)  # losses, rates, norms, evaluations: same RNG
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "step_12", "step_8"]  # keep_last 2
@@ -79,7 +73,7 @@ def test_two_processes_killed_and_one_signalled_resume_bit_exactly(demo_data_dir
     out = tmp_path / "out"
     events = interrupted_run(demo_data_dir, out, ["kill-save", "term", "kill-step"], processes=2, seed=2, rank=1)
     assert all(e["interrupted"] for e in events), events
-    check_signal_stop(events[1])  # only rank 1 got SIGTERM: rank 0 learned it at the step boundary
+    assert stopped_cleanly(events[1]), events[1]  # only rank 1 got SIGTERM: rank 0 learned it at the step boundary
     assert weights(out) == weights(reference_2p), events
     assert comparable_rows(out) == comparable_rows(reference_2p)
 
