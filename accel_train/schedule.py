@@ -1,4 +1,8 @@
-"""The learning rate as a pure function of the optimizer step (not of micro-batches or processes)."""
+"""The learning rate as a pure function of the optimizer step (not of micro-batches or processes).
+
+No scheduler object holds the rate: `set_lr` writes `lr_at(step)` into the optimizer before each
+step, so a checkpoint carries no schedule state and a resumed run follows its own config's schedule.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,7 @@ def lr_at(step: int, learning_rate: float, min_lr: float, warmup_steps: int, max
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, learning_rate: float, min_lr: float, warmup_steps: int,
-                  max_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR whose k-th `step()` sets the rate of optimizer step k + 1.
-
-    Step it once per optimizer step; its position is saved with the other state by `save_state`.
-    """
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda done: lr_at(done + 1, learning_rate, min_lr, warmup_steps, max_iters) / learning_rate)
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give every parameter group the rate of the coming optimizer step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

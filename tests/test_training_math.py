@@ -12,7 +12,7 @@ import torch
 from accel_train.config import TrainConfig
 from accel_train.model import Gemma3, ModelConfig
 from accel_train.optim import build_optimizer
-from accel_train.schedule import lr_at, warmup_cosine
+from accel_train.schedule import lr_at, set_lr
 from accel_train.train import make_accelerator, train_step
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -45,11 +45,10 @@ def batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build(cfg: TrainConfig):
-    """Model, AdamW and schedule as train() builds them, from the same initial weights every time."""
+    """Model and AdamW as train() builds them, from the same initial weights every time."""
     torch.manual_seed(0)
     model = Gemma3(cfg.model)
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    return model, optimizer, warmup_cosine(optimizer, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+    return model, build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
 
 
 def record_steps(optimizer: torch.optim.Optimizer) -> list[dict]:
@@ -68,14 +67,19 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+def first_lr(cfg: TrainConfig) -> float:
+    return lr_at(1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+
+
 def reference_step(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
     """One plain PyTorch step on the whole batch: (loss, gradient, clipped gradient, weights after)."""
-    model, optimizer, _ = build(cfg)
+    model, optimizer = build(cfg)
     _, loss = model(x, y)
     loss.backward()
     grad = flat(p.grad for g in optimizer.param_groups for p in g["params"]).clone()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
     clipped = flat(p.grad for g in optimizer.param_groups for p in g["params"]).clone()
+    set_lr(optimizer, first_lr(cfg))
     optimizer.step()
     return loss.item(), grad, clipped, flat(model.state_dict().values())
 
@@ -98,11 +102,11 @@ def test_accumulated_step_equals_one_big_batch(tmp_path, clip_fraction):
     loss_ref, grad_ref, clipped_ref, weights_ref = reference_step(cfg, x, y)
 
     accelerator = make_accelerator(cfg)
-    model, optimizer, scheduler = accelerator.prepare(*build(cfg))
+    model, optimizer = accelerator.prepare(*build(cfg))
     seen = record_steps(optimizer.optimizer)
     micro_batches = [(x[i:i + b], y[i:i + b]) for i in range(0, k * b, b)]
-    loss, grad_norm, lr, _ = train_step(model, optimizer, scheduler, accelerator, micro_batches, cfg.grad_clip,
-                                        skip_nonfinite=False)
+    loss, grad_norm, _ = train_step(model, optimizer, first_lr(cfg), accelerator, micro_batches, cfg.grad_clip,
+                                    skip_nonfinite=False)
 
     assert len(seen) == 1  # one optimizer step for the whole accumulation window
     assert loss.item() == pytest.approx(loss_ref, rel=1e-6)  # mean over all k*b*BLOCK tokens
@@ -111,23 +115,23 @@ def test_accumulated_step_equals_one_big_batch(tmp_path, clip_fraction):
     if clip_fraction:
         assert flat(seen[0]["grads"]).norm().item() == pytest.approx(cfg.grad_clip, rel=1e-4)
     assert (flat(accelerator.unwrap_model(model).state_dict().values()) - weights_ref).abs().max().item() < 1e-6
-    assert lr == lr_at(1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+    assert seen[0]["lr"] == first_lr(cfg)
 
 
 @pytest.mark.parametrize("accumulation", [1, 3])
-def test_learning_rate_follows_optimizer_steps_whatever_the_accumulation(tmp_path, accumulation):
-    """Step s uses lr_at(s), however many micro-batches make up a step."""
+def test_each_optimizer_step_takes_the_rate_it_is_given_whatever_the_accumulation(tmp_path, accumulation):
+    """Step s runs at the rate passed for it, once per accumulation window, on every parameter group."""
     cfg = config(tmp_path, gradient_accumulation_steps=accumulation, warmup_steps=3, max_iters=6)
     accelerator = make_accelerator(cfg)
-    model, optimizer, scheduler = accelerator.prepare(*build(cfg))
+    model, optimizer = accelerator.prepare(*build(cfg))
     seen = record_steps(optimizer.optimizer)
-    returned = [train_step(model, optimizer, scheduler, accelerator,
-                           [batch(1, seed=s * 10 + i) for i in range(accumulation)], cfg.grad_clip, False)[2]
-                for s in range(cfg.max_iters + 2)]
     expected = [lr_at(s, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
                 for s in range(1, cfg.max_iters + 3)]
-    assert [step["lr"] for step in seen] == pytest.approx(expected, rel=1e-12)
-    assert returned == pytest.approx(expected, rel=1e-12)
+    for s, lr in enumerate(expected):
+        train_step(model, optimizer, lr, accelerator, [batch(1, seed=s * 10 + i) for i in range(accumulation)],
+                   cfg.grad_clip, False)
+        assert {group["lr"] for group in optimizer.param_groups} == {lr}
+    assert [step["lr"] for step in seen] == expected
 
 
 def test_schedule_key_points_and_monotonic_decay():
@@ -150,34 +154,20 @@ def test_schedule_key_points_and_monotonic_decay():
     assert min(decay_rates) >= min_lr
 
 
-def test_warmup_cosine_scheduler_sets_the_rate_of_the_next_step():
-    """After k scheduler steps, the optimizer's rate is lr_at(k + 1); the first step's is lr_at(1)."""
-    lr, min_lr, warmup, max_iters = 1e-3, 1e-4, 4, 12
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
-    scheduler = warmup_cosine(optimizer, lr, min_lr, warmup, max_iters)
-    rates = []
-    for _ in range(max_iters + 3):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert rates == pytest.approx([lr_at(s, lr, min_lr, warmup, max_iters) for s in range(1, max_iters + 4)])
-    assert rates[warmup - 1] == pytest.approx(lr) and rates[max_iters - 1] == pytest.approx(min_lr)
-
-
 def test_bf16_autocast_keeps_fp32_master_weights_and_optimizer_state(tmp_path):
     """Under bf16 the matmuls run in bf16, yet an update far below bf16's resolution still moves a weight."""
     cfg = config(tmp_path, dtype="bfloat16", learning_rate=1e-4, min_lr=1e-5, warmup_steps=0)
     accelerator = make_accelerator(cfg)
-    model, optimizer, scheduler = build(cfg)
+    model, optimizer = build(cfg)
     with torch.no_grad():
         model.norm.weight.fill_(1.0)  # around 1.0, bf16 values are 2**-7 apart: a 1e-4 step rounds away
     before = model.norm.weight.detach().clone()
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     matmul_dtypes = []
     accelerator.unwrap_model(model).layers[0].mlp.up_proj.register_forward_hook(
         lambda module, args, output: matmul_dtypes.append(output.dtype))
 
-    train_step(model, optimizer, scheduler, accelerator, [batch(4)], cfg.grad_clip, skip_nonfinite=False)
+    train_step(model, optimizer, cfg.learning_rate, accelerator, [batch(4)], cfg.grad_clip, skip_nonfinite=False)
 
     assert accelerator.mixed_precision == "bf16" and matmul_dtypes == [torch.bfloat16]
     assert all(p.dtype == torch.float32 for p in model.parameters())
