@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 class TrainConfig:
     # data and outputs
     data_dir: str = "data/demo"
-    demo_data: bool = False  # write the built-in demo corpus into data_dir if it holds no data (or an older demo)
+    demo_data: bool = False  # data_dir is data/demo: write the built-in demo corpus there if missing (or older)
     out_dir: str = "out"
     seed: int = 1337
     # hardware: "auto" picks cuda when present, and bf16 where the GPU has it (fp16 otherwise)
@@ -85,6 +86,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
+        _check_finite(self)
         positive = ("max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
                     "eval_iters", "log_interval")
         for name in positive:
@@ -98,6 +100,9 @@ class TrainConfig:
             raise UserError(f"config key 'activation_memory_budget' must lie in [0, 1], got {self.activation_memory_budget}")
         if self.learning_rate <= 0:
             raise UserError(f"config key 'learning_rate' must be positive, got {self.learning_rate}")
+        if self.weight_decay * self.learning_rate >= 1:
+            raise UserError(f"weight_decay x learning_rate is {self.weight_decay * self.learning_rate:g}; at 1 or more "
+                            "each step would shrink the weights past zero: lower weight_decay or learning_rate")
         if self.min_lr > self.learning_rate:
             raise UserError(f"min_lr ({self.min_lr}) is above learning_rate ({self.learning_rate}): "
                             "the cosine decay would raise the rate; set min_lr <= learning_rate")
@@ -124,9 +129,23 @@ class TrainConfig:
         if m.num_attention_heads % m.num_key_value_heads:
             raise UserError(f"model.num_attention_heads ({m.num_attention_heads}) must be a multiple of "
                             f"model.num_key_value_heads ({m.num_key_value_heads})")
+        for name in ("rope_local_base_freq", "rope_theta", "query_pre_attn_scalar", "rms_norm_eps",
+                     "initializer_range"):
+            if getattr(m, name) <= 0:
+                raise UserError(f"config key 'model.{name}' must be positive, got {getattr(m, name)}")
         if m.head_dim % 2:
             raise UserError(f"model.head_dim must be even for RoPE, got {m.head_dim}")
         return self
+
+
+def _check_finite(cfg: TrainConfig) -> None:
+    """Refuse nan and inf in any number: they pass every comparison-based check (nan < 0 is False) and only
+    surface later, as a diverged run."""
+    for prefix, obj in (("", cfg), ("model.", cfg.model)):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"config key '{prefix}{f.name}' must be a finite number, got {value}")
 
 
 def _type_name(tp) -> str:
