@@ -30,6 +30,7 @@ from torch.autograd import DeviceType
 
 from accel_train.config import DEFAULT_CONFIG, TrainConfig, load_config
 from accel_train.data import read_meta, split_path
+from accel_train.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.errors import UserError, run_cli
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import resolve_hardware, switch_on
@@ -113,9 +114,10 @@ def bench_config(cfg: TrainConfig, steps: int, work: Path, profile_steps: int = 
     """The config as the benchmark runs it: 2 x steps optimizer steps into a scratch folder (and the
     profiled ones after them), one row per `steps`, one evaluation batch at the end of the timed steps
     and at the end of the run, one checkpoint at the end, nothing drawn or sampled."""
-    if not cfg.demo_data and not (Path(cfg.data_dir) / "train.bin").exists():
+    if not (Path(cfg.data_dir) / "train.bin").exists() and not (cfg.demo_data and is_demo_folder(cfg.data_dir)):
         print(f"bench: no data in {cfg.data_dir}: using the built-in demo corpus")
-        cfg.data_dir, cfg.demo_data = str(work / "data"), True
+        cfg.data_dir = str(work / "data")
+        write_demo_data(cfg.data_dir)
     cfg.out_dir, cfg.resume, cfg.tracker = str(work / "run"), "", "none"
     cfg.max_iters = 2 * steps + (1 + profile_steps if profile_steps else 0)
     cfg.log_interval, cfg.eval_interval, cfg.eval_iters = steps, 2 * steps, 1

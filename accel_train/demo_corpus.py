@@ -348,6 +348,7 @@ def stories(count: int, seed: int = 0):
     return (story(rng) for _ in range(count))
 
 
+DEMO_DIR = "data/demo"  # relative to the working directory, as out_dir is
 GENERATOR = "accel_train.demo_corpus"
 VERSION = 2  # raise it whenever the grammar changes, so that older demo data on disk is written again
 
@@ -360,9 +361,17 @@ def write_demo_data(data_dir, num_stories: int = 20_000, val_fraction: float = 0
                          val_fraction=val_fraction, seed=seed, overwrite=overwrite)
 
 
+def is_demo_folder(data_dir) -> bool:
+    """Only the demo's own folder may be filled with the demo corpus: any other folder that lacks data is
+    a mistake (a typo in --data_dir) that the trainer must report, not paper over with stories."""
+    return Path(data_dir).resolve() == Path(DEMO_DIR).resolve()
+
+
 def ensure_demo_data(data_dir) -> None:
-    """Write the demo corpus into `data_dir` if it holds no data or an older demo corpus; leave other data alone."""
+    """Write the demo corpus into the demo's folder if it holds no data or an older demo corpus."""
     data_dir = Path(data_dir)
+    if not is_demo_folder(data_dir):
+        return
     if not (data_dir / "train.bin").exists():
         write_demo_data(data_dir)
         return
