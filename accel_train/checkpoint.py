@@ -176,6 +176,7 @@ def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
     newer than `newest` (skipped as broken by `--resume auto`) are left alone; so is `best/`.
     `keep_last` 0 keeps everything. Returns the deleted folders.
     """
+    remove_leftovers(out_dir)
     if keep_last < 1:
         return []
     kept, deleted = 0, []
@@ -187,9 +188,25 @@ def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
             continue
         _remove(folder)
         deleted.append(folder)
-    for stale in [*checkpoints_root(out_dir).glob(".tmp_*"), *checkpoints_root(out_dir).glob(".deleting_*")]:
-        shutil.rmtree(stale, ignore_errors=True)  # left by runs killed mid-save
     return deleted
+
+
+def remove_leftovers(out_dir) -> None:
+    """Delete the temporary folders of saves and deletions that a killed run left half done."""
+    root = checkpoints_root(out_dir)
+    for stale in [*root.glob(".tmp_*"), *root.glob(".deleting_*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
+    """Do for `newest` what a run killed right after saving it may not have done: update best/, prune, clean up.
+
+    Runs when a run resumes from `newest`, so that a kill between a save and its bookkeeping leaves
+    nothing behind once the next run starts (a finished run resumed has no later save to do it)."""
+    if newest.resolve().parent == checkpoints_root(out_dir).resolve():
+        update_best(out_dir, newest, read_trainer_state(newest).get("val_loss"))
+        prune(out_dir, keep_last, newest)
+    remove_leftovers(out_dir)
 
 
 def step_of(folder: Path) -> int:

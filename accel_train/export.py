@@ -95,8 +95,17 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def _local_folder(hf_dir) -> str:
+    """`hf_dir` as a path transformers will not take for a hub name: a missing folder is named as such."""
+    if not Path(hf_dir).is_dir():
+        raise UserError(f"init_from {hf_dir} is not a folder; give a local HuggingFace Gemma 3 folder "
+                        "(config.json and weights, e.g. a downloaded google/gemma-3-270m or an export)")
+    return str(hf_dir)
+
+
 def hf_model_config(hf_dir) -> ModelConfig:
     """The model shape of a local HuggingFace Gemma 3 folder (its config.json)."""
+    hf_dir = _local_folder(hf_dir)
     try:
         hf = _transformers().AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
     except (OSError, ValueError) as err:
@@ -106,6 +115,7 @@ def hf_model_config(hf_dir) -> ModelConfig:
 
 def hf_state_dict(hf_dir) -> dict[str, torch.Tensor]:
     """The weights of a local HuggingFace Gemma 3 folder under our names, in fp32."""
+    hf_dir = _local_folder(hf_dir)
     try:
         hf = _transformers().AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
                                                                   local_files_only=True)

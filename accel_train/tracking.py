@@ -8,24 +8,52 @@ import os
 import uuid
 from pathlib import Path
 
+from accel_train.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """Appends one JSON object per logged optimizer step; a resumed run drops rows past its step."""
+    """Appends one JSON object per logged optimizer step.
 
-    def __init__(self, out_dir, enabled: bool, resume_step: int | None = None):
+    A row that cannot be written whole (a full disk) is cut back off, so the file never ends in a torn
+    row, and the failure is a UserError.
+    """
+
+    def __init__(self, out_dir, enabled: bool):
         self.path, self.enabled = Path(out_dir) / METRICS_FILE, enabled
-        if enabled and resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
+
+    def keep_until(self, step: int) -> None:
+        """Drop the rows past `step` that a resumed run will write again."""
+        if self.enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= step]
             tmp = self.path.with_name(f".{METRICS_FILE}.tmp")  # replaced in one rename: a kill now loses nothing
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text("".join(line + "\n" for line in kept))
+                os.replace(tmp, self.path)
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise UserError(f"cannot rewrite {self.path} for the resumed run: {err.strerror} (disk full?); "
+                                "it is unchanged") from None
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        row = memoryview((json.dumps(record) + "\n").encode())
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"cannot append to {self.path}: {err.strerror}") from None
+        try:
+            end = os.fstat(fd).st_size
+            while row:  # a nearly full disk takes part of a write, then refuses the rest
+                row = row[os.write(fd, row):]
+        except OSError as err:
+            os.ftruncate(fd, end)
+            raise UserError(f"cannot append to {self.path}: {err.strerror} (disk full?); the rows and "
+                            "checkpoints written so far are intact: free space, then --resume auto") from None
+        finally:
+            os.close(fd)
 
 
 def _step(line: str) -> float:
@@ -36,9 +64,17 @@ def _step(line: str) -> float:
         return math.inf
 
 
-def read_metrics(out_dir) -> list[dict]:
+def has_rows(out_dir) -> bool:
     path = Path(out_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return path.is_file() and any(line.strip() for line in path.read_text().splitlines())
+
+
+def read_metrics(out_dir) -> list[dict]:
+    """The rows of metrics.jsonl; a torn last row (a run killed mid-write) is left out."""
+    lines = [line for line in (Path(out_dir) / METRICS_FILE).read_text().splitlines() if line.strip()]
+    if lines and _step(lines[-1]) == math.inf:
+        lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def new_run_id() -> str:

@@ -27,8 +27,8 @@ from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, broadca
 from torch._functorch import config as functorch_config
 from tqdm.auto import tqdm
 
-from accel_train.checkpoint import (list_checkpoints, prune, read_trainer_state, resolve_resume, save_checkpoint,
-                                    update_best)
+from accel_train.checkpoint import (finish_bookkeeping, list_checkpoints, prune, read_trainer_state, resolve_resume,
+                                    save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, run_cli
@@ -38,19 +38,20 @@ from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import resolve_hardware, switch_on
 from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
-from accel_train.optim import build_optimizer
+from accel_train.optim import build_optimizer, group_settings, restore_group_settings
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
 from accel_train.resume import check_resumable
-from accel_train.schedule import warmup_cosine
+from accel_train.schedule import lr_at, set_lr
 from accel_train.sample import sample_text
-from accel_train.tracking import MetricsLog, new_run_id, start_tracker, watch_model
+from accel_train.run_lock import RunLock
+from accel_train.tracking import METRICS_FILE, MetricsLog, has_rows, new_run_id, start_tracker, watch_model
 
 
-def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
-    """One optimizer step over the accumulation window's micro-batches.
+def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
+    """One optimizer step at rate `lr` over the accumulation window's micro-batches.
 
-    Returns (mean micro-batch loss, pre-clip gradient norm, learning rate used, skipped?) without
+    Returns (mean micro-batch loss, pre-clip gradient norm, skipped?) without
     synchronizing with the device. `accelerator.backward` scales each loss by 1/accumulation
     and gradients are all-reduced only on the window's last micro-batch. With `skip_nonfinite`,
     a step whose gradient norm is not finite changes no weight; deciding that costs one device
@@ -63,13 +64,12 @@ def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_cli
             accelerator.backward(loss)
         loss_sum, count = loss_sum + loss.detach(), count + 1
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    lr = scheduler.get_last_lr()[0]
     skipped = skip_nonfinite and not torch.isfinite(grad_norm).item()
+    set_lr(optimizer, lr)
     if not skipped or accelerator.scaler is not None:  # the fp16 loss scaler skips such a step itself
         optimizer.step()
-    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / count, grad_norm, lr, skipped
+    return loss_sum / count, grad_norm, skipped
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -81,7 +81,6 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         cpu=cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
         log_with=None if cfg.tracker == "none" else cfg.tracker,
         project_dir=cfg.out_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
@@ -92,11 +91,21 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
-    """Create out_dir, refusing to write a fresh run over an earlier run's checkpoints."""
+    """Create out_dir, refusing to write a fresh run over an earlier run's checkpoints or metrics.
+
+    An earlier run killed before its first checkpoint leaves only metrics: `--resume auto` then starts
+    afresh and keeps those rows aside, renamed; without it the run is refused."""
     out_dir = Path(cfg.out_dir)
     if not resuming and list_checkpoints(out_dir):
         raise UserError(f"{out_dir} already holds checkpoints of a run; continue it with --resume auto "
                         "or choose another --out_dir")
+    if not resuming and has_rows(out_dir):
+        if cfg.resume != "auto":
+            raise UserError(f"{out_dir} already holds {METRICS_FILE} of a run (it has no checkpoint); restart it "
+                            "with --resume auto, which keeps those rows aside, or choose another --out_dir")
+        kept = out_dir / f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        os.replace(out_dir / METRICS_FILE, kept)
+        print(f"kept the earlier rows of {out_dir / METRICS_FILE} as {kept}")
     try:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = out_dir / "checkpoints" / f".write_test_{os.getpid()}"
@@ -133,9 +142,10 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
             "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
-def plan_start(cfg: TrainConfig, processes: int) -> tuple[Path | None, dict]:
-    """The checkpoint to resume (or None) and the trainer state to start from; every check a user's
-    mistake can fail happens here, before anything is written."""
+def plan_start(cfg: TrainConfig, processes: int, lock: RunLock) -> tuple[Path | None, dict]:
+    """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from.
+    Every check a user's mistake can fail happens here, before anything but the lock is written."""
+    lock.acquire()
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
     if resume_from is None:
         state = fresh_state(cfg, processes)
@@ -145,6 +155,8 @@ def plan_start(cfg: TrainConfig, processes: int) -> tuple[Path | None, dict]:
         state.update(config=cfg.to_dict(), processes=processes)  # the next checkpoint is this run's
     check_data(cfg)
     prepare_out_dir(cfg, resuming=resume_from is not None)
+    if resume_from is not None:
+        finish_bookkeeping(cfg.out_dir, cfg.keep_last, resume_from)
     return resume_from, state
 
 
@@ -189,14 +201,23 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     """Run (or continue) the configured training; returns the final trainer state and this process's model.
 
     `after_step()`, if given, is called as soon as each optimizer step's work is queued, before any
-    evaluation or checkpoint: a profiler's step, for the benchmark."""
+    evaluation or checkpoint: a profiler's step, for the benchmark. The main process holds out_dir's
+    lock from the start of the run to its end."""
+    lock = RunLock(cfg.out_dir)
+    try:
+        return _train(cfg, lock, after_step)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.Module]:
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
     if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape
         cfg.model = hf_model_config(cfg.init_from)
         cfg.validate()
-    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes))
+    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock))
     state.setdefault("skipped_steps", 0)
 
     fused_adamw = switch_on(cfg.fused_adamw, accelerator.device.type == "cuda")
@@ -210,7 +231,6 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
         accelerator.print(f"starting from the weights of {cfg.init_from}")
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                 fused=fused_adamw)
-    scheduler = warmup_cosine(optimizer, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
     world, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
     batches_per_step = accum * world
     first_batch = state["next_batch"]
@@ -218,9 +238,11 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           first_batch=first_batch, pin_memory=accelerator.device.type == "cuda",
                           micro_batch=micro_batch)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if resume_from:
+        settings = group_settings(optimizer)
         accelerator.load_state(str(resume_from))
+        restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's
         accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
         accelerator.print(f"resuming from {resume_from} at step {state['step']}")
     else:
@@ -230,7 +252,9 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
 
     start_tracker(accelerator, cfg, state["run_id"])
     watch_model(accelerator, model, cfg)
-    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"])
+    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
+    if resume_from:
+        on_main_process(accelerator, lambda: metrics.keep_until(state["step"]))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step "
                       f"in {micro_steps} micro-batch(es) of {micro_batch} per process")
@@ -252,9 +276,10 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
         while step < cfg.max_iters:
-            loss, grad_norm, lr, skipped = train_step(model, optimizer, scheduler, accelerator,
-                                                      itertools.islice(batches, micro_steps), cfg.grad_clip,
-                                                      skip_nonfinite=cfg.nonfinite == "skip")
+            lr = lr_at(step + 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+            loss, grad_norm, skipped = train_step(model, optimizer, lr, accelerator,
+                                                  itertools.islice(batches, micro_steps), cfg.grad_clip,
+                                                  skip_nonfinite=cfg.nonfinite == "skip")
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
@@ -284,7 +309,7 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
                     state["best_val_loss"] = losses["val"]
                 report(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
             if logging:
-                metrics.write(record)
+                on_main_process(accelerator, lambda: metrics.write(record))
                 accelerator.log(record, step=step)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             if saving or stopping:
