@@ -27,8 +27,8 @@ from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, broadca
 from torch._functorch import config as functorch_config
 from tqdm.auto import tqdm
 
-from accel_train.checkpoint import (finish_bookkeeping, list_checkpoints, prune, read_trainer_state, resolve_resume,
-                                    save_checkpoint, update_best)
+from accel_train.checkpoint import (BEST, checkpoints_root, finish_bookkeeping, list_checkpoints, prune,
+                                    read_trainer_state, resolve_resume, save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, run_cli
@@ -99,6 +99,9 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
     if not resuming and list_checkpoints(out_dir):
         raise UserError(f"{out_dir} already holds checkpoints of a run; continue it with --resume auto "
                         "or choose another --out_dir")
+    if not resuming and (checkpoints_root(out_dir) / BEST).exists():
+        raise UserError(f"{out_dir} already holds the best checkpoint of a run ({BEST}/), which a new run would "
+                        "replace; move it away or choose another --out_dir")
     if not resuming and has_rows(out_dir):
         if cfg.resume != "auto":
             raise UserError(f"{out_dir} already holds {METRICS_FILE} of a run (it has no checkpoint); restart it "

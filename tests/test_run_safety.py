@@ -113,9 +113,10 @@ def test_a_second_trainer_on_an_out_dir_in_use_is_refused_and_a_dead_ones_lock_d
     assert not (out / "train.lock").exists()  # given back at the end
 
 
-def test_a_fresh_run_keeps_an_earlier_runs_metrics(demo_data_dir, tmp_path):
+def test_a_fresh_run_keeps_an_earlier_runs_metrics_and_best_checkpoint(demo_data_dir, tmp_path):
     """A run killed before its first checkpoint leaves only metrics.jsonl: a fresh run into the same out_dir
-    is refused with it untouched, and --resume auto starts over with the earlier rows kept aside."""
+    is refused with it untouched, and --resume auto starts over with the earlier rows kept aside. A best/
+    without step folders is refused too, with or without --resume auto."""
     out = tmp_path / "out"
     killed = start(args(demo_data_dir, out, "--max_iters", "100000", "--checkpoint_interval", "0"), 1,
                    tmp_path / "killed.log")
@@ -129,11 +130,17 @@ def test_a_fresh_run_keeps_an_earlier_runs_metrics(demo_data_dir, tmp_path):
     assert "metrics.jsonl" in line and "--resume auto" in line
     assert snapshot(out) == before
 
-    restarted = train(args(demo_data_dir, out, "--max_iters", "3", "--resume", "auto"))
+    restarted = train(args(demo_data_dir, out, "--max_iters", "4", "--resume", "auto"))
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     kept = list(out.glob("metrics.before-*.jsonl"))
     assert len(kept) == 1 and snapshot(out)[kept[0].name] == before["metrics.jsonl"]
-    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+    shutil.rmtree(out / "checkpoints" / "step_4")  # only best/ is left of that run
+    before = snapshot(out)
+    for extra in ([], ["--resume", "auto"]):
+        assert "best" in error_line(train(args(demo_data_dir, out, "--max_iters", "4", *extra)))
+    assert snapshot(out) == before
 
 
 def test_leftovers_of_a_run_killed_between_a_save_and_its_bookkeeping_are_cleaned_up(demo_data_dir, tmp_path):
