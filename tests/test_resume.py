@@ -120,7 +120,7 @@ def test_injected_nan_stops_with_a_message_and_the_checkpoint_intact(demo_data_d
 def test_skip_mode_skips_non_finite_steps_and_counts_them(demo_data_dir, tmp_path):
     out = tmp_path / "out"  # a rate of 1e30 sends the weights to inf: every step after the first is non-finite
     result = train(args(demo_data_dir, out, "--max_iters", "5", "--learning_rate", "1e30", "--min_lr", "0",
-                        "--nonfinite", "skip", "--checkpoint_interval", "0"))
+                        "--weight_decay", "0", "--nonfinite", "skip", "--checkpoint_interval", "0"))
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0, 1, 2, 3, 4]
@@ -139,7 +139,8 @@ def limit_file_size(limit):
 
 def test_disk_full_during_save_keeps_the_previous_checkpoint(demo_data_dir, reference, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(reference / "checkpoints" / "step_8", out / "checkpoints" / "step_8")
+    for name in ("step_8", "best"):  # as a run that stopped at step 8 leaves it (its best/ is its newest)
+        shutil.copytree(reference / "checkpoints" / "step_8", out / "checkpoints" / name)
     before = {p.name: p.read_bytes() for p in (out / "checkpoints" / "step_8").iterdir()}
     limit = min(len(v) for k, v in before.items() if k in ("model.safetensors", "optimizer.bin")) - 1
     result = subprocess.run(command(TRAIN, args(demo_data_dir, out, "--resume", "auto")), cwd=REPO, env=subprocess_env(),
@@ -147,7 +148,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(demo_data_dir, refe
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "could not write checkpoint" in lines[0] and "step_12" in lines[0], result.stderr
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_8"]  # the partial save is cleaned up
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "step_8"]  # the partial save is gone
     assert {p.name: p.read_bytes() for p in (out / "checkpoints" / "step_8").iterdir()} == before
     assert verify(out / "checkpoints" / "step_8") is None
 

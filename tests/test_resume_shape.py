@@ -60,10 +60,16 @@ def runs(demo_data_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("switched", ["micro_batch_8", "to_one_process", "to_two_processes", "to_micro_batch_4"])
-def test_a_run_regrouped_or_resumed_regrouped_matches_an_uninterrupted_run(runs, switched):
-    """Processes traded for accumulation, or sequences regrouped into forward passes (micro_batch)."""
-    assert max_difference(weights(runs[switched]), weights(runs["reference"])) < 1e-6
+@pytest.mark.parametrize("switched, tolerance", [("to_one_process", 1e-6), ("to_two_processes", 1e-6),
+                                                ("micro_batch_8", 1e-4), ("to_micro_batch_4", 1e-4)])
+def test_a_run_regrouped_or_resumed_regrouped_matches_an_uninterrupted_run(runs, switched, tolerance):
+    """Processes traded for accumulation, or sequences regrouped into forward passes (micro_batch).
+
+    Trading processes keeps every forward pass as it was. Regrouping does not: one matmul over 8 sequences
+    rounds differently from two over 4 on CPUs whose kernels block by batch size (3e-5 after 6 steps on an
+    AVX-512 Xeon, 0 on the AMD EPYC this was first run on), which is far below the 1.9e-3 that syncing on
+    the wrong micro-batch gave."""
+    assert max_difference(weights(runs[switched]), weights(runs["reference"])) < tolerance
     # the resumed steps were real, so agreeing within 1e-6 means something
     assert max_difference(weights(runs["reference"], FIRST_PART), weights(runs["reference"])) > 1e-3
 
