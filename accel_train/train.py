@@ -186,14 +186,18 @@ def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
 
 
 def show_results(cfg: TrainConfig, model, sample: bool) -> None:
-    """The end of a finished run, on the main process: draw the metrics and print a short sample."""
-    if cfg.plot:
-        try:
-            print(f"plot: {write_plot(cfg.out_dir)}")
-        except UserError as err:  # matplotlib is optional
-            print(f"no plot: {err}")
+    """The end of a finished run, on the main process: draw the metrics and print a short sample. Both are
+    extras after the final checkpoint, so any failure (no matplotlib, a tokenizer that cannot load offline)
+    is a one-line note and the run still succeeds."""
+    extras = {"plot": lambda: write_plot(cfg.out_dir)} if cfg.plot else {}
     if cfg.sample_tokens and sample:
-        print(f"sample: {sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)}")
+        extras["sample"] = lambda: sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+    for name, make in extras.items():
+        try:
+            print(f"{name}: {make()}")
+        except Exception as err:  # whatever it is: the checkpoint is saved, and an extra must not fail the run
+            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            print(f"note: no {name}: {reason.strip().splitlines()[0]}", flush=True)
 
 
 def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:

@@ -1,4 +1,5 @@
-"""Data the trainer must refuse before it starts, down to every token id, and the id scan.
+"""Data the trainer must refuse before it starts, down to every token id; the id scan; and data that names
+no tokenizer, which must neither be taken for GPT-2's nor fail a finished run.
 
 Trainer cases run as real processes, side by side, as in test_bad_input.py.
 """
@@ -10,8 +11,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from accel_train.errors import UserError
 from accel_train.token_scan import CACHE_FILE, largest_id
-from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env
+from accel_train.tokenizer import load_tokenizer
+from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env, train
 from test_bad_input import write_data
 
 BASE = ["--demo_data", "false", "--max_iters", "2", "--warmup_steps", "1", "--batch_size", "2", "--block_size", "32",
@@ -134,3 +137,32 @@ def test_a_cache_that_cannot_be_written_only_costs_a_scan(tmp_path):
     assert largest_id(path, np.uint16, chunk=1000) == 299
     assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_FILE, "train.bin"]  # no temporary file left
 
+
+def test_gpt2_is_assumed_only_for_gpt2_sized_vocabularies(tmp_path, local_gpt2):
+    byte_sized = write_data(tmp_path / "byte_sized", meta={"dtype": "uint16", "vocab_size": 257})
+    with pytest.raises(UserError, match="meta.json names no tokenizer and its vocab_size 257 is not GPT-2's"):
+        load_tokenizer(byte_sized)
+    gpt2_sized = write_data(tmp_path / "gpt2_sized", meta={"dtype": "uint16", "vocab_size": 50257})
+    assert load_tokenizer(gpt2_sized).name == "gpt2"
+    seed_layout = tmp_path / "seed_layout"  # the seed's data: no meta.json at all
+    seed_layout.mkdir()
+    with pytest.warns(UserWarning, match="assuming uint16 tokens of the GPT-2 vocabulary"):
+        assert load_tokenizer(seed_layout).name == "gpt2"
+
+
+@pytest.mark.parametrize("vocab_size, note", [(50257, "tiktoken's gpt2 encoding"), (257, "names no tokenizer")])
+def test_a_finished_run_succeeds_offline_when_the_sample_cannot_be_decoded(tmp_path, vocab_size, note):
+    data = write_data(tmp_path / "data", meta={"dtype": "uint16", "vocab_size": vocab_size})  # no tokenizer key
+    empty_cache = tmp_path / "tiktoken_cache"
+    empty_cache.mkdir()
+    offline = {"TIKTOKEN_CACHE_DIR": str(empty_cache), "HTTPS_PROXY": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+               "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    out = tmp_path / "out"
+    result = train([*BASE, "--model.vocab_size", str(vocab_size), "--sample_tokens", "5", "--data_dir", str(data),
+                    "--out_dir", str(out)], env=offline)
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("note: no sample")]
+    assert len(notes) == 1 and note in notes[0], result.stdout
+    assert (out / "checkpoints" / "step_2" / "model.safetensors").is_file()
+    assert not list(empty_cache.iterdir())  # nothing was downloaded
