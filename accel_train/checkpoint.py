@@ -5,9 +5,9 @@ and the RNG state of every process; `trainer_state.json` adds the step, counters
 best validation loss, tracker run id and config. A checkpoint is written to a hidden temporary
 folder, its files fsynced and listed with sizes and sha256 in `manifest.json`, and only then
 renamed into place, so a crash or a full disk mid-save never leaves a half checkpoint that
-`--resume auto` would pick. Every reader verifies a checkpoint against its manifest first. `best/`
-holds hard links to the checkpoint with the lowest validation loss, so pruning `step_<N>/` folders
-never loses it.
+`--resume auto` would pick. Every reader verifies a checkpoint against its manifest first. `best/` is a
+verified copy of the checkpoint with the lowest validation loss, so neither pruning nor damage to a
+`step_<N>/` folder can reach it.
 """
 
 from __future__ import annotations
@@ -114,16 +114,6 @@ def _install(tmp: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Copy a checkpoint as hard links (no extra disk space), or as real copies where links are not allowed."""
-    def link_or_copy(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-    shutil.copytree(src, dst, copy_function=link_or_copy)
-
-
 def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
     """Save everything needed to continue at `step` as `step_<step>/`; every process must call this.
 
@@ -164,7 +154,12 @@ def _finish_save(tmp: Path, trainer_state: dict) -> None:
 
 
 def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
-    """Make `best/` a hard-linked copy of `folder` if its validation loss beats best/'s; True if it did."""
+    """Make `best/` a copy of `folder` if its validation loss beats best/'s; True if it did.
+
+    A copy, not hard links: damage to a step folder in place must not reach best/, at the cost of one
+    checkpoint's disk space. The copy is verified before it replaces best/; one that fails (or a full
+    disk) leaves best/ as it was, with a warning: training goes on.
+    """
     best = checkpoints_root(out_dir) / BEST
     if val_loss is None:
         return False
@@ -177,9 +172,22 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
             return False
     tmp = best.with_name(f".tmp_{BEST}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _link_tree(folder, tmp)
+    try:
+        shutil.copytree(folder, tmp, copy_function=_copy_synced)
+        problem = verify(tmp)
+    except OSError as err:
+        problem = err.strerror or str(err)
+    if problem:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"best/ not updated: the copy of {folder} failed ({problem}); best/ is as it was", stacklevel=2)
+        return False
     _install(tmp, best)
     return True
+
+
+def _copy_synced(src, dst) -> None:
+    shutil.copy2(src, dst)
+    _fsync(Path(dst))
 
 
 def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:

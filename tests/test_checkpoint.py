@@ -5,7 +5,6 @@ checkpoints are exercised end to end in test_resume.py.
 """
 
 import json
-import os
 
 import pytest
 
@@ -105,10 +104,3 @@ def test_best_follows_the_lowest_validation_loss_and_survives_pruning(tmp_path):
     assert verify(best) is None
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_4"]
     assert latest_checkpoint(tmp_path).name == "step_4"  # best/ is not a step to resume by default
-
-
-def test_best_is_linked_not_copied(tmp_path):
-    folder = make_checkpoint(tmp_path, "step_1", 1, val_loss=1.0)
-    update_best(tmp_path, folder, 1.0)
-    best_weights = checkpoints_root(tmp_path) / "best" / "model.safetensors"
-    assert os.path.samefile(best_weights, folder / "model.safetensors")

@@ -1,5 +1,6 @@
 """Every reader of a checkpoint (sample, export, resume) verifies it against its manifest first: a damaged one
-ends with one `error:` line naming the folder and the damage, never a traceback or a sample of garbage.
+ends with one `error:` line naming the folder and the damage, never a traceback or a sample of garbage;
+and best/ is a copy that damage to its step folder cannot reach.
 
 Readers run as real processes, side by side, each on its own copy of the shared trained run.
 """
@@ -11,9 +12,9 @@ import sys
 
 import pytest
 
-from accel_train.checkpoint import MANIFEST_FILE, list_checkpoints
-from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env
-from test_checkpoint import flip_a_byte, truncate
+from accel_train.checkpoint import MANIFEST_FILE, checkpoints_root, list_checkpoints, update_best, verify
+from helpers import REPO, TINY_MODEL, TRAIN, command, run, snapshot, subprocess_env, train
+from test_checkpoint import flip_a_byte, make_checkpoint, truncate
 
 SAMPLE = [sys.executable, "-m", "accel_train.sample", "--max_new_tokens", "20", "--prompt", "Once", "--seed", "3"]
 EXPORT = [sys.executable, "-m", "accel_train.export"]
@@ -101,3 +102,32 @@ def test_refusing_writes_nothing(outcomes):
     assert snapshot(root) == before
     assert not (root / "hf").exists() and not (root / "elsewhere").exists()
 
+
+def test_best_is_a_copy_that_damage_to_its_step_cannot_reach(demo_data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(out), *TINY_MODEL, "--max_iters", "4",
+                    "--warmup_steps", "1", "--batch_size", "4", "--eval_interval", "4", "--eval_iters", "1",
+                    "--sample_tokens", "0", "--plot", "false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    step, best = checkpoints_root(out) / "step_4", checkpoints_root(out) / "best"
+    assert json.loads((best / "trainer_state.json").read_text())["step"] == 4
+    sampled = run([*SAMPLE, "--checkpoint", str(step)])
+    assert sampled.returncode == 0, sampled.stderr
+    with open(step / "model.safetensors", "r+b") as f:  # damage in place, as a disk or a stray write would
+        f.seek(f.seek(0, 2) // 2)
+        f.write(b"\xff" * 64)
+    assert "checksum" in verify(step)
+    assert verify(best) is None
+    from_best = run([*SAMPLE, "--checkpoint", str(best)])
+    assert from_best.returncode == 0 and from_best.stdout == sampled.stdout, from_best.stderr
+
+
+def test_a_copy_that_fails_verification_leaves_best_as_it_was(tmp_path):
+    update_best(tmp_path, make_checkpoint(tmp_path, "step_1", 1, val_loss=2.0), 2.0)
+    damaged = make_checkpoint(tmp_path, "step_2", 2, val_loss=1.0)
+    flip_a_byte(damaged / "model.safetensors")  # damaged between its save and the copy
+    with pytest.warns(UserWarning, match="best/ not updated"):
+        assert not update_best(tmp_path, damaged, 1.0)
+    best = checkpoints_root(tmp_path) / "best"
+    assert json.loads((best / "trainer_state.json").read_text())["step"] == 1 and verify(best) is None
+    assert not list(checkpoints_root(tmp_path).glob(".tmp_*"))
