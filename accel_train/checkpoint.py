@@ -5,8 +5,9 @@ and the RNG state of every process; `trainer_state.json` adds the step, counters
 best validation loss, tracker run id and config. A checkpoint is written to a hidden temporary
 folder, its files fsynced and listed with sizes and sha256 in `manifest.json`, and only then
 renamed into place, so a crash or a full disk mid-save never leaves a half checkpoint that
-`--resume auto` would pick. `best/` holds hard links to the checkpoint with the lowest
-validation loss, so pruning `step_<N>/` folders never loses it.
+`--resume auto` would pick. Every reader verifies a checkpoint against its manifest first. `best/` is a
+verified copy of the checkpoint with the lowest validation loss, so neither pruning nor damage to a
+`step_<N>/` folder can reach it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from safetensors import SafetensorError
 from accel_train.errors import UserError
 
 STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
 BEST = "best"
@@ -65,17 +67,29 @@ def verify(folder: Path, checksums: bool = True) -> str | None:
     """None if the checkpoint matches its manifest, else why not; `checksums=False` checks sizes only (cheap)."""
     try:
         files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        entries = [(name, entry["bytes"], entry["sha256"]) for name, entry in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "no readable manifest"
-    for name, entry in files.items():
+    for name in (STATE_FILE, WEIGHTS_FILE):  # what readers open by name must not escape the check
+        if name not in files and (folder / name).exists():
+            return f"{name} is not in the manifest"
+    for name, size, sha256 in entries:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != entry["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        if checksums and _sha256(path) != entry["sha256"]:
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+        if checksums and _sha256(path) != sha256:
             return f"{name} does not match its checksum"
     return None
+
+
+def verified(folder: Path, use: str) -> Path:
+    """`folder` if it is a checkpoint that matches its manifest, else a UserError: 'cannot {use} {folder}: why'."""
+    problem = verify(folder) if folder.is_dir() else "no such folder"
+    if problem:
+        raise UserError(f"cannot {use} {folder}: {problem}")
+    return folder
 
 
 def _remove(folder: Path) -> None:
@@ -98,16 +112,6 @@ def _install(tmp: Path, final: Path) -> None:
             warnings.warn(f"{final} failed verification; kept it as {kept}", stacklevel=3)
     os.replace(tmp, final)
     _fsync(final.parent)
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Copy a checkpoint as hard links (no extra disk space), or as real copies where links are not allowed."""
-    def link_or_copy(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-    shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
 def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
@@ -150,7 +154,12 @@ def _finish_save(tmp: Path, trainer_state: dict) -> None:
 
 
 def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
-    """Make `best/` a hard-linked copy of `folder` if its validation loss beats best/'s; True if it did."""
+    """Make `best/` a copy of `folder` if its validation loss beats best/'s; True if it did.
+
+    A copy, not hard links: damage to a step folder in place must not reach best/, at the cost of one
+    checkpoint's disk space. The copy is verified before it replaces best/; one that fails (or a full
+    disk) leaves best/ as it was, with a warning: training goes on.
+    """
     best = checkpoints_root(out_dir) / BEST
     if val_loss is None:
         return False
@@ -163,9 +172,22 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
             return False
     tmp = best.with_name(f".tmp_{BEST}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _link_tree(folder, tmp)
+    try:
+        shutil.copytree(folder, tmp, copy_function=_copy_synced)
+        problem = verify(tmp)
+    except OSError as err:
+        problem = err.strerror or str(err)
+    if problem:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"best/ not updated: the copy of {folder} failed ({problem}); best/ is as it was", stacklevel=2)
+        return False
     _install(tmp, best)
     return True
+
+
+def _copy_synced(src, dst) -> None:
+    shutil.copy2(src, dst)
+    _fsync(Path(dst))
 
 
 def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
@@ -223,12 +245,20 @@ def list_checkpoints(out_dir) -> list[Path]:
 
 
 def latest_checkpoint(out_dir) -> Path | None:
-    """The newest checkpoint that passes verification; broken ones are skipped with a warning, never deleted."""
+    """The newest checkpoint that passes verification, None where out_dir has none at all. Broken ones are
+    skipped, with a warning where a sound one is found, and never deleted; only broken ones is a UserError."""
+    broken = []
     for folder in reversed(list_checkpoints(out_dir)):
         problem = verify(folder)
         if problem is None:
+            for skipped, why in broken:
+                warnings.warn(f"skipping checkpoint {skipped}: {why}", stacklevel=2)
             return folder
-        warnings.warn(f"skipping checkpoint {folder}: {problem}", stacklevel=2)
+        broken.append((folder, problem))
+    if broken:
+        raise UserError(f"no checkpoint in {checkpoints_root(out_dir)} passed verification "
+                        f"({'; '.join(f'{folder.name}: {why}' for folder, why in broken)}); none was deleted: "
+                        "name a sound checkpoint folder, or another out_dir")
     return None
 
 
@@ -241,15 +271,8 @@ def resolve_resume(resume: str, out_dir) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        folder = latest_checkpoint(out_dir)
-        if folder is None and list_checkpoints(out_dir):
-            raise UserError(f"no checkpoint in {checkpoints_root(out_dir)} passed verification; "
-                            "resume from a checkpoint folder elsewhere or choose another --out_dir")
-        return folder
-    folder = Path(resume)
-    problem = verify(folder) if folder.is_dir() else "no such folder"
-    if problem:
-        raise UserError(f"cannot resume from {folder}: {problem}")
+        return latest_checkpoint(out_dir)
+    folder = verified(Path(resume), "resume from")
     step = read_trainer_state(folder)["step"]
     newer = [p for p in list_checkpoints(out_dir) if step_of(p) > step and verify(p, checksums=False) is None]
     if newer:

@@ -8,6 +8,7 @@ windows are gathered with one vectorized index instead of a Python loop of slice
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -19,24 +20,35 @@ from accel_train.errors import UserError
 
 SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+GPT2_VOCAB_SIZE = 50257
 REMAP_EVERY = 1024  # reopen the memmap now and then so its touched pages leave the resident set
 
 
 def read_meta(data_dir: Path) -> dict:
-    """`meta.json` of a data folder; a folder without one is taken as the seed's uint16 GPT-2 data."""
+    """`meta.json` of a data folder, its fields checked before anything relies on them; a folder without one
+    is taken as the seed's uint16 GPT-2 data."""
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         warnings.warn(f"{path} not found: assuming uint16 tokens of the GPT-2 vocabulary", stacklevel=2)
-        return {"dtype": "uint16", "vocab_size": 50257}
+        return {"dtype": "uint16", "vocab_size": GPT2_VOCAB_SIZE, "tokenizer": "gpt2"}
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: malformed JSON or not UTF-8
         raise UserError(f"cannot read {path}: {err}") from None
-    if meta.get("dtype") not in DTYPES:
-        raise UserError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r}")
-    if not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] < 1:
-        raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {meta.get('vocab_size')!r}")
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
+    if not isinstance(meta.get("dtype"), str) or meta["dtype"] not in DTYPES:
+        raise UserError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r:.60}")
+    if not _is_count(meta.get("vocab_size")) or meta["vocab_size"] < 1:
+        raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {meta.get('vocab_size')!r:.60}")
+    tokens = meta.get("tokens", {})
+    if not isinstance(tokens, dict) or not all(n is None or _is_count(n) for n in tokens.values()):
+        raise UserError(f"{path}: 'tokens' must map each split to its token count (or null), got {tokens!r:.60}")
     return meta
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def split_path(data_dir: Path, split: str) -> Path:
@@ -46,8 +58,11 @@ def split_path(data_dir: Path, split: str) -> Path:
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist; prepare data there or set --data_dir")
     for name in SPLIT_FILES[split]:
-        if (data_dir / name).exists():
-            return data_dir / name
+        path = data_dir / name
+        if os.path.lexists(path):
+            if not path.is_file():  # a folder, a link to nothing, a pipe: memmap would fail mid-run
+                raise UserError(f"{path} is not a regular file; the {split} split must be a file of tokens")
+            return path
     raise UserError(f"no {split} split in {data_dir}: expected {' or '.join(SPLIT_FILES[split])}")
 
 
@@ -56,7 +71,11 @@ class TokenFile:
 
     def __init__(self, path: Path, dtype: str):
         self.path, self.dtype = Path(path), DTYPES[dtype]
-        size = self.path.stat().st_size
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+        except OSError as err:
+            raise UserError(f"cannot read {self.path}: {err.strerror}") from None
         itemsize = np.dtype(self.dtype).itemsize
         if size == 0:
             raise UserError(f"{self.path} is empty")

@@ -17,20 +17,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model as load_safetensors
 
-from accel_train.checkpoint import latest_checkpoint, read_trainer_state
+from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, read_trainer_state,
+                                    verified)
 from accel_train.config import TrainConfig, config_from_dict
 from accel_train.errors import UserError, run_cli
 from accel_train.model import Gemma3, KVCache
 from accel_train.tokenizer import load_tokenizer
 
-WEIGHTS_FILE = "model.safetensors"
-
 
 def find_checkpoint(path) -> Path:
-    """A checkpoint folder as given, or the newest complete checkpoint of a run's out_dir."""
+    """A checkpoint folder as given, or the newest sound checkpoint of a run's out_dir; either way one that
+    matches its manifest, so damaged weights are refused rather than sampled or exported."""
     folder = Path(path)
-    if (folder / WEIGHTS_FILE).is_file():
-        return folder
+    if any((folder / name).exists() for name in (WEIGHTS_FILE, STATE_FILE, MANIFEST_FILE)):
+        return verified(folder, "use checkpoint")
     newest = latest_checkpoint(folder) if folder.is_dir() else None
     if newest is None:
         raise UserError(f"{folder} is neither a checkpoint folder (with {WEIGHTS_FILE}) nor an out_dir "

@@ -139,13 +139,19 @@ def train_bpe(texts, vocab_size: int, length: int | None = None) -> BpeTokenizer
 
 
 def load_tokenizer(data_dir) -> Tokenizer:
-    """The tokenizer that `meta.json` in `data_dir` names (a folder without one is the seed's GPT-2 data)."""
-    from accel_train.data import read_meta
+    """The tokenizer that `meta.json` in `data_dir` names. GPT-2's is assumed only where it can be: a folder
+    without meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
+    from accel_train.data import GPT2_VOCAB_SIZE, read_meta
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():  # not the seed's data: no folder at all says nothing about the tokenizer
         raise UserError(f"data folder {data_dir} not found: its meta.json names the tokenizer; pass --data_dir")
-    name = read_meta(data_dir).get("tokenizer", "gpt2")
+    meta = read_meta(data_dir)
+    name = meta.get("tokenizer")
+    if name is None and meta["vocab_size"] != GPT2_VOCAB_SIZE:
+        raise UserError(f"{data_dir}/meta.json names no tokenizer and its vocab_size {meta['vocab_size']} is not "
+                        f"GPT-2's {GPT2_VOCAB_SIZE}; add \"tokenizer\": \"byte\", \"gpt2\" or \"bpe\" to it")
+    name = name or "gpt2"
     if name == "byte":
         return ByteTokenizer()
     if name == "gpt2":

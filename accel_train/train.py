@@ -45,6 +45,7 @@ from accel_train.resume import check_resumable
 from accel_train.schedule import lr_at, set_lr
 from accel_train.sample import sample_text
 from accel_train.run_lock import RunLock
+from accel_train.token_scan import largest_id
 from accel_train.tracking import METRICS_FILE, MetricsLog, has_rows, new_run_id, start_tracker, watch_model
 
 
@@ -119,7 +120,8 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
 
 
 def check_data(cfg: TrainConfig) -> dict:
-    """Make the demo corpus if asked, then check both splits and meta.json against the model."""
+    """Make the demo corpus if asked, then check both splits and meta.json against the model, down to every
+    token id: one beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
     data_dir = Path(cfg.data_dir)
     if cfg.demo_data:
         from accel_train.demo_corpus import ensure_demo_data
@@ -130,13 +132,22 @@ def check_data(cfg: TrainConfig) -> dict:
     if meta["vocab_size"] > cfg.model.vocab_size:
         raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens but the model has "
                         f"model.vocab_size = {cfg.model.vocab_size}; raise model.vocab_size")
-    for split in ("train", "val"):
-        data = open_split(str(data_dir), split)
+    splits = [open_split(str(data_dir), split) for split in ("train", "val")]
+    for split, data in zip(("train", "val"), splits):
         expected = meta.get("tokens", {}).get(split)
         if expected is not None and expected != data.num_tokens:
             raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
                             f"says {expected:,}: the file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
+    vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
+             else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
+    for data in splits:  # the cheap checks above first: this one reads every token (once, see token_scan)
+        largest = largest_id(data.path, data.dtype)
+        if largest >= meta["vocab_size"]:
+            misread = largest > 0xFFFF and meta["dtype"] == "uint32"  # how a uint16 file read as uint32 looks
+            cause = ("if the file holds uint16 tokens, meta.json's dtype uint32 is wrong" if misread
+                     else "the data was made with a larger vocabulary than that")
+            raise UserError(f"{data.path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
     return meta
 
 
@@ -190,14 +201,18 @@ def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
 
 
 def show_results(cfg: TrainConfig, model, sample: bool) -> None:
-    """The end of a finished run, on the main process: draw the metrics and print a short sample."""
-    if cfg.plot:
-        try:
-            print(f"plot: {write_plot(cfg.out_dir)}")
-        except UserError as err:  # matplotlib is optional
-            print(f"no plot: {err}")
+    """The end of a finished run, on the main process: draw the metrics and print a short sample. Both are
+    extras after the final checkpoint, so any failure (no matplotlib, a tokenizer that cannot load offline)
+    is a one-line note and the run still succeeds."""
+    extras = {"plot": lambda: write_plot(cfg.out_dir)} if cfg.plot else {}
     if cfg.sample_tokens and sample:
-        print(f"sample: {sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)}")
+        extras["sample"] = lambda: sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+    for name, make in extras.items():
+        try:
+            print(f"{name}: {make()}")
+        except Exception as err:  # whatever it is: the checkpoint is saved, and an extra must not fail the run
+            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            print(f"note: no {name}: {reason.strip().splitlines()[0]}", flush=True)
 
 
 def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:

@@ -1,0 +1,133 @@
+"""Every reader of a checkpoint (sample, export, resume) verifies it against its manifest first: a damaged one
+ends with one `error:` line naming the folder and the damage, never a traceback or a sample of garbage;
+and best/ is a copy that damage to its step folder cannot reach.
+
+Readers run as real processes, side by side, each on its own copy of the shared trained run.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from accel_train.checkpoint import MANIFEST_FILE, checkpoints_root, list_checkpoints, update_best, verify
+from helpers import REPO, TINY_MODEL, TRAIN, command, run, snapshot, subprocess_env, train
+from test_checkpoint import flip_a_byte, make_checkpoint, truncate
+
+SAMPLE = [sys.executable, "-m", "accel_train.sample", "--max_new_tokens", "20", "--prompt", "Once", "--seed", "3"]
+EXPORT = [sys.executable, "-m", "accel_train.export"]
+
+
+def unlist_weights(folder):
+    """A manifest that leaves the weights out, so that damage to them would go unseen."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    del manifest["files"]["model.safetensors"]
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    flip_a_byte(folder / "model.safetensors")
+
+
+DAMAGE = {
+    "flipped": lambda folder: flip_a_byte(folder / "model.safetensors"),
+    "truncated": lambda folder: truncate(folder / "model.safetensors"),
+    "no manifest": lambda folder: (folder / MANIFEST_FILE).unlink(),
+    "unlisted": unlist_weights,
+}
+
+
+def setup_cases(root, trained_out, data_dir):
+    """(name, command, words the error line must contain) for each reader and damage, on copies of the run."""
+    train_args = ["--data_dir", str(data_dir), *TINY_MODEL, "--max_iters", "30", "--warmup_steps", "2",
+                  "--batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
+                  "--min_lr", "3e-4", "--eval_interval", "12", "--sample_tokens", "0", "--plot", "false"]
+    cases = []
+
+    def damaged(name, damage):
+        out = root / name
+        shutil.copytree(trained_out, out)
+        folder = list_checkpoints(out)[-1]
+        DAMAGE[damage](folder)
+        return out, folder
+
+    for damage, words in (("flipped", ["checksum"]), ("truncated", ["bytes"]), ("no manifest", ["manifest"]),
+                          ("unlisted", ["model.safetensors is not in the manifest"])):
+        out, folder = damaged(f"sample_{damage}", damage)
+        cases.append((f"sample, {damage}", [*SAMPLE, "--checkpoint", str(folder)], [str(folder), *words]))
+    out, folder = damaged("export", "flipped")
+    cases.append(("export, flipped", [*EXPORT, "--checkpoint", str(folder), "--out", str(root / "hf")],
+                  [str(folder), "checksum"]))
+    out, folder = damaged("resume_path", "flipped")
+    cases.append(("resume a path, flipped", command(TRAIN, [*train_args, "--out_dir", str(root / "elsewhere"),
+                                                           "--resume", str(folder)]), [str(folder), "checksum"]))
+    out, folder = damaged("sample_out_dir", "flipped")
+    cases.append(("sample an out_dir, all broken", [*SAMPLE, "--checkpoint", str(out)],
+                  ["passed verification", folder.name, "checksum"]))
+    out, folder = damaged("resume_auto", "flipped")
+    cases.append(("resume auto, all broken", command(TRAIN, [*train_args, "--out_dir", str(out), "--resume", "auto"]),
+                  ["passed verification", folder.name, "checksum"]))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, trained_run, demo_data_dir):
+    root = tmp_path_factory.mktemp("readers")
+    cases = setup_cases(root, trained_run[0], demo_data_dir)
+    before = snapshot(root)
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _, cmd, _ in cases]
+    results = {}
+    for (name, _, words), proc in zip(cases, procs):
+        _, stderr = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, stderr, words)
+    return results, root, before
+
+
+CASES = ["sample, flipped", "sample, truncated", "sample, no manifest", "sample, unlisted", "export, flipped",
+         "resume a path, flipped", "sample an out_dir, all broken", "resume auto, all broken"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_damaged_checkpoint_is_refused_with_one_error_line(outcomes, name):
+    returncode, stderr, words = outcomes[0][name]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_refusing_writes_nothing(outcomes):
+    _, root, before = outcomes
+    assert snapshot(root) == before
+    assert not (root / "hf").exists() and not (root / "elsewhere").exists()
+
+
+def test_best_is_a_copy_that_damage_to_its_step_cannot_reach(demo_data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(out), *TINY_MODEL, "--max_iters", "4",
+                    "--warmup_steps", "1", "--batch_size", "4", "--eval_interval", "4", "--eval_iters", "1",
+                    "--sample_tokens", "0", "--plot", "false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    step, best = checkpoints_root(out) / "step_4", checkpoints_root(out) / "best"
+    assert json.loads((best / "trainer_state.json").read_text())["step"] == 4
+    sampled = run([*SAMPLE, "--checkpoint", str(step)])
+    assert sampled.returncode == 0, sampled.stderr
+    with open(step / "model.safetensors", "r+b") as f:  # damage in place, as a disk or a stray write would
+        f.seek(f.seek(0, 2) // 2)
+        f.write(b"\xff" * 64)
+    assert "checksum" in verify(step)
+    assert verify(best) is None
+    from_best = run([*SAMPLE, "--checkpoint", str(best)])
+    assert from_best.returncode == 0 and from_best.stdout == sampled.stdout, from_best.stderr
+
+
+def test_a_copy_that_fails_verification_leaves_best_as_it_was(tmp_path):
+    update_best(tmp_path, make_checkpoint(tmp_path, "step_1", 1, val_loss=2.0), 2.0)
+    damaged = make_checkpoint(tmp_path, "step_2", 2, val_loss=1.0)
+    flip_a_byte(damaged / "model.safetensors")  # damaged between its save and the copy
+    with pytest.warns(UserWarning, match="best/ not updated"):
+        assert not update_best(tmp_path, damaged, 1.0)
+    best = checkpoints_root(tmp_path) / "best"
+    assert json.loads((best / "trainer_state.json").read_text())["step"] == 1 and verify(best) is None
+    assert not list(checkpoints_root(tmp_path).glob(".tmp_*"))
