@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -23,6 +24,16 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from accel_train.errors import UserError
+
+class _TiedHeadNote(logging.Filter):
+    """Accelerate warns at every save that it left the shared tensor lm_head.weight out of model.safetensors.
+    It is the embedding's tied copy, which every reader re-ties, so the warning only alarms: drop that one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor {'lm_head.weight'}" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
