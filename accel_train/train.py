@@ -36,6 +36,7 @@ from accel_train.evaluate import estimate_loss
 from accel_train.export import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import resolve_hardware, switch_on
+from accel_train.launcher import die_with_launcher
 from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
@@ -73,6 +74,7 @@ def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_cli
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
     cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
     # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
     # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
