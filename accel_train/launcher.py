@@ -1,4 +1,5 @@
-"""The trainer and its launcher (`accelerate launch`, `torchrun`): it never outlives it.
+"""The trainer and its launcher (`accelerate launch`, `torchrun`): it never outlives it, and it refuses a launch
+that did not give it the processes the launcher started.
 
 `accelerate launch` with one process runs the trainer as a plain child and dies at once on SIGTERM; a SIGKILL
 to `torchrun` orphans its workers the same way. An orphaned trainer would train on to max_iters, so a launched
@@ -14,6 +15,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+from accel_train.errors import UserError
 
 LAUNCHER_ENV = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_DYNAMO_BACKEND")  # what the launchers set, users don't
 PR_SET_PDEATHSIG = 1
@@ -44,3 +47,22 @@ def _passes_our_arguments(pid: int) -> bool:
     ours = [os.fsencode(arg) for arg in sys.argv[1:]]
     return theirs[len(theirs) - len(ours):] == ours
 
+
+def check_launch(cpu: bool) -> None:
+    """Refuse, before the Accelerator is built, FSDP asked for on the CPU: Accelerate fails there (FSDP1), or
+    quietly runs plain data parallelism instead (FSDP2)."""
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise UserError(f"the launcher asked for FSDP with {os.environ.get('WORLD_SIZE', '1')} process(es), but this "
+                        "run is on the CPU (no GPU visible, or --device cpu) and FSDP needs GPUs; on the CPU launch "
+                        "with --multi_gpu --num_processes N (gloo) instead")
+
+
+def check_process_count(seen: int) -> None:
+    """Refuse to run when the launcher started more processes (WORLD_SIZE) than the Accelerator sees: each
+    process would train alone, as independent runs writing one out_dir."""
+    started = int(os.environ.get("WORLD_SIZE", "1"))
+    if started > seen:
+        raise UserError(f"the launcher started {started} processes (WORLD_SIZE) but Accelerate sees {seen}: each "
+                        "would train alone, all writing one out_dir. The launch asked for a distributed mode this "
+                        "machine cannot run (GPUs that are not there, or a launcher that sets WORLD_SIZE but not "
+                        "LOCAL_RANK); on the CPU launch with --multi_gpu --num_processes N")

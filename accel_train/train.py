@@ -36,7 +36,7 @@ from accel_train.evaluate import estimate_loss
 from accel_train.export import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import resolve_hardware, switch_on
-from accel_train.launcher import die_with_launcher
+from accel_train.launcher import check_launch, check_process_count, die_with_launcher
 from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer
@@ -76,10 +76,11 @@ def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_cli
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
     cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
+    check_launch(cpu)
     # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
     # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
     functorch_config.activation_memory_budget = cfg.activation_memory_budget
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -91,6 +92,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no",
                                         mode=cfg.compile_mode, dynamic=False),
     )
+    check_process_count(accelerator.num_processes)  # before anything is written
+    return accelerator
 
 
 def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
