@@ -48,6 +48,9 @@ from accel_train.sample import sample_text
 from accel_train.tracking import MetricsLog, new_run_id, start_tracker, watch_model
 
 
+PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
+
+
 def train_step(model, optimizer, scheduler, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
     """One optimizer step over the accumulation window's micro-batches.
 
@@ -235,7 +238,8 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
 
     start_tracker(accelerator, cfg, state["run_id"])
     watch_model(accelerator, model, cfg)
-    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"])
+    redo = state.get(PENDING)  # the record of a step whose evaluation a stop signal cut short: evaluate it first
+    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process, resume_step=state["step"] - (redo is not None))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step "
                       f"in {micro_steps} micro-batch(es) of {micro_batch} per process")
@@ -254,9 +258,37 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     batches = iter(loader)
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
+
+    def evaluate_into(record: dict, stop: StopSignals) -> bool:
+        """Add this step's evaluation to `record`; True if it ran to the end. A stop signal cuts it short (every
+        process agrees, batch by batch): then the record waits in `state` and the RNG that draws evaluation
+        batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
+        run makes. The prepared model autocasts by itself, so no extra context is needed."""
+        rng = torch.get_rng_state()  # get_batch draws from the CPU generator
+        losses = estimate_loss(model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
+                               accelerator.device, accelerator.device.type, data_dir=cfg.data_dir,
+                               stop_requested=lambda: any_process(stop.received is not None))
+        if losses is None:
+            torch.set_rng_state(rng)
+            state[PENDING] = record
+            return False
+        state.pop(PENDING, None)
+        record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
+        if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
+            state["best_val_loss"] = losses["val"]
+        report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+        return True
+
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
-        while step < cfg.max_iters:
+        if redo is not None:
+            if evaluate_into(redo, stop):
+                accelerator.log(redo, step=step)
+            else:
+                report(f"stopping at step {step} on {stop.received or 'a signal to another process'}, again in "
+                       f"its evaluation: {resume_from} still holds it; continue with --resume auto")
+            metrics.write(redo)  # evaluated, or as the stopped run left it
+        while step < cfg.max_iters and PENDING not in state:
             loss, grad_norm, lr, skipped = train_step(model, optimizer, scheduler, accelerator,
                                                       itertools.islice(batches, micro_steps), cfg.grad_clip,
                                                       skip_nonfinite=cfg.nonfinite == "skip")
@@ -281,13 +313,8 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
                 record["skipped_steps"] = state["skipped_steps"]
             else:
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
-            if evaluate:  # the prepared model autocasts by itself, so no extra context is needed
-                losses = estimate_loss(model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                                       accelerator.device, accelerator.device.type, data_dir=cfg.data_dir)
-                record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
-                if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
-                    state["best_val_loss"] = losses["val"]
-                report(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+            if evaluate and not evaluate_into(record, stop):
+                stopping = True  # the signal came during the evaluation, which the checkpoint redoes on resume
             if logging:
                 metrics.write(record)
                 accelerator.log(record, step=step)
@@ -303,7 +330,7 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
     if accelerator.is_main_process and start_step < step == cfg.max_iters:
         show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
-    if step == start_step:
+    if step == start_step and redo is None:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()
     return state, plain_model
