@@ -37,6 +37,18 @@ def subreaper():
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
+def trainers_of(proc) -> list[psutil.Process]:
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+
+
+def kill_orphans(trainers: list[psutil.Process]) -> None:
+    """SIGKILL what is left of the trainers: an orphan is no longer under its launcher, where kill_all looks."""
+    for trainer in trainers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            trainer.kill()
+    psutil.wait_procs(trainers, timeout=30)
+
+
 def signal_launcher(data_dir, out, processes: int, sig: signal.Signals) -> dict:
     """Start a run, signal its launcher at step 3; what happened once no trainer is left (or the grace period is
     over): the launcher's exit status and each trainer's (None where the launcher reaped it)."""
@@ -46,7 +58,7 @@ def signal_launcher(data_dir, out, processes: int, sig: signal.Signals) -> dict:
     trainers = []
     try:
         assert wait_until(proc, lambda: reached_step(out) >= 3), log.read_text()[-3000:]
-        trainers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+        trainers = trainers_of(proc)
         assert len(trainers) == processes, trainers
         sent = time.monotonic()
         proc.send_signal(sig)
@@ -58,10 +70,7 @@ def signal_launcher(data_dir, out, processes: int, sig: signal.Signals) -> dict:
                 "newest": saved[-1].name if saved else None, "log": log.read_text()[-3000:]}
     finally:
         kill_all(proc)
-        for trainer in trainers:  # an orphan is no longer under the launcher
-            with contextlib.suppress(psutil.NoSuchProcess):
-                trainer.kill()
-        psutil.wait_procs(trainers, timeout=30)
+        kill_orphans(trainers)
 
 
 @pytest.mark.parametrize("processes, sig", [(1, signal.SIGTERM), (2, signal.SIGKILL)])
@@ -81,3 +90,23 @@ def test_torchrun_forwards_sigterm_to_both_ranks_then_fails_itself(demo_data_dir
     assert event["launcher"] == 1 and "SignalException" in event["log"], event  # torch's own, after the save
     assert event["newest"] == f"step_{event['stopped_at']}", event
     assert verify(out / "checkpoints" / event["newest"]) is None
+
+
+def test_a_launcher_killed_while_its_trainer_starts_leaves_no_trainer(demo_data_dir, tmp_path, subreaper):
+    """The launcher dies before its trainer could ask for the signal (Python is still importing): the trainer
+    finds that its parent is no launcher and stops before writing anything. Had it got further, the kernel's
+    SIGTERM would stop it the same way."""
+    out = tmp_path / "out"
+    proc = start(["--data_dir", str(demo_data_dir), "--out_dir", str(out), *RUN], 1, tmp_path / "log.txt",
+                 config_file=CPU_CONFIG)
+    trainers = []
+    try:
+        assert wait_until(proc, lambda: trainers_of(proc)), "the launcher ended before starting a trainer"
+        trainers = trainers_of(proc)
+        proc.kill()
+        proc.wait()
+        assert trainers[0].wait(timeout=SIGNAL_GRACE_S) == -signal.SIGTERM
+        assert not out.exists()
+    finally:
+        kill_all(proc)
+        kill_orphans(trainers)
