@@ -36,6 +36,7 @@ from accel_train.evaluate import estimate_loss
 from accel_train.export import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import resolve_hardware, switch_on
+from accel_train.launcher import check_launch, check_process_count, die_with_launcher
 from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
 from accel_train.optim import build_optimizer, group_settings, restore_group_settings
@@ -47,6 +48,9 @@ from accel_train.sample import sample_text
 from accel_train.run_lock import RunLock
 from accel_train.token_scan import largest_id
 from accel_train.tracking import METRICS_FILE, MetricsLog, has_rows, new_run_id, start_tracker, watch_model
+
+
+PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
 
 
 def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
@@ -74,11 +78,13 @@ def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_cli
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
     cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
+    check_launch(cpu)
     # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
     # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
     functorch_config.activation_memory_budget = cfg.activation_memory_budget
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -89,6 +95,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no",
                                         mode=cfg.compile_mode, dynamic=False),
     )
+    check_process_count(accelerator.num_processes)  # before anything is written
+    return accelerator
 
 
 def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
@@ -270,9 +278,10 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
 
     start_tracker(accelerator, cfg, state["run_id"])
     watch_model(accelerator, model, cfg)
+    redo = state.get(PENDING)  # the record of a step whose evaluation a stop signal cut short: evaluate it first
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:
-        on_main_process(accelerator, lambda: metrics.keep_until(state["step"]))
+        on_main_process(accelerator, lambda: metrics.keep_until(state["step"] - (redo is not None)))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step "
                       f"in {micro_steps} micro-batch(es) of {micro_batch} per process")
@@ -291,9 +300,37 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
     batches = iter(loader)
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
+
+    def evaluate_into(record: dict, stop: StopSignals) -> bool:
+        """Add this step's evaluation to `record`; True if it ran to the end. A stop signal cuts it short (every
+        process agrees, batch by batch): then the record waits in `state` and the RNG that draws evaluation
+        batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
+        run makes. The prepared model autocasts by itself, so no extra context is needed."""
+        rng = torch.get_rng_state()  # get_batch draws from the CPU generator
+        losses = estimate_loss(model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
+                               accelerator.device, accelerator.device.type, data_dir=cfg.data_dir,
+                               stop_requested=lambda: any_process(stop.received is not None))
+        if losses is None:
+            torch.set_rng_state(rng)
+            state[PENDING] = record
+            return False
+        state.pop(PENDING, None)
+        record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
+        if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
+            state["best_val_loss"] = losses["val"]
+        report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+        return True
+
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
-        while step < cfg.max_iters:
+        if redo is not None:
+            if evaluate_into(redo, stop):
+                accelerator.log(redo, step=step)
+            else:
+                report(f"stopping at step {step} on {stop.received or 'a signal to another process'}, again in "
+                       f"its evaluation: {resume_from} still holds it; continue with --resume auto")
+            on_main_process(accelerator, lambda: metrics.write(redo))  # evaluated, or as the stopped run left it
+        while step < cfg.max_iters and PENDING not in state:
             lr = lr_at(step + 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
             loss, grad_norm, skipped = train_step(model, optimizer, lr, accelerator,
                                                   itertools.islice(batches, micro_steps), cfg.grad_clip,
@@ -319,13 +356,8 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
                 record["skipped_steps"] = state["skipped_steps"]
             else:
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
-            if evaluate:  # the prepared model autocasts by itself, so no extra context is needed
-                losses = estimate_loss(model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                                       accelerator.device, accelerator.device.type, data_dir=cfg.data_dir)
-                record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
-                if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
-                    state["best_val_loss"] = losses["val"]
-                report(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+            if evaluate and not evaluate_into(record, stop):
+                stopping = True  # the signal came during the evaluation, which the checkpoint redoes on resume
             if logging:
                 on_main_process(accelerator, lambda: metrics.write(record))
                 accelerator.log(record, step=step)
@@ -341,7 +373,7 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
     if accelerator.is_main_process and start_step < step == cfg.max_iters:
         show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
-    if step == start_step:
+    if step == start_step and redo is None:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()
     return state, plain_model

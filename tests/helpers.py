@@ -25,8 +25,11 @@ def run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subpro
     return subprocess.run(cmd, cwd=REPO, env=subprocess_env(env), capture_output=True, text=True, timeout=timeout)
 
 
-def command(script: str, args: list[str], processes: int = 1) -> list[str]:
-    """`python script ...` for one process, `accelerate launch --multi_gpu` for several (gloo on CPU)."""
+def command(script: str, args: list[str], processes: int = 1, config_file: str | None = None) -> list[str]:
+    """`python script ...` for one process, `accelerate launch --multi_gpu` for several (gloo on CPU), or
+    `accelerate launch --config_file` with one of configs/accelerate/ when `config_file` names it."""
+    if config_file:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, script, *args]
     if processes == 1:
         return [sys.executable, script, *args]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",

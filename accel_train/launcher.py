@@ -1,0 +1,68 @@
+"""The trainer and its launcher (`accelerate launch`, `torchrun`): it never outlives it, and it refuses a launch
+that did not give it the processes the launcher started.
+
+`accelerate launch` with one process runs the trainer as a plain child and dies at once on SIGTERM; a SIGKILL
+to `torchrun` orphans its workers the same way. An orphaned trainer would train on to max_iters, so a launched
+trainer asks the kernel for SIGTERM when its launcher dies, which takes the clean stop of
+`preemption.StopSignals` (finish the step, save a checkpoint, exit 0). Under plain `python` the parent is a
+shell, which may end while the run should go on (`nohup`), so nothing is asked there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+from accel_train.errors import UserError
+
+LAUNCHER_ENV = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_DYNAMO_BACKEND")  # what the launchers set, users don't
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> None:
+    """Have the kernel send this process SIGTERM when its launcher dies (Linux only); if it already has, stop now.
+
+    A launcher that died before the request leaves us adopted by init or a subreaper, which is no
+    launcher: it does not pass our arguments on. Only then is the parent's death taken for granted.
+    """
+    if not sys.platform.startswith("linux") or not any(name in os.environ for name in LAUNCHER_ENV):
+        return
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if not _passes_our_arguments(os.getppid()):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _passes_our_arguments(pid: int) -> bool:
+    """Whether process `pid`'s command line ends with our arguments, as a launcher's does (True if unreadable).
+
+    Comparing the parent's pid with 1 would not do: in a container the launcher itself is often PID 1."""
+    try:
+        theirs = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return True
+    ours = [os.fsencode(arg) for arg in sys.argv[1:]]
+    return theirs[len(theirs) - len(ours):] == ours
+
+
+def check_launch(cpu: bool) -> None:
+    """Refuse, before the Accelerator is built, FSDP asked for on the CPU: Accelerate fails there (FSDP1), or
+    quietly runs plain data parallelism instead (FSDP2)."""
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise UserError(f"the launcher asked for FSDP with {os.environ.get('WORLD_SIZE', '1')} process(es), but this "
+                        "run is on the CPU (no GPU visible, or --device cpu) and FSDP needs GPUs; on the CPU launch "
+                        "with --multi_gpu --num_processes N (gloo) instead")
+
+
+def check_process_count(seen: int) -> None:
+    """Refuse to run when the launcher started more processes (WORLD_SIZE) than the Accelerator sees: each
+    process would train alone, as independent runs writing one out_dir."""
+    started = int(os.environ.get("WORLD_SIZE", "1"))
+    if started > seen:
+        raise UserError(f"the launcher started {started} processes (WORLD_SIZE) but Accelerate sees {seen}: each "
+                        "would train alone, all writing one out_dir. The launch asked for a distributed mode this "
+                        "machine cannot run (GPUs that are not there, or a launcher that sets WORLD_SIZE but not "
+                        "LOCAL_RANK); on the CPU launch with --multi_gpu --num_processes N")
