@@ -11,7 +11,6 @@ way. transformers is an optional extra (`pip install -e ".[hf]"`), imported only
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, run_cli
 from accel_train.model import ModelConfig
 from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, load_tokenizer
 
@@ -195,7 +194,7 @@ def export(checkpoint, out, data_dir=None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.export", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m accel_train.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or an out_dir (its newest)")
     parser.add_argument("--out", required=True, help="the HuggingFace folder to write (must not exist yet)")
     parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")

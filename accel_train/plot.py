@@ -8,11 +8,10 @@ extra (`pip install -e ".[plot]"`) and draws off-screen (Agg), so it works on a 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, run_cli
 from accel_train.tracking import METRICS_FILE, read_metrics
 
 PLOT_FILE = "metrics.png"
@@ -73,7 +72,7 @@ def write_plot(out_dir, path=None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.plot", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m accel_train.plot", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="a run's out_dir, holding metrics.jsonl")
     parser.add_argument("--out", default=None, help=f"the PNG to write (default: OUT_DIR/{PLOT_FILE})")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, number, run_cli
 from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
@@ -265,11 +265,6 @@ def describe(source: dict) -> str:
 
 # ---- command line ----
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = Parser(prog="python -m accel_train.prepare", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -279,23 +274,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dataset_split", default="train", help="which split of the dataset to read (default: train)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--tokenizer", choices=("gpt2", "byte", "bpe"), default="gpt2")
-    p.add_argument("--vocab_size", type=int, default=8192, help="tokens of the BPE trained for --tokenizer bpe")
+    p.add_argument("--vocab_size", type=number(int, 257, 2**32), default=8192,
+                   help="tokens of the BPE trained for --tokenizer bpe (at least 256 bytes and end-of-text)")
     p.add_argument("--separator", default=None,
                    help="split text files into documents on this string (e.g. '<|endoftext|>'); default: one per file")
     p.add_argument("--text_field", default="text", help="field holding the text in JSON Lines and datasets")
-    p.add_argument("--val_fraction", type=float, default=0.005, help="share of documents for val.bin")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    p.add_argument("--block_size", type=int, default=128, help="each split must hold more tokens than this")
+    p.add_argument("--val_fraction", type=number(float, 0, 1, open_ends=True), default=0.005,
+                   help="share of documents for val.bin")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the train/val split")
+    p.add_argument("--block_size", type=number(int, 1), default=128, help="each split must hold more tokens than this")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="tokenizing processes")
+    p.add_argument("--workers", type=number(int, 1), default=len(os.sched_getaffinity(0)), help="tokenizing processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = p.parse_args(argv)
-    if not 0 < args.val_fraction < 1:
-        raise UserError(f"--val_fraction must lie between 0 and 1, got {args.val_fraction}")
-    if args.workers < 1 or args.block_size < 1:
-        raise UserError("--workers and --block_size must be at least 1")
-    if args.tokenizer == "bpe" and not 257 <= args.vocab_size:
-        raise UserError(f"--vocab_size must be at least 257 (256 bytes and end-of-text), got {args.vocab_size}")
     if args.separator == "":
         raise UserError("--separator must not be empty")
     return args
