@@ -10,7 +10,8 @@ The documents are cut into chunks that worker processes tokenize; at most a few 
 flight at once and their tokens are appended to disk in order, so memory stays flat however
 large the corpus. Each document goes to the validation split with probability `--val_fraction`,
 drawn from `(seed, chunk)`: the same input gives the same files whatever the number of workers.
-The output folder appears only when complete, and replaces an earlier one only with `--overwrite`.
+The output folder appears only when complete. With `--overwrite` its files replace earlier ones of the
+same names in an existing folder, whose other files stay; an `--out` that overlaps an input is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -195,37 +197,67 @@ def token_dtype(vocab_size: int, requested: str = "auto") -> str:
     return requested
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it or choose another --out")
+def staging_prefix(out_dir: Path) -> str:
+    """How the name of a staging folder for out_dir starts: hidden, and named after out_dir."""
+    return f".{out_dir.name}.tmp-"
 
 
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place, replacing (then deleting) any earlier output."""
-    old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    elif out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old.is_dir():
-        shutil.rmtree(old)
-    elif old.exists():
-        old.unlink()
+def check_out_dir(out_dir: Path, overwrite: bool, hint: str) -> None:
+    """Refuse an out_dir that is a file, or (unless overwrite) a folder that holds anything but staging folders."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file, not a folder")
+    if not overwrite and out_dir.is_dir() and any(not p.name.startswith(staging_prefix(out_dir))
+                                                  for p in out_dir.iterdir()):
+        raise UserError(f"{out_dir} already holds files; {hint}")
+
+
+def new_staging(out_dir: Path) -> Path:
+    """A fresh hidden folder on out_dir's filesystem for the new files: inside out_dir where it exists (a mount
+    point cannot be renamed, and its other files stay), else beside it."""
+    where = out_dir if out_dir.is_dir() else out_dir.parent
+    staging = where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move the staged files into place: the whole folder where out_dir is new, else file by file, replacing
+    files of the same names only."""
+    if staging.parent != out_dir:
+        os.replace(staging, out_dir)
+        return
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "meta.json"):  # last, as it describes the rest
+        os.replace(path, out_dir / path.name)
+    staging.rmdir()
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
+    """A staging folder to write out_dir's files into, published when the block succeeds and removed in any case,
+    so that out_dir never holds half of them. `hint` says how to get past an out_dir that already holds files."""
+    check_out_dir(out_dir, overwrite, hint)
+    staging = new_staging(out_dir)
+    try:
+        yield staging
+        check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
+        publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source: dict, dtype: str = "auto",
                   val_fraction: float = 0.005, seed: int = 0, block_size: int = 128, workers: int = 1,
-                  overwrite: bool = False, total_bytes: int | None = None) -> dict:
-    """Tokenize `docs` into `out_dir`/{train.bin, val.bin, meta.json} (and the tokenizer's own file); returns the meta."""
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite)
+                  overwrite: bool = False, exists_hint: str = "choose another folder",
+                  total_bytes: int | None = None) -> dict:
+    """Tokenize `docs` into `out_dir`/{train.bin, val.bin, meta.json} (and the tokenizer's own file); returns the meta.
+
+    With `overwrite`, those files replace earlier ones of the same names; out_dir's other files stay.
+    """
+    out_dir = Path(out_dir).resolve()
     dtype = token_dtype(tokenizer.vocab_size, dtype)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     tokens, counts = {"train": 0, "val": 0}, {"train": 0, "val": 0}
-    try:
+    with staged(out_dir, overwrite, exists_hint) as tmp:
         tokenizer.save(tmp)
         with contextlib.ExitStack() as stack:
             files = {split: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for split in tokens}
@@ -250,11 +282,7 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
                 "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "source": source,
                 "val_fraction": val_fraction, "seed": seed}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        check_out_dir(out_dir, overwrite)  # nothing appeared there meanwhile
-        publish(tmp, out_dir)
-        return meta
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 def describe(source: dict) -> str:
@@ -285,19 +313,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--block_size", type=number(int, 1), default=128, help="each split must hold more tokens than this")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
     p.add_argument("--workers", type=number(int, 1), default=len(os.sched_getaffinity(0)), help="tokenizing processes")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds files, replacing only those prepare writes")
     args = p.parse_args(argv)
     if args.separator == "":
         raise UserError("--separator must not be empty")
     return args
 
 
+OVERWRITE_HINT = ("pass --overwrite to replace the files prepare writes (train.bin, val.bin, meta.json, "
+                  "tokenizer.json; the others stay) or choose another --out")
+
+
+def check_apart(out_dir: Path, inputs: list[Path]) -> None:
+    """Refuse an --out that is the current folder or holds it, or that is, holds or lies inside an input (symlinks
+    followed): writing there could replace an input, or feed prepare's output to its next run."""
+    cwd = Path.cwd().resolve()
+    if out_dir == cwd or out_dir in cwd.parents:
+        raise UserError(f"--out {out_dir} is the current folder or holds it; give the data a folder of its own")
+    for path in inputs:
+        real = path.resolve()
+        if real == out_dir or out_dir in real.parents or real in out_dir.parents:
+            raise UserError(f"--out {out_dir} overlaps the input {path} (one is or holds the other); "
+                            "choose an --out apart from the inputs")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    out_dir = Path(args.out)
-    check_out_dir(out_dir, args.overwrite)  # fail before any slow work
+    out_dir = Path(args.out).resolve()
     if args.dataset:
         source = {"dataset": args.dataset, "config": args.dataset_config, "split": args.dataset_split}
+        inputs = [Path(args.dataset)] if Path(args.dataset).exists() else []  # a local folder, not a hub name
 
         def texts():
             return dataset_texts(args.dataset, args.dataset_config, args.dataset_split, args.text_field)
@@ -305,12 +351,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         files = input_files(args.input)
         source = {"inputs": list(args.input), "files": len(files)}
+        inputs = [*map(Path, args.input), *files]
 
         def texts():
             return (text for f in files for text in file_texts(f, args.separator, args.text_field))
         plain = [f for f in files if f.suffix not in JSONL_SUFFIXES]
         total_bytes = sum(f.stat().st_size for f in plain) if len(plain) == len(files) else None
-
+    check_apart(out_dir, inputs)
+    check_out_dir(out_dir, args.overwrite, OVERWRITE_HINT)  # fail before any slow work
     if args.tokenizer == "byte":
         tokenizer = ByteTokenizer()
     elif args.tokenizer == "gpt2":
@@ -321,8 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = train_bpe(documents(texts()), args.vocab_size)
     meta = write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
                          val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
-                         workers=args.workers, overwrite=args.overwrite, total_bytes=total_bytes)
-    print(f"wrote {out_dir}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
+                         workers=args.workers, overwrite=args.overwrite, exists_hint=OVERWRITE_HINT,
+                         total_bytes=total_bytes)
+    print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
           f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
     return meta
 
