@@ -13,6 +13,11 @@ class UserError(Exception):
     """Something the user can fix (a config, a path, a data file); its message says what."""
 
 
+def first_line(err: Exception) -> str:
+    """A library's exception as one line of an error message (some span pages)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose mistakes are UserErrors: one `error:` line instead of the usage text and an error line."""
 

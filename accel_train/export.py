@@ -11,14 +11,13 @@ way. transformers is an optional extra (`pip install -e ".[hf]"`), imported only
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from accel_train.errors import Parser, UserError, run_cli
+from accel_train.errors import Parser, UserError, first_line, run_cli
 from accel_train.model import ModelConfig
 from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, load_tokenizer
 
@@ -90,16 +89,12 @@ def model_config_from_hf(hf) -> ModelConfig:
         initializer_range=hf.initializer_range)
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def hf_model_config(hf_dir) -> ModelConfig:
     """The model shape of a local HuggingFace Gemma 3 folder (its config.json)."""
     try:
         hf = _transformers().AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read a HuggingFace config from {hf_dir}: {_first_line(err)}") from None
+        raise UserError(f"cannot read a HuggingFace config from {hf_dir}: {first_line(err)}") from None
     return model_config_from_hf(hf)
 
 
@@ -109,7 +104,7 @@ def hf_state_dict(hf_dir) -> dict[str, torch.Tensor]:
         hf = _transformers().AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
                                                                   local_files_only=True)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a HuggingFace model from {hf_dir}: {_first_line(err)}") from None
+        raise UserError(f"cannot load a HuggingFace model from {hf_dir}: {first_line(err)}") from None
     return {k.removeprefix(HF_PREFIX): v for k, v in hf.state_dict().items()}
 
 
@@ -170,26 +165,22 @@ def find_tokenizer(data_dir):
 
 
 def export(checkpoint, out, data_dir=None) -> Path:
-    """Write the HuggingFace folder `out` (written beside it first, so it appears only when complete)."""
+    """Write the HuggingFace folder `out`, new or empty (staged first, so it holds files only when complete)."""
+    from accel_train.prepare import check_out_dir, staged
     from accel_train.sample import load_model
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty; choose another --out")
+    out, hint = Path(out).resolve(), "choose another --out"
+    check_out_dir(out, False, hint)  # before the slow load
     model, cfg = load_model(checkpoint)
     tokenizer = find_tokenizer(data_dir or cfg.data_dir)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
+    _transformers().utils.logging.disable_progress_bar()  # stderr is for errors
+    with staged(out, False, hint) as tmp:
+        try:
+            to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
+        except SafetensorError as err:  # a failed write (disk full) of the weights
+            raise OSError(str(err)) from None
         if tokenizer:
             save_tokenizer(tokenizer, tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

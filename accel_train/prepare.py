@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from accel_train.errors import Parser, UserError, number, run_cli
+from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
@@ -101,11 +101,12 @@ def dataset_texts(name: str, config: str | None, split: str, text_field: str) ->
         import datasets
     except ImportError:
         raise UserError("--dataset needs the `datasets` library: pip install 'accel_train[prepare]'") from None
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its failures come back as exceptions, told in one line
     try:
         rows = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as err:  # the hub client raises many types; all mean "cannot load it"
-        raise UserError(f"cannot load dataset {name!r} (split {split!r}): {err}") from None
-    for i, row in enumerate(rows):
+        raise UserError(f"cannot load dataset {name!r} (split {split!r}): {first_line(err)}") from None
+    for i, row in enumerate(read_rows(rows, name)):
         if text_field not in row:
             raise UserError(f"dataset {name!r} has no column '{text_field}' (it has: {', '.join(row)}); "
                             "set --text_field")
@@ -113,6 +114,14 @@ def dataset_texts(name: str, config: str | None, split: str, text_field: str) ->
             yield row[text_field]
         elif row[text_field] is not None:
             raise UserError(f"dataset {name!r} row {i}: '{text_field}' is {type(row[text_field]).__name__}, not text")
+
+
+def read_rows(rows: Iterable[dict], name: str) -> Iterator[dict]:
+    """A streamed dataset's rows; a failed read (a malformed file, the network) is a UserError, not a traceback."""
+    try:
+        yield from rows
+    except Exception as err:  # the readers raise many types
+        raise UserError(f"cannot read dataset {name!r}: {first_line(err)}") from None
 
 
 def documents(texts: Iterable[str]) -> Iterator[str]:
@@ -203,22 +212,23 @@ def staging_prefix(out_dir: Path) -> str:
 
 
 def check_out_dir(out_dir: Path, overwrite: bool, hint: str) -> None:
-    """Refuse an out_dir that is a file, or (unless overwrite) a folder that holds anything but staging folders."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file, not a folder")
-    if not overwrite and out_dir.is_dir() and any(not p.name.startswith(staging_prefix(out_dir))
-                                                  for p in out_dir.iterdir()):
+    """Refuse an out_dir that cannot be written (a file, under a file, read-only), or that (unless overwrite)
+    holds anything but staging folders: checked before any slow work, and again before publishing."""
+    nearest = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not nearest.is_dir():
+        raise UserError(f"cannot write {out_dir}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.R_OK | os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out_dir}: {nearest} is not writable")
+    if not overwrite and nearest == out_dir and any(not p.name.startswith(staging_prefix(out_dir))
+                                                    for p in out_dir.iterdir()):
         raise UserError(f"{out_dir} already holds files; {hint}")
 
 
-def new_staging(out_dir: Path) -> Path:
-    """A fresh hidden folder on out_dir's filesystem for the new files: inside out_dir where it exists (a mount
-    point cannot be renamed, and its other files stay), else beside it."""
+def staging_path(out_dir: Path) -> Path:
+    """Where this process stages out_dir's new files, on out_dir's filesystem: inside out_dir where it exists (a
+    mount point cannot be renamed, and its other files stay), else beside it."""
     where = out_dir if out_dir.is_dir() else out_dir.parent
-    staging = where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
+    return where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
 
 
 def publish(staging: Path, out_dir: Path) -> None:
@@ -235,13 +245,18 @@ def publish(staging: Path, out_dir: Path) -> None:
 @contextlib.contextmanager
 def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
     """A staging folder to write out_dir's files into, published when the block succeeds and removed in any case,
-    so that out_dir never holds half of them. `hint` says how to get past an out_dir that already holds files."""
+    so that out_dir never holds half of them. `hint` says how to get past an out_dir that already holds files;
+    a failed write (read-only, disk full) is one UserError line."""
     check_out_dir(out_dir, overwrite, hint)
-    staging = new_staging(out_dir)
+    staging = staging_path(out_dir)
     try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         yield staging
         check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
         publish(staging, out_dir)
+    except OSError as err:
+        raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -258,7 +273,10 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
     dtype = token_dtype(tokenizer.vocab_size, dtype)
     tokens, counts = {"train": 0, "val": 0}, {"train": 0, "val": 0}
     with staged(out_dir, overwrite, exists_hint) as tmp:
-        tokenizer.save(tmp)
+        try:
+            tokenizer.save(tmp)
+        except Exception as err:  # `tokenizers` reports a failed write as a bare Exception
+            raise OSError(str(err)) from None
         with contextlib.ExitStack() as stack:
             files = {split: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for split in tokens}
             bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = gpt2_tokenizer()
     else:
         token_dtype(args.vocab_size, args.dtype)  # fail before training
-        print(f"training a {args.vocab_size}-token BPE ...", file=sys.stderr)
+        print(f"training a {args.vocab_size}-token BPE ...", flush=True)  # stderr is for errors
         tokenizer = train_bpe(documents(texts()), args.vocab_size)
     meta = write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
                          val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
