@@ -43,13 +43,14 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 # ---- documents ----
 
 def input_files(paths: list[str]) -> list[Path]:
-    """The given files, and every non-hidden file under the given folders, in sorted order."""
+    """The given files (a pipe such as /dev/stdin too), and every non-hidden file under the given folders, in
+    sorted order."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file()
                             and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        elif p.is_file():
+        elif p.exists():
             files.append(p)
         else:
             raise UserError(f"input {p} does not exist")
@@ -373,8 +374,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         def texts():
             return (text for f in files for text in file_texts(f, args.separator, args.text_field))
-        plain = [f for f in files if f.suffix not in JSONL_SUFFIXES]
+        plain = [f for f in files if f.is_file() and f.suffix not in JSONL_SUFFIXES]
         total_bytes = sum(f.stat().st_size for f in plain) if len(plain) == len(files) else None
+        if args.tokenizer == "bpe" and not all(f.is_file() for f in files):
+            raise UserError("--tokenizer bpe reads the input twice (to train, then to encode) and a pipe can be read "
+                            "once; save it to a file first")
     check_apart(out_dir, inputs)
     check_out_dir(out_dir, args.overwrite, OVERWRITE_HINT)  # fail before any slow work
     if args.tokenizer == "byte":

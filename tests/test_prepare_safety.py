@@ -15,11 +15,10 @@ SEP = "<|endoftext|>"
 BYTE = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.2", "--block_size", "16", "--workers", "1"]
 
 
-def prepare(*args, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+def prepare(*args, cwd=REPO, stdin=None) -> subprocess.CompletedProcess:
     """`python -m accel_train.prepare ARGS` run in `cwd` with this checkout's package."""
-    return subprocess.run([sys.executable, "-m", "accel_train.prepare", *map(str, args)], cwd=cwd,
-                          env=subprocess_env({"PYTHONPATH": str(REPO), **(env or {})}), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "accel_train.prepare", *map(str, args)], cwd=cwd, input=stdin,
+                          env=subprocess_env({"PYTHONPATH": str(REPO)}), capture_output=True, text=True, timeout=300)
 
 
 def corpus_text(n=60, seed=0):
@@ -108,3 +107,13 @@ def test_the_current_folder_is_never_an_out(tmp_path, out):
         assert_refused(result, "--out")
         assert snapshot(tmp_path) == before and not leftovers(tmp_path)
         assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}")]
+
+
+def test_a_pipe_is_an_input_read_once(tmp_path):
+    result = prepare("--input", "/dev/stdin", "--out", tmp_path / "out", *BYTE, stdin=corpus_text())
+    assert result.returncode == 0, result.stderr
+    assert sum(json.loads((tmp_path / "out" / "meta.json").read_text())["documents"].values()) == 60
+    result = prepare("--input", "/dev/stdin", "--out", tmp_path / "bpe", *BYTE, "--tokenizer", "bpe",
+                     stdin=corpus_text())
+    assert_refused(result, "--tokenizer bpe", "pipe")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
