@@ -12,16 +12,20 @@ large the corpus. Each document goes to the validation split with probability `-
 drawn from `(seed, chunk)`: the same input gives the same files whatever the number of workers.
 The output folder appears only when complete. With `--overwrite` its files replace earlier ones of the
 same names in an existing folder, whose other files stay; an `--out` that overlaps an input is refused.
+SIGINT or SIGTERM stops prepare (status 130 or 143) with its workers ended and its staging folder
+removed; one that a killed prepare left is removed by the next prepare into the same `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 from collections import deque
@@ -38,6 +42,8 @@ from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, trai
 CHUNK_CHARS = 1 << 20  # text per worker job
 READ_CHARS = 1 << 22  # text read at a time from a file split on a separator
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 # ---- documents ----
@@ -145,6 +151,45 @@ def chunks(docs: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[tupl
         yield index, chunk
 
 
+# ---- signals ----
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived. Like KeyboardInterrupt, no `except Exception` catches it: it unwinds through the
+    cleanup (workers ended, staging folder removed) and nothing else."""
+
+
+def _stop(signum, frame):
+    for sig in SIGNALS:  # a second signal must not cut the cleanup short; SIGKILL remains for impatience
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM end prepare after its cleanup, with one line on stderr and the status
+    128 + the signal's number, as a shell reports a process that a signal ended."""
+    previous = {sig: signal.signal(sig, _stop) for sig in SIGNALS}
+    try:
+        yield
+    except Stopped as stop:
+        signum = stop.args[0]
+        print(f"error: stopped by {signal.Signals(signum).name}; no partial output is left", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, so that no interruption leaves it half done."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 # ---- tokenizing in parallel ----
 
 class ChunkEncoder:
@@ -167,9 +212,17 @@ class ChunkEncoder:
 _worker_encoder: ChunkEncoder | None = None
 
 
-def _start_worker(encoder: ChunkEncoder) -> None:
+def _start_worker(encoder: ChunkEncoder, parent: int) -> None:
+    """Set a worker up. Its parent alone answers signals, and ends its workers (Ctrl-C signals the whole process
+    group); on Linux the kernel ends a worker whose parent was killed outright."""
     global _worker_encoder
     _worker_encoder = encoder
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _encode_in_worker(job):
@@ -177,14 +230,19 @@ def _encode_in_worker(job):
 
 
 def encode_in_order(encoder: ChunkEncoder, jobs: Iterable, workers: int) -> Iterator[dict]:
-    """`encoder` over `jobs`, in order, in `workers` processes with at most 2 x workers jobs in flight."""
+    """`encoder` over `jobs`, in order, in `workers` processes with at most 2 x workers jobs in flight.
+
+    Close it when stopping early: the jobs not yet started are dropped, and the workers end after the one each
+    holds. (Terminating a worker while it sends a result would hang the pool.)
+    """
     if workers == 1:
         yield from map(encoder, jobs)
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
     # fork: workers inherit the tokenizer as loaded (no second download, no re-pickling per job)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                             initializer=_start_worker, initargs=(encoder,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                               initargs=(encoder, os.getpid()))
+    try:
         pending = deque()
         for job in jobs:
             pending.append(pool.submit(_encode_in_worker, job))
@@ -192,6 +250,8 @@ def encode_in_order(encoder: ChunkEncoder, jobs: Iterable, workers: int) -> Iter
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 # ---- writing ----
@@ -232,6 +292,28 @@ def staging_path(out_dir: Path) -> Path:
     return where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs (a zombie counts: its staging folder may be mid-cleanup)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove the staging folders for out_dir (beside it or inside) of processes on this machine that were killed
+    before they could; those of live processes or of other machines stay."""
+    prefix = f"{staging_prefix(out_dir)}{socket.gethostname()}-"
+    for where in (out_dir.parent, out_dir):
+        for path in where.iterdir() if where.is_dir() else ():
+            pid = path.name[len(prefix):]
+            if path.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def publish(staging: Path, out_dir: Path) -> None:
     """Move the staged files into place: the whole folder where out_dir is new, else file by file, replacing
     files of the same names only."""
@@ -251,15 +333,18 @@ def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
     check_out_dir(out_dir, overwrite, hint)
     staging = staging_path(out_dir)
     try:
+        remove_stale_staging(out_dir)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         yield staging
-        check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
-        publish(staging, out_dir)
+        with signals_held():
+            check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
+            publish(staging, out_dir)
     except OSError as err:
         raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with signals_held():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source: dict, dtype: str = "auto",
@@ -283,7 +368,8 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
             bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
                                            disable=None))
             encoder = ChunkEncoder(tokenizer, val_fraction, seed)
-            for result in encode_in_order(encoder, chunks(docs), workers):
+            results = stack.enter_context(contextlib.closing(encode_in_order(encoder, chunks(docs), workers)))
+            for result in results:
                 for split in tokens:
                     ids, n_docs = result[split]
                     files[split].write(ids.astype(dtype).tobytes())
@@ -359,6 +445,15 @@ def check_apart(out_dir: Path, inputs: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    with stopping_on_signals():
+        meta = prepare(args)
+    print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
+          f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
+    return meta
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """What the command line asks for: check it, read the inputs, tokenize them into --out; returns the meta."""
     out_dir = Path(args.out).resolve()
     if args.dataset:
         source = {"dataset": args.dataset, "config": args.dataset_config, "split": args.dataset_split}
@@ -389,13 +484,10 @@ def main(argv: list[str] | None = None) -> dict:
         token_dtype(args.vocab_size, args.dtype)  # fail before training
         print(f"training a {args.vocab_size}-token BPE ...", flush=True)  # stderr is for errors
         tokenizer = train_bpe(documents(texts()), args.vocab_size)
-    meta = write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
+    return write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
                          val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
                          workers=args.workers, overwrite=args.overwrite, exists_hint=OVERWRITE_HINT,
                          total_bytes=total_bytes)
-    print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
-          f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
-    return meta
 
 
 if __name__ == "__main__":

@@ -2,13 +2,20 @@
 is refused, and nothing (a file, a worker, a temporary folder) is left behind by an error or a signal."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from accel_train.demo_corpus import stories
+from accel_train.prepare import staging_prefix
 from helpers import REPO, snapshot, subprocess_env
 
 SEP = "<|endoftext|>"
@@ -117,3 +124,80 @@ def test_a_pipe_is_an_input_read_once(tmp_path):
                      stdin=corpus_text())
     assert_refused(result, "--tokenizer bpe", "pipe")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def poll(condition, timeout: float = 120) -> bool:
+    """Wait until condition() holds, checking every 50 ms for at most timeout seconds; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def gone(process: psutil.Process) -> bool:
+    """Ended: no such process any more, or a zombie that only waits for its new parent to reap it."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def stalled_prepare(tmp_path):
+    """A `prepare --workers 2` caught in the middle of its work: its input is a pipe that got 5 MB of documents
+    and stays open, so prepare has started its workers and its staging folder, and waits for more text.
+    Yields (the process, its workers, its --out)."""
+    pipe, out = tmp_path / "corpus.pipe", tmp_path / "out"
+    os.mkfifo(pipe)
+    writer = os.open(pipe, os.O_RDWR)  # opens without a reader; while it is open, prepare sees no end of input
+    text = (corpus_text(200) + SEP) * (5_000_000 // len(corpus_text(200)) + 1)
+    threading.Thread(target=lambda: os.fdopen(os.dup(writer), "w").write(text), daemon=True).start()
+    stderr = tmp_path / "stderr.txt"  # a file, not a pipe, which orphaned workers would hold open
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "accel_train.prepare", "--input", str(pipe), "--out", str(out),
+                                 "--tokenizer", "byte", "--separator", SEP, "--workers", "2"], cwd=REPO,
+                                env=subprocess_env({"PYTHONPATH": str(REPO)}), stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    parent = psutil.Process(proc.pid)
+
+    def working():
+        return len(parent.children()) == 2 and bool(leftovers(tmp_path))
+    assert poll(lambda: proc.poll() is not None or working()) and proc.poll() is None, stderr.read_text()
+    workers = parent.children()
+    yield proc, workers, out, stderr
+    os.close(writer)
+    for process in [parent, *workers]:  # only if the test failed: leave no process of ours behind
+        if not gone(process):
+            process.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_signal_ends_prepare_with_its_workers_and_staging(stalled_prepare, tmp_path, sig, group):
+    """SIGTERM as a scheduler sends it (to prepare alone), SIGINT as Ctrl-C does (to the whole process group)."""
+    proc, workers, out, stderr = stalled_prepare
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig, stderr.read_text()
+    lines = stderr.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and sig.name in lines[0], lines
+    assert poll(lambda: all(map(gone, workers)))
+    assert not leftovers(tmp_path) and not out.exists()
+
+
+def test_a_killed_prepare_takes_its_workers_along_and_the_next_one_cleans_up(stalled_prepare, tmp_path):
+    proc, workers, out, _ = stalled_prepare
+    proc.kill()
+    proc.wait()
+    assert poll(lambda: all(map(gone, workers))), "the kernel ends the workers of a killed prepare"
+    assert leftovers(tmp_path), "a killed process cleans up nothing"
+    live = tmp_path / f"{staging_prefix(out)}{socket.gethostname()}-{os.getpid()}"  # a running prepare's
+    other_host = tmp_path / f"{staging_prefix(out)}elsewhere-{proc.pid}"  # pid means nothing here
+    for folder in (live, other_host):
+        folder.mkdir()
+        (folder / "train.bin").write_bytes(b"in progress")
+    (tmp_path / "raw.txt").write_text(corpus_text())
+    result = prepare("--input", tmp_path / "raw.txt", "--out", out, *BYTE)
+    assert result.returncode == 0, result.stderr
+    assert sorted(leftovers(tmp_path)) == sorted([live.name, other_host.name])
