@@ -12,7 +12,7 @@ import torch
 from accel_train import export, plot, prepare, sample
 from accel_train.demo_corpus import stories
 from accel_train.errors import UserError
-from helpers import REPO, snapshot, subprocess_env
+from helpers import REPO, TINY_MODEL, snapshot, subprocess_env, train
 
 TOOLS = {"sample": sample, "export": export, "prepare": prepare, "plot": plot}
 SEP = "<|endoftext|>"
@@ -153,3 +153,15 @@ def test_export_that_cannot_write_is_one_error_line_and_leaves_nothing(trained_r
     result = subprocess.run(command("export", "--checkpoint", out_dir, "--out", "/proc/accel_train_test/hf"), cwd=REPO,
                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert_one_error_line(result.returncode, result.stderr, "cannot write", "/proc/accel_train_test/hf")
+
+
+def test_the_trainer_names_its_own_remedy_when_the_demo_corpus_cannot_go_into_data_dir(tmp_path):
+    """The trainer writes the demo corpus with prepare's code; the way out it names is the trainer's, not
+    prepare's --overwrite."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "NOTES.md").write_text("mine")
+    result = train(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--demo_data", "true", *TINY_MODEL,
+                    "--max_iters", "2", "--warmup_steps", "1", "--plot", "false", "--sample_tokens", "0"])
+    assert_one_error_line(result.returncode, result.stderr, str(data), "--data_dir")
+    assert "--overwrite" not in result.stderr and [p.name for p in data.iterdir()] == ["NOTES.md"]
