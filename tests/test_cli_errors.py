@@ -136,13 +136,21 @@ def test_outputs_that_cannot_be_written_are_one_error_line(tmp_path):
 
 
 @pytest.mark.parametrize("tokenizer, limit", [("byte", 50_000), ("bpe", 10_000)])
-def test_prepare_on_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, tokenizer, limit):
-    """byte: train.bin outgrows the limit; bpe: tokenizer.json does, written by `tokenizers` before the tokens."""
+@pytest.mark.parametrize("earlier_output", [False, True])
+def test_prepare_on_a_full_disk_is_one_error_line_and_costs_nothing(tmp_path, tokenizer, limit, earlier_output):
+    """byte: train.bin outgrows the limit; bpe: tokenizer.json does, written by `tokenizers` before the tokens.
+    An --overwrite that fails leaves the earlier output as it was."""
     (tmp_path / "raw.txt").write_text(SEP.join(stories(300)))
-    result = with_file_size_limit(limit, command("prepare", "--input", tmp_path / "raw.txt", "--out", tmp_path / "out",
-                                                 "--tokenizer", tokenizer, "--vocab_size", "2000", "--separator", SEP))
+    out = tmp_path / "out"
+    if earlier_output:
+        out.mkdir()
+        (out / "train.bin").write_bytes(b"earlier tokens")
+        (out / "NOTES.md").write_text("mine")
+    before = snapshot(tmp_path)
+    args = ["--input", tmp_path / "raw.txt", "--out", out, "--overwrite", "--separator", SEP]
+    result = with_file_size_limit(limit, command("prepare", *args, "--tokenizer", tokenizer, "--vocab_size", "2000"))
     assert_one_error_line(result.returncode, result.stderr, "cannot write", "out", "File too large")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.txt"]
+    assert snapshot(tmp_path) == before and not leftovers(tmp_path) and out.exists() == earlier_output
 
 
 def test_export_that_cannot_write_is_one_error_line_and_leaves_nothing(trained_run, tmp_path):
