@@ -293,7 +293,7 @@ def staging_path(out_dir: Path) -> Path:
 
 
 def alive(pid: int) -> bool:
-    """Whether process `pid` of this machine still runs (a zombie counts: its staging folder may be mid-cleanup)."""
+    """Whether process `pid` exists on this machine, another user's too."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, TINY_MODEL, snapshot, subprocess_env, train
 
 from accel_train import export, plot, prepare, sample
 from accel_train.demo_corpus import stories
 from accel_train.errors import UserError
-from helpers import REPO, TINY_MODEL, snapshot, subprocess_env, train
 
 TOOLS = {"sample": sample, "export": export, "prepare": prepare, "plot": plot}
 SEP = "<|endoftext|>"
@@ -39,8 +39,8 @@ def with_file_size_limit(nbytes: int, cmd: list[str]) -> subprocess.CompletedPro
 
 
 def leftovers(root) -> list[str]:
-    """Staging folders left anywhere under root: hidden, named after the output."""
-    return [str(p) for p in root.rglob(".*") if ".tmp" in p.name]
+    """Staging folders left anywhere under root (relative paths): hidden, and named after the output."""
+    return [str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp" in p.name]
 
 
 def assert_one_error_line(status: int, stderr: str, *words: str) -> None:

@@ -6,17 +6,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import REPO, snapshot, subprocess_env
+from test_cli_errors import assert_one_error_line, command, leftovers
 
 from accel_train.demo_corpus import stories
 from accel_train.prepare import staging_prefix
-from helpers import REPO, snapshot, subprocess_env
 
 SEP = "<|endoftext|>"
 BYTE = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.2", "--block_size", "16", "--workers", "1"]
@@ -24,23 +24,16 @@ BYTE = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.2", "--b
 
 def prepare(*args, cwd=REPO, stdin=None) -> subprocess.CompletedProcess:
     """`python -m accel_train.prepare ARGS` run in `cwd` with this checkout's package."""
-    return subprocess.run([sys.executable, "-m", "accel_train.prepare", *map(str, args)], cwd=cwd, input=stdin,
-                          env=subprocess_env({"PYTHONPATH": str(REPO)}), capture_output=True, text=True, timeout=300)
+    return subprocess.run(command("prepare", *args), cwd=cwd, input=stdin, capture_output=True, text=True,
+                          env=subprocess_env({"PYTHONPATH": str(REPO)}), timeout=300)
 
 
 def corpus_text(n=60, seed=0):
     return SEP.join(stories(n, seed=seed))
 
 
-def leftovers(root: Path) -> list[str]:
-    """Temporary folders anywhere under root: prepare's are hidden and named after --out."""
-    return [str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp" in p.name]
-
-
 def assert_refused(result, *words):
-    lines = result.stderr.splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(word in lines[0] for word in words), (words, lines[0])
+    assert_one_error_line(result.returncode, result.stderr, *words)
 
 
 def test_overwrite_replaces_only_the_files_prepare_writes(tmp_path):
@@ -148,16 +141,20 @@ def gone(process: psutil.Process) -> bool:
 def stalled_prepare(tmp_path):
     """A `prepare --workers 2` caught in the middle of its work: its input is a pipe that got 5 MB of documents
     and stays open, so prepare has started its workers and its staging folder, and waits for more text.
-    Yields (the process, its workers, its --out)."""
+    Yields (the process, its workers, its --out, the file that gets its stderr)."""
     pipe, out = tmp_path / "corpus.pipe", tmp_path / "out"
     os.mkfifo(pipe)
     writer = os.open(pipe, os.O_RDWR)  # opens without a reader; while it is open, prepare sees no end of input
     text = (corpus_text(200) + SEP) * (5_000_000 // len(corpus_text(200)) + 1)
-    threading.Thread(target=lambda: os.fdopen(os.dup(writer), "w").write(text), daemon=True).start()
+
+    def feed():
+        with os.fdopen(os.dup(writer), "w") as copy:  # closing the copy leaves the pipe open
+            copy.write(text)
+    threading.Thread(target=feed, daemon=True).start()
     stderr = tmp_path / "stderr.txt"  # a file, not a pipe, which orphaned workers would hold open
     with open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "accel_train.prepare", "--input", str(pipe), "--out", str(out),
-                                 "--tokenizer", "byte", "--separator", SEP, "--workers", "2"], cwd=REPO,
+        proc = subprocess.Popen(command("prepare", "--input", pipe, "--out", out, "--tokenizer", "byte", "--separator",
+                                        SEP, "--workers", "2"), cwd=REPO,
                                 env=subprocess_env({"PYTHONPATH": str(REPO)}), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
     parent = psutil.Process(proc.pid)
