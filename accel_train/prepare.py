@@ -158,17 +158,25 @@ class Stopped(BaseException):
     cleanup (workers ended, staging folder removed) and nothing else."""
 
 
+_held = 0  # how many `signals_held` blocks are running
+_arrived: int | None = None  # a signal that came during one, raised at the end of the outermost
+
+
 def _stop(signum, frame):
+    global _arrived
     for sig in SIGNALS:  # a second signal must not cut the cleanup short; SIGKILL remains for impatience
         signal.signal(sig, signal.SIG_IGN)
-    raise Stopped(signum)
+    if not _held:
+        raise Stopped(signum)
+    _arrived = signum
 
 
 @contextlib.contextmanager
 def stopping_on_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM end prepare after its cleanup, with one line on stderr and the status
-    128 + the signal's number, as a shell reports a process that a signal ended."""
-    previous = {sig: signal.signal(sig, _stop) for sig in SIGNALS}
+    128 + the signal's number, as a shell reports a process that a signal ended. One that prepare was started
+    ignoring (a background job's Ctrl-C) stays ignored."""
+    previous = {sig: signal.signal(sig, _stop) for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     except Stopped as stop:
@@ -182,12 +190,21 @@ def stopping_on_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done, so that no interruption leaves it half done."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    """SIGINT and SIGTERM wait until the block is done, so that no interruption leaves it half done: the kernel
+    holds one that comes meanwhile, and `_stop` one whose handler Python runs only now (it runs them late).
+    Threads and processes started in the block keep them held, so the kernel gives them to the main thread:
+    one taken by another thread would not wake the main thread from a read of a pipe."""
+    global _held, _arrived
+    _held += 1
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _held -= 1
+    if not _held and _arrived is not None:
+        signum, _arrived = _arrived, None
+        raise Stopped(signum)
 
 
 # ---- tokenizing in parallel ----
@@ -214,11 +231,13 @@ _worker_encoder: ChunkEncoder | None = None
 
 def _start_worker(encoder: ChunkEncoder, parent: int) -> None:
     """Set a worker up. Its parent alone answers signals, and ends its workers (Ctrl-C signals the whole process
-    group); on Linux the kernel ends a worker whose parent was killed outright."""
+    group); on Linux the kernel ends a worker whose parent was killed outright. The worker was forked with
+    signals held, so none reaches the parent's handlers it inherited."""
     global _worker_encoder
     _worker_encoder = encoder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -245,7 +264,8 @@ def encode_in_order(encoder: ChunkEncoder, jobs: Iterable, workers: int) -> Iter
     try:
         pending = deque()
         for job in jobs:
-            pending.append(pool.submit(_encode_in_worker, job))
+            with signals_held():  # the first submit forks the workers and starts the pool's threads
+                pending.append(pool.submit(_encode_in_worker, job))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -365,8 +385,9 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
             raise OSError(str(err)) from None
         with contextlib.ExitStack() as stack:
             files = {split: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for split in tokens}
-            bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
-                                           disable=None))
+            with signals_held():  # tqdm starts a monitor thread, which must not take them
+                bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
+                                               disable=None))
             encoder = ChunkEncoder(tokenizer, val_fraction, seed)
             results = stack.enter_context(contextlib.closing(encode_in_order(encoder, chunks(docs), workers)))
             for result in results:
