@@ -176,6 +176,7 @@ def stopping_on_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM end prepare after its cleanup, with one line on stderr and the status
     128 + the signal's number, as a shell reports a process that a signal ended. One that prepare was started
     ignoring (a background job's Ctrl-C) stays ignored."""
+    global _arrived
     previous = {sig: signal.signal(sig, _stop) for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
@@ -186,6 +187,7 @@ def stopping_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _arrived = None  # one held in a block that ended with an error has done its work: prepare stopped
 
 
 @contextlib.contextmanager
