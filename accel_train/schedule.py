@@ -28,8 +28,8 @@ def lr_at(step: int, learning_rate: float, min_lr: float, warmup_steps: int, max
     if step >= max_iters:
         return min_lr
     if schedule == "wsd":
-        decay_steps = decay_fraction * max_iters
-        return min_lr + min(1.0, (max_iters - step) / decay_steps) * (learning_rate - min_lr)
+        remaining = (max_iters - step) / (decay_fraction * max_iters)  # of the decay: 1 at its start, 0 at its end
+        return learning_rate if remaining >= 1 else min_lr + remaining * (learning_rate - min_lr)
     progress = (step - warmup_steps) / (max_iters - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
