@@ -29,7 +29,8 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The attention and MLP projections: the 2-D weights inside the decoder layers."""
-    return [p for name, p in model.named_parameters() if name.startswith("layers.") and p.dim() == 2 and p.requires_grad]
+    return [p for name, p in model.named_parameters()
+            if name.startswith("layers.") and p.dim() == 2 and p.requires_grad]
 
 
 def require_muon() -> None:

@@ -1,9 +1,10 @@
 """What a resumed run may change: nothing that alters the model or the data it is shown.
 
-The model's shape must match the checkpoint's weights, and the optimizer the checkpoint's optimizer state. The data stream must continue as it was:
-global batch b is drawn from (seed, b) alone and an optimizer step takes gradient_accumulation_steps
-x processes of them, so processes may be traded for accumulation and micro_batch may regroup a
-step's sequences, but batch_size, block_size, seed and their product may not change.
+The model's shape must match the checkpoint's weights, and the optimizer its optimizer state (AdamW's
+and Muon's differ). The data stream must continue as it was: global batch b is drawn from (seed, b)
+alone and an optimizer step takes gradient_accumulation_steps x processes of them, so processes may be
+traded for accumulation and micro_batch may regroup a step's sequences, but batch_size, block_size, seed
+and their product may not change.
 """
 
 from __future__ import annotations

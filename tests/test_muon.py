@@ -12,16 +12,18 @@ import sys
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.errors import UserError
 from accel_train.model import Gemma3
-from accel_train.optim import Optimizers, build_optimizers
+from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
 from accel_train.schedule import set_lr
 from accel_train.train import make_accelerator, train_step
 from helpers import TRAIN, run, snapshot, train
 from interrupt import comparable_rows, finish, interrupt
 from test_resume import args, weights
-from test_training_math import batch, config, first_lr, flat, one_thread, record_steps, relative_error  # noqa: F401 (fixture)
+from test_training_math import one_thread  # noqa: F401 (its autouse fixture: one thread for tiny models)
+from test_training_math import batch, config, first_lr, flat, record_steps, relative_error
 
 MUON = dict(optimizer="muon", muon_lr=3e-3)
 HIDDEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -123,6 +125,36 @@ def test_compiled_model_trains_under_muon_as_the_eager_one(tmp_path):
         updates[compiled] = flat(p for g in optimizers[1].param_groups for p in g["params"]) - initial
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
     assert relative_error(updates["on"], updates["off"]) < 0.05  # 0.013 here: bf16 orthogonalization, as above
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_resume_loads_muons_momentum_but_takes_its_settings_from_its_own_config(tmp_path):
+    """As for AdamW: accelerator.load_state brings back Muon's momentum buffers and the saved group settings;
+    the run's own muon_lr, momentum and weight decay must win over the saved ones."""
+    saved_cfg = config(tmp_path, **MUON)
+    accelerator = make_accelerator(saved_cfg)
+    model, optimizers = build(saved_cfg)
+    model, *optimizers = accelerator.prepare(model, *optimizers)
+    train_step(model, Optimizers(optimizers), 1e-3, accelerator, [batch(4)], 0.0, False)
+    accelerator.save_state(str(tmp_path / "state"))
+    momentum = [t.clone() for t in optimizers[1].optimizer.state_dict()["state"][0].values()]
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a new run in the same process, as the fixture does
+    GradientState._reset_state()
+    cfg = config(tmp_path, optimizer="muon", muon_lr=1e-2, muon_momentum=0.8, weight_decay=0.05)
+    accelerator = make_accelerator(cfg)
+    model, optimizers = build(cfg)
+    model, *optimizers = accelerator.prepare(model, *optimizers)
+    both = Optimizers(optimizers)
+    settings = group_settings(both)
+    accelerator.load_state(str(tmp_path / "state"))
+    assert optimizers[1].param_groups[0]["momentum"] == saved_cfg.muon_momentum  # the checkpoint's, until ...
+    restore_group_settings(both, settings)
+    group = optimizers[1].param_groups[0]
+    assert (group["momentum"], group["lr_scale"], group["weight_decay"]) == (0.8, 10.0, 0.05)
+    assert optimizers[0].param_groups[0]["weight_decay"] == 0.05
+    loaded = list(optimizers[1].optimizer.state_dict()["state"][0].values())
+    assert all(torch.equal(a, b) for a, b in zip(loaded, momentum, strict=True))
 
 
 def test_muon_under_fp16_loss_scaling_is_refused(tmp_path):
