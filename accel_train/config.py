@@ -59,8 +59,9 @@ class TrainConfig:
     optimizer: str = "adamw"
     muon_lr: float = 0.0  # Muon's peak rate; 0: learning_rate. Its schedule and min_lr follow in proportion
     muon_momentum: float = 0.95  # Muon's Nesterov momentum
-    # Muon's update size: "match_rms_adamw" scales it to AdamW's (so learning_rate suits both); "original"
-    # is Keller Jordan's, which wants a rate about 50x larger (0.02 and up)
+    # Muon's update size (torch's adjust_lr_fn): "match_rms_adamw" scales it to AdamW's, 0.2 x sqrt(max(rows, cols)),
+    # so that learning_rate suits both; "original" (Keller Jordan's) by sqrt(max(1, rows / cols)): several times
+    # smaller at the same rate, so it wants a larger muon_lr (his runs use 0.02 to 0.05)
     muon_adjust_lr: str = "match_rms_adamw"
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
     micro_batch: int = 0  # sequences per forward pass; 0: batch_size on the CPU, the largest that fits on a GPU

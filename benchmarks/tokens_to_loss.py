@@ -2,7 +2,7 @@
 
     TIKTOKEN_CACHE_DIR=/work/shared/tiktoken_cache python benchmarks/tokens_to_loss.py \
         [--text /work/shared/data/tinystories_sample.txt] [--work /tmp/tokens_to_loss] [--steps 150] \
-        [--adamw_lrs 1e-3,3e-3,1e-2,3e-2] [--muon_lrs 3e-3,1e-2,3e-2] [--original_lr 0.02]
+        [--adamw_lrs 1e-3,3e-3,1e-2,3e-2,1e-1,3e-1] [--muon_lrs 3e-3,1e-2,3e-2,1e-1] [--original_lr 0.02]
 
 The text is prepared with GPT-2's tokenizer (`python -m accel_train.prepare --tokenizer gpt2`); the
 tokens that occur are then renumbered densely (about 7,000 of GPT-2's 50,257 in 2 MB of TinyStories),
@@ -112,8 +112,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--eval_iters", type=int, default=4)
-    parser.add_argument("--adamw_lrs", default="1e-3,3e-3,1e-2,3e-2")
-    parser.add_argument("--muon_lrs", default="3e-3,1e-2,3e-2")
+    parser.add_argument("--adamw_lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1")
+    parser.add_argument("--muon_lrs", default="3e-3,1e-2,3e-2,1e-1")
     parser.add_argument("--original_lr", type=float, default=0.02)
     args = parser.parse_args()
     work = Path(args.work)
