@@ -16,6 +16,8 @@ from pathlib import Path
 
 from accel_train.errors import UserError
 from accel_train.model import ModelConfig
+from accel_train.optim import require_muon
+from accel_train.schedule import SCHEDULES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
@@ -24,6 +26,8 @@ DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("none", "wandb", "tensorboard")
 NONFINITE = ("stop", "skip")
 SWITCHES = ("auto", "on", "off")
+OPTIMIZERS = ("adamw", "muon")
+MUON_ADJUST_LR = ("match_rms_adamw", "original")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -49,6 +53,16 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 0.5  # 0 disables clipping
+    lr_schedule: str = "cosine"  # after warmup: "cosine" to min_lr, or "wsd": constant, then linear to min_lr
+    decay_fraction: float = 0.2  # wsd: the share of max_iters, at its end, over which the rate falls to min_lr
+    # "adamw" for every weight, or "muon": Muon for the attention and MLP matrices, AdamW (above) for the rest
+    optimizer: str = "adamw"
+    muon_lr: float = 0.0  # Muon's peak rate; 0: learning_rate. Its schedule and min_lr follow in proportion
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
+    # Muon's update size (torch's adjust_lr_fn): "match_rms_adamw" scales it to AdamW's, 0.2 x sqrt(max(rows, cols)),
+    # so that learning_rate suits both; "original" (Keller Jordan's) by sqrt(max(1, rows / cols)): several times
+    # smaller at the same rate, so it wants a larger muon_lr (his runs use 0.02 to 0.05)
+    muon_adjust_lr: str = "match_rms_adamw"
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
     micro_batch: int = 0  # sequences per forward pass; 0: batch_size on the CPU, the largest that fits on a GPU
     compile: str = "auto"  # torch.compile the model and its loss: auto, on or off
@@ -93,7 +107,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"config key '{name}' must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "checkpoint_interval", "keep_last", "weight_decay", "grad_clip", "min_lr",
-                     "watch_interval", "sample_tokens", "micro_batch", "peak_tflops"):
+                     "watch_interval", "sample_tokens", "micro_batch", "peak_tflops", "muon_lr"):
             if getattr(self, name) < 0:
                 raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
         if not 0 <= self.activation_memory_budget <= 1:
@@ -103,6 +117,16 @@ class TrainConfig:
         if self.weight_decay * self.learning_rate >= 1:
             raise UserError(f"weight_decay x learning_rate is {self.weight_decay * self.learning_rate:g}; at 1 or more "
                             "each step would shrink the weights past zero: lower weight_decay or learning_rate")
+        if self.weight_decay * self.muon_lr >= 1:
+            raise UserError(f"weight_decay x muon_lr is {self.weight_decay * self.muon_lr:g}; at 1 or more each step "
+                            "would shrink the weights past zero: lower weight_decay or muon_lr")
+        if not 0 <= self.muon_momentum < 1:
+            raise UserError(f"config key 'muon_momentum' must lie in [0, 1), got {self.muon_momentum}")
+        if not 0 < self.decay_fraction <= 1:
+            raise UserError(f"config key 'decay_fraction' must lie in (0, 1], got {self.decay_fraction}")
+        if self.lr_schedule == "wsd" and self.warmup_steps > self.max_iters * (1 - self.decay_fraction):
+            raise UserError(f"warmup_steps ({self.warmup_steps}) run into the decay, the last decay_fraction "
+                            f"({self.decay_fraction}) of max_iters ({self.max_iters}); lower one of them")
         if self.min_lr > self.learning_rate:
             raise UserError(f"min_lr ({self.min_lr}) is above learning_rate ({self.learning_rate}): "
                             "the cosine decay would raise the rate; set min_lr <= learning_rate")
@@ -111,9 +135,13 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
         for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS), ("nonfinite", NONFINITE),
-                              ("compile", SWITCHES), ("compile_mode", COMPILE_MODES), ("fused_adamw", SWITCHES)):
+                              ("compile", SWITCHES), ("compile_mode", COMPILE_MODES), ("fused_adamw", SWITCHES),
+                              ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES),
+                              ("muon_adjust_lr", MUON_ADJUST_LR)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"config key '{name}' must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
+        if self.optimizer == "muon":
+            require_muon()
         if self.micro_batch and (self.batch_size * self.gradient_accumulation_steps) % self.micro_batch:
             raise UserError(f"micro_batch ({self.micro_batch}) must divide batch_size x gradient_accumulation_steps "
                             f"({self.batch_size * self.gradient_accumulation_steps}), the sequences of an optimizer "

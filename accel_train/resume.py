@@ -1,9 +1,10 @@
 """What a resumed run may change: nothing that alters the model or the data it is shown.
 
-The model's shape must match the checkpoint's weights. The data stream must continue as it was:
-global batch b is drawn from (seed, b) alone and an optimizer step takes gradient_accumulation_steps
-x processes of them, so processes may be traded for accumulation and micro_batch may regroup a
-step's sequences, but batch_size, block_size, seed and their product may not change.
+The model's shape must match the checkpoint's weights, and the optimizer its optimizer state (AdamW's
+and Muon's differ). The data stream must continue as it was: global batch b is drawn from (seed, b)
+alone and an optimizer step takes gradient_accumulation_steps x processes of them, so processes may be
+traded for accumulation and micro_batch may regroup a step's sequences, but batch_size, block_size, seed
+and their product may not change.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int)
     if changed:
         raise UserError(f"the config's model shape differs from the checkpoint {folder} "
                         f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
+    saved_optimizer = state["config"].get("optimizer", "adamw")  # checkpoints from before Muon hold AdamW's state
+    if saved_optimizer != cfg.optimizer:
+        raise UserError(f"the checkpoint {folder} holds the state of optimizer {saved_optimizer}, this run asks for "
+                        f"{cfg.optimizer}; resume with --optimizer {saved_optimizer} or start a new out_dir")
     _check_data_stream(folder, state, cfg, processes)
 
 

@@ -39,7 +39,7 @@ from accel_train.hardware import resolve_hardware, switch_on
 from accel_train.launcher import check_launch, check_process_count, die_with_launcher
 from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
-from accel_train.optim import build_optimizer, group_settings, restore_group_settings
+from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
 from accel_train.resume import check_resumable
@@ -55,6 +55,9 @@ PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a ste
 
 def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
     """One optimizer step at rate `lr` over the accumulation window's micro-batches.
+
+    `optimizer` is one optimizer or several as one (optim.Optimizers: AdamW and Muon); the gradient is
+    clipped once, over every parameter, before any of them steps.
 
     Returns (mean micro-batch loss, pre-clip gradient norm, skipped?) without
     synchronizing with the device. `accelerator.backward` scales each loss by 1/accumulation
@@ -255,8 +258,7 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                fused=fused_adamw)
+    optimizers = build_optimizers(model, cfg, fused=fused_adamw, mixed_precision=accelerator.mixed_precision)
     world, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
     batches_per_step = accum * world
     first_batch = state["next_batch"]
@@ -264,7 +266,8 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           first_batch=first_batch, pin_memory=accelerator.device.type == "cuda",
                           micro_batch=micro_batch)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)  # saved and loaded one by one
+    optimizer = Optimizers(optimizers)
     if resume_from:
         settings = group_settings(optimizer)
         accelerator.load_state(str(resume_from))
@@ -331,7 +334,8 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
                        f"its evaluation: {resume_from} still holds it; continue with --resume auto")
             on_main_process(accelerator, lambda: metrics.write(redo))  # evaluated, or as the stopped run left it
         while step < cfg.max_iters and PENDING not in state:
-            lr = lr_at(step + 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+            lr = lr_at(step + 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters, cfg.lr_schedule,
+                       cfg.decay_fraction)
             loss, grad_norm, skipped = train_step(model, optimizer, lr, accelerator,
                                                   itertools.islice(batches, micro_steps), cfg.grad_clip,
                                                   skip_nonfinite=cfg.nonfinite == "skip")
