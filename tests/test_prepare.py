@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, run, train
+from helpers import TINY_MODEL, TINYSTORIES, run, tinystories, train
 
 from accel_train.demo_corpus import stories, write_demo_data
 from accel_train.errors import UserError
 from accel_train.prepare import main as prepare
-from accel_train.tokenizer import EOT_TEXT, load_tokenizer
+from accel_train.tokenizer import EOT_TEXT, gpt2_tokenizer, load_tokenizer
 
 SEP = "<|endoftext|>"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -98,14 +98,25 @@ def test_bpe_is_trained_saved_and_decodes(corpus, tmp_path):
     assert sum(meta["tokens"].values()) < byte_tokens / 2, "a trained BPE compresses its own corpus"
 
 
-def test_gpt2_through_tiktoken(corpus, local_gpt2, tmp_path):
+def test_gpt2_is_the_real_encoding():
+    gpt2 = gpt2_tokenizer()
+    assert gpt2.encode("Once upon a time") == [7454, 2402, 257, 640]
+    assert (gpt2.vocab_size, gpt2.eot_token) == (50257, 50256)
+    assert gpt2.decode([7454, 2402, 257, 640, 50256, 464]) == "Once upon a time<|endoftext|>The"
+
+
+def test_gpt2_prepares_real_text(tmp_path):
+    """The TinyStories sample, split into stories: each split holds tiktoken's ids of its stories."""
+    stories = tinystories()
     out = tmp_path / "gpt2"
-    meta = prepare(["--input", *map(str, corpus["inputs"]), "--separator", SEP, "--tokenizer", "gpt2",
-                    "--out", str(out), "--val_fraction", "0.2", "--workers", "2"])
+    result = cli("--input", TINYSTORIES, "--separator", SEP, "--tokenizer", "gpt2", "--out", out,
+                 "--val_fraction", "0.1", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    meta = assert_round_trip(out, stories)
     assert meta | {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "dtype": "uint16"} == meta
-    assert_round_trip(out, corpus["docs"])
-    ids = np.fromfile(out / "train.bin", dtype=np.uint16)
-    assert local_gpt2.encode_single_token(b" the") in ids, "the encoding's merges were used"
+    encoding = gpt2_tokenizer().encoding
+    ids = np.concatenate([np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")]).tolist()
+    assert sorted(ids) == sorted(sum((e + [50256] for e in encoding.encode_ordinary_batch(stories)), []))
 
 
 def test_a_missing_data_folder_is_named_not_taken_for_the_seeds_gpt2_data(tmp_path):
