@@ -31,11 +31,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from accel_train.errors import UserError, run_cli
-from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
+from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
 READ_CHARS = 1 << 22  # text read at a time from a file split on a separator
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+BUILT_IN = ("gpt2", "byte", "bpe")  # --tokenizer names; anything else is a path
 
 
 # ---- documents ----
@@ -147,8 +148,9 @@ class ChunkEncoder:
         out = {}
         for split, mask in (("train", ~is_val), ("val", is_val)):
             picked = [doc for doc, keep in zip(docs, mask) if keep]
-            out[split] = (self.tokenizer.encode_documents(picked), len(picked))
-        out["bytes"] = sum(len(doc.encode("utf-8")) for doc in docs)
+            out[split] = (self.tokenizer.encode_documents(picked), len(picked),
+                          sum(len(doc.encode("utf-8")) for doc in picked))
+        out["bytes"] = out["train"][2] + out["val"][2]
         return out
 
 
@@ -224,7 +226,7 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tokens, counts = {"train": 0, "val": 0}, {"train": 0, "val": 0}
+    tokens, counts, text_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
     try:
         tokenizer.save(tmp)
         with contextlib.ExitStack() as stack:
@@ -234,10 +236,11 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
             encoder = ChunkEncoder(tokenizer, val_fraction, seed)
             for result in encode_in_order(encoder, chunks(docs), workers):
                 for split in tokens:
-                    ids, n_docs = result[split]
+                    ids, n_docs, n_bytes = result[split]
                     files[split].write(ids.astype(dtype).tobytes())
                     tokens[split] += len(ids)
                     counts[split] += n_docs
+                    text_bytes[split] += n_bytes
                 bar.update(result["bytes"])
                 bar.set_postfix(tokens=f"{sum(tokens.values()):,}")
         if not sum(counts.values()):
@@ -247,7 +250,8 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
                 raise UserError(f"the {split} split holds {n:,} tokens, fewer than one block of {block_size + 1}; "
                                 "use more data, a larger --val_fraction or a smaller --block_size")
         meta = {"dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name,
-                "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "source": source,
+                "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "bytes": text_bytes,
+                "source": source,
                 "val_fraction": val_fraction, "seed": seed}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         check_out_dir(out_dir, overwrite)  # nothing appeared there meanwhile
@@ -278,7 +282,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dataset_config", default=None, help="the dataset's configuration name, if it has several")
     p.add_argument("--dataset_split", default="train", help="which split of the dataset to read (default: train)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--tokenizer", choices=("gpt2", "byte", "bpe"), default="gpt2")
+    p.add_argument("--tokenizer", default="gpt2", metavar="NAME_OR_PATH",
+                   help="gpt2, byte, bpe, or a HuggingFace tokenizer.json or folder holding one (a downloaded model)")
+    p.add_argument("--eot_token", default=None, metavar="TOKEN",
+                   help="end-of-text token of a --tokenizer PATH (default: its eos_token)")
     p.add_argument("--vocab_size", type=int, default=8192, help="tokens of the BPE trained for --tokenizer bpe")
     p.add_argument("--separator", default=None,
                    help="split text files into documents on this string (e.g. '<|endoftext|>'); default: one per file")
@@ -298,6 +305,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"--vocab_size must be at least 257 (256 bytes and end-of-text), got {args.vocab_size}")
     if args.separator == "":
         raise UserError("--separator must not be empty")
+    if args.eot_token is not None and args.tokenizer in BUILT_IN:
+        raise UserError(f"--eot_token is for a --tokenizer PATH; {args.tokenizer}'s end-of-text token is fixed")
     return args
 
 
@@ -324,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = ByteTokenizer()
     elif args.tokenizer == "gpt2":
         tokenizer = gpt2_tokenizer()
+    elif args.tokenizer not in BUILT_IN:
+        tokenizer = hf_tokenizer(args.tokenizer, args.eot_token)
     else:
         token_dtype(args.vocab_size, args.dtype)  # fail before training
         print(f"training a {args.vocab_size}-token BPE ...", file=sys.stderr)
