@@ -351,6 +351,7 @@ def stories(count: int, seed: int = 0):
 DEMO_DIR = "data/demo"  # relative to the working directory, as out_dir is
 GENERATOR = "accel_train.demo_corpus"
 VERSION = 2  # raise it whenever the grammar changes, so that older demo data on disk is written again
+DATA_DIR_HINT = "the demo corpus goes only into a new or empty folder: set --data_dir to another one"  # the trainer's
 
 
 def write_demo_data(data_dir, num_stories: int = 20_000, val_fraction: float = 0.02, seed: int = 0,
@@ -358,7 +359,7 @@ def write_demo_data(data_dir, num_stories: int = 20_000, val_fraction: float = 0
     """Write train.bin, val.bin and meta.json of the demo corpus; the folder appears only when complete."""
     source = {"generator": GENERATOR, "version": VERSION, "stories": num_stories, "seed": seed}
     return write_dataset(data_dir, stories(num_stories, seed), ByteTokenizer(), source=source,
-                         val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+                         val_fraction=val_fraction, seed=seed, overwrite=overwrite, exists_hint=DATA_DIR_HINT)
 
 
 def is_demo_folder(data_dir) -> bool:

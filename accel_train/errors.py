@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 import time
@@ -12,6 +14,37 @@ RANK_0_HEADSTART_S = 10  # well within torchrun's 30 s between its SIGTERM and S
 
 class UserError(Exception):
     """Something the user can fix (a config, a path, a data file); its message says what."""
+
+
+def first_line(err: Exception) -> str:
+    """A library's exception as one line of an error message (some span pages)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are UserErrors: one `error:` line instead of the usage text and an error line."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def number(kind: type, low: float, high: float = math.inf, open_ends: bool = False) -> Callable[[str], float]:
+    """An argparse `type`: an int or float in [low, high], or (low, high) with open_ends. float() also reads
+    nan and inf, which no option means, so they are refused too (nan fails every comparison)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        inside = low < value < high if open_ends else low <= value <= high
+        if not inside or abs(value) == math.inf:
+            span = (f"above {low} and below {high}" if open_ends else f"at least {low}" if high == math.inf
+                    else f"between {low} and {high}")
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a finite number'} "
+                                             f"{span}, got {text}")
+        return value
+    return parse
 
 
 def run_cli(main: Callable[[], object]) -> None:

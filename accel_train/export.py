@@ -11,15 +11,13 @@ way. transformers is an optional extra (`pip install -e ".[hf]"`), imported only
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, first_line, run_cli
 from accel_train.model import ModelConfig
 from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, HFTokenizer, load_tokenizer
 
@@ -91,10 +89,6 @@ def model_config_from_hf(hf) -> ModelConfig:
         initializer_range=hf.initializer_range)
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def _local_folder(hf_dir) -> str:
     """`hf_dir` as a path transformers will not take for a hub name: a missing folder is named as such."""
     if not Path(hf_dir).is_dir():
@@ -109,7 +103,7 @@ def hf_model_config(hf_dir) -> ModelConfig:
     try:
         hf = _transformers().AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read a HuggingFace config from {hf_dir}: {_first_line(err)}") from None
+        raise UserError(f"cannot read a HuggingFace config from {hf_dir}: {first_line(err)}") from None
     return model_config_from_hf(hf)
 
 
@@ -120,7 +114,7 @@ def hf_state_dict(hf_dir) -> dict[str, torch.Tensor]:
         hf = _transformers().AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
                                                                   local_files_only=True)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a HuggingFace model from {hf_dir}: {_first_line(err)}") from None
+        raise UserError(f"cannot load a HuggingFace model from {hf_dir}: {first_line(err)}") from None
     return {k.removeprefix(HF_PREFIX): v for k, v in hf.state_dict().items()}
 
 
@@ -184,31 +178,27 @@ def find_tokenizer(data_dir):
 
 
 def export(checkpoint, out, data_dir=None) -> Path:
-    """Write the HuggingFace folder `out` (written beside it first, so it appears only when complete)."""
+    """Write the HuggingFace folder `out`, new or empty (staged first, so it holds files only when complete)."""
+    from accel_train.prepare import check_out_dir, staged
     from accel_train.sample import load_model
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty; choose another --out")
+    out, hint = Path(out).resolve(), "choose another --out"
+    check_out_dir(out, False, hint)  # before the slow load
     model, cfg = load_model(checkpoint)
     tokenizer = find_tokenizer(data_dir or cfg.data_dir)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
+    _transformers().utils.logging.disable_progress_bar()  # stderr is for errors
+    with staged(out, False, hint) as tmp:
+        try:
+            to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
+        except SafetensorError as err:  # a failed write (disk full) of the weights
+            raise OSError(str(err)) from None
         if tokenizer:
             save_tokenizer(tokenizer, tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.export", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m accel_train.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or an out_dir (its newest)")
     parser.add_argument("--out", required=True, help="the HuggingFace folder to write (must not exist yet)")
     parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")

@@ -8,11 +8,11 @@ extra (`pip install -e ".[plot]"`) and draws off-screen (Agg), so it works on a 
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 from pathlib import Path
 
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, run_cli
 from accel_train.tracking import METRICS_FILE, read_metrics
 
 PLOT_FILE = "metrics.png"
@@ -73,11 +73,17 @@ def write_plot(out_dir, path=None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.plot", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m accel_train.plot", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="a run's out_dir, holding metrics.jsonl")
     parser.add_argument("--out", default=None, help=f"the PNG to write (default: OUT_DIR/{PLOT_FILE})")
     args = parser.parse_args(argv)
-    print(f"wrote {write_plot(args.out_dir, args.out)}")
+    target = Path(args.out or Path(args.out_dir) / PLOT_FILE)
+    try:
+        print(f"wrote {write_plot(args.out_dir, target)}")
+    except json.JSONDecodeError as err:
+        raise UserError(f"{Path(args.out_dir) / METRICS_FILE} is not JSON Lines: {err.msg}") from None
+    except (OSError, ValueError) as err:  # unwritable, or a file type matplotlib does not know
+        raise UserError(f"cannot write {target}: {getattr(err, 'strerror', None) or err}") from None
 
 
 if __name__ == "__main__":

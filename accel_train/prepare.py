@@ -10,17 +10,23 @@ The documents are cut into chunks that worker processes tokenize; at most a few 
 flight at once and their tokens are appended to disk in order, so memory stays flat however
 large the corpus. Each document goes to the validation split with probability `--val_fraction`,
 drawn from `(seed, chunk)`: the same input gives the same files whatever the number of workers.
-The output folder appears only when complete, and replaces an earlier one only with `--overwrite`.
+The output folder appears only when complete. With `--overwrite` its files replace earlier ones of the
+same names in an existing folder, whose other files stay; an `--out` that overlaps an input is refused.
+SIGINT or SIGTERM stops prepare (status 130 or 143) with its workers ended and its staging folder
+removed; one that a killed prepare left is removed by the next prepare into the same `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
 import shutil
+import signal
+import socket
 import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -30,25 +36,28 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
 READ_CHARS = 1 << 22  # text read at a time from a file split on a separator
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 BUILT_IN = ("gpt2", "byte", "bpe")  # --tokenizer names; anything else is a path
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 # ---- documents ----
 
 def input_files(paths: list[str]) -> list[Path]:
-    """The given files, and every non-hidden file under the given folders, in sorted order."""
+    """The given files (a pipe such as /dev/stdin too), and every non-hidden file under the given folders, in
+    sorted order."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file()
                             and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        elif p.is_file():
+        elif p.exists():
             files.append(p)
         else:
             raise UserError(f"input {p} does not exist")
@@ -100,11 +109,12 @@ def dataset_texts(name: str, config: str | None, split: str, text_field: str) ->
         import datasets
     except ImportError:
         raise UserError("--dataset needs the `datasets` library: pip install 'accel_train[prepare]'") from None
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its failures come back as exceptions, told in one line
     try:
         rows = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as err:  # the hub client raises many types; all mean "cannot load it"
-        raise UserError(f"cannot load dataset {name!r} (split {split!r}): {err}") from None
-    for i, row in enumerate(rows):
+        raise UserError(f"cannot load dataset {name!r} (split {split!r}): {first_line(err)}") from None
+    for i, row in enumerate(read_rows(rows, name)):
         if text_field not in row:
             raise UserError(f"dataset {name!r} has no column '{text_field}' (it has: {', '.join(row)}); "
                             "set --text_field")
@@ -112,6 +122,14 @@ def dataset_texts(name: str, config: str | None, split: str, text_field: str) ->
             yield row[text_field]
         elif row[text_field] is not None:
             raise UserError(f"dataset {name!r} row {i}: '{text_field}' is {type(row[text_field]).__name__}, not text")
+
+
+def read_rows(rows: Iterable[dict], name: str) -> Iterator[dict]:
+    """A streamed dataset's rows; a failed read (a malformed file, the network) is a UserError, not a traceback."""
+    try:
+        yield from rows
+    except Exception as err:  # the readers raise many types
+        raise UserError(f"cannot read dataset {name!r}: {first_line(err)}") from None
 
 
 def documents(texts: Iterable[str]) -> Iterator[str]:
@@ -132,6 +150,64 @@ def chunks(docs: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[tupl
             index, chunk, size = index + 1, [], 0
     if chunk:
         yield index, chunk
+
+
+# ---- signals ----
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived. Like KeyboardInterrupt, no `except Exception` catches it: it unwinds through the
+    cleanup (workers ended, staging folder removed) and nothing else."""
+
+
+_held = 0  # how many `signals_held` blocks are running
+_arrived: int | None = None  # a signal that came during one, raised at the end of the outermost
+
+
+def _stop(signum, frame):
+    global _arrived
+    for sig in SIGNALS:  # a second signal must not cut the cleanup short; SIGKILL remains for impatience
+        signal.signal(sig, signal.SIG_IGN)
+    if not _held:
+        raise Stopped(signum)
+    _arrived = signum
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM end prepare after its cleanup, with one line on stderr and the status
+    128 + the signal's number, as a shell reports a process that a signal ended. One that prepare was started
+    ignoring (a background job's Ctrl-C) stays ignored."""
+    global _arrived
+    previous = {sig: signal.signal(sig, _stop) for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield
+    except Stopped as stop:
+        signum = stop.args[0]
+        print(f"error: stopped by {signal.Signals(signum).name}; no partial output is left", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _arrived = None  # one held in a block that ended with an error has done its work: prepare stopped
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, so that no interruption leaves it half done: the kernel
+    holds one that comes meanwhile, and `_stop` one whose handler Python runs only now (it runs them late).
+    Threads and processes started in the block keep them held, so the kernel gives them to the main thread:
+    one taken by another thread would not wake the main thread from a read of a pipe."""
+    global _held, _arrived
+    _held += 1
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _held -= 1
+    if not _held and _arrived is not None:
+        signum, _arrived = _arrived, None
+        raise Stopped(signum)
 
 
 # ---- tokenizing in parallel ----
@@ -157,9 +233,19 @@ class ChunkEncoder:
 _worker_encoder: ChunkEncoder | None = None
 
 
-def _start_worker(encoder: ChunkEncoder) -> None:
+def _start_worker(encoder: ChunkEncoder, parent: int) -> None:
+    """Set a worker up. Its parent alone answers signals, and ends its workers (Ctrl-C signals the whole process
+    group); on Linux the kernel ends a worker whose parent was killed outright. The worker was forked with
+    signals held, so none reaches the parent's handlers it inherited."""
     global _worker_encoder
     _worker_encoder = encoder
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _encode_in_worker(job):
@@ -167,21 +253,29 @@ def _encode_in_worker(job):
 
 
 def encode_in_order(encoder: ChunkEncoder, jobs: Iterable, workers: int) -> Iterator[dict]:
-    """`encoder` over `jobs`, in order, in `workers` processes with at most 2 x workers jobs in flight."""
+    """`encoder` over `jobs`, in order, in `workers` processes with at most 2 x workers jobs in flight.
+
+    Close it when stopping early: the jobs not yet started are dropped, and the workers end after the one each
+    holds. (Terminating a worker while it sends a result would hang the pool.)
+    """
     if workers == 1:
         yield from map(encoder, jobs)
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
     # fork: workers inherit the tokenizer as loaded (no second download, no re-pickling per job)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                             initializer=_start_worker, initargs=(encoder,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                               initargs=(encoder, os.getpid()))
+    try:
         pending = deque()
         for job in jobs:
-            pending.append(pool.submit(_encode_in_worker, job))
+            with signals_held():  # the first submit forks the workers and starts the pool's threads
+                pending.append(pool.submit(_encode_in_worker, job))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 # ---- writing ----
@@ -197,44 +291,110 @@ def token_dtype(vocab_size: int, requested: str = "auto") -> str:
     return requested
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it or choose another --out")
+def staging_prefix(out_dir: Path) -> str:
+    """How the name of a staging folder for out_dir starts: hidden, and named after out_dir."""
+    return f".{out_dir.name}.tmp-"
 
 
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place, replacing (then deleting) any earlier output."""
-    old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    elif out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old.is_dir():
-        shutil.rmtree(old)
-    elif old.exists():
-        old.unlink()
+def check_out_dir(out_dir: Path, overwrite: bool, hint: str) -> None:
+    """Refuse an out_dir that cannot be written (a file, under a file, read-only), or that (unless overwrite)
+    holds anything but staging folders: checked before any slow work, and again before publishing."""
+    nearest = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not nearest.is_dir():
+        raise UserError(f"cannot write {out_dir}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.R_OK | os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out_dir}: {nearest} is not writable")
+    if not overwrite and nearest == out_dir and any(not p.name.startswith(staging_prefix(out_dir))
+                                                    for p in out_dir.iterdir()):
+        raise UserError(f"{out_dir} already holds files; {hint}")
+
+
+def staging_path(out_dir: Path) -> Path:
+    """Where this process stages out_dir's new files, on out_dir's filesystem: inside out_dir where it exists (a
+    mount point cannot be renamed, and its other files stay), else beside it."""
+    where = out_dir if out_dir.is_dir() else out_dir.parent
+    return where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine, another user's too."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove the staging folders for out_dir (beside it or inside) of processes on this machine that were killed
+    before they could; those of live processes or of other machines stay."""
+    prefix = f"{staging_prefix(out_dir)}{socket.gethostname()}-"
+    for where in (out_dir.parent, out_dir):
+        for path in where.iterdir() if where.is_dir() else ():
+            pid = path.name[len(prefix):]
+            if path.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move the staged files into place: the whole folder where out_dir is new, else file by file, replacing
+    files of the same names only."""
+    if staging.parent != out_dir:
+        os.replace(staging, out_dir)
+        return
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "meta.json"):  # last, as it describes the rest
+        os.replace(path, out_dir / path.name)
+    staging.rmdir()
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
+    """A staging folder to write out_dir's files into, published when the block succeeds and removed in any case,
+    so that out_dir never holds half of them. `hint` says how to get past an out_dir that already holds files;
+    a failed write (read-only, disk full) is one UserError line."""
+    check_out_dir(out_dir, overwrite, hint)
+    staging = staging_path(out_dir)
+    try:
+        remove_stale_staging(out_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        yield staging
+        with signals_held():
+            check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
+            publish(staging, out_dir)
+    except OSError as err:
+        raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
+    finally:
+        with signals_held():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source: dict, dtype: str = "auto",
                   val_fraction: float = 0.005, seed: int = 0, block_size: int = 128, workers: int = 1,
-                  overwrite: bool = False, total_bytes: int | None = None) -> dict:
-    """Tokenize `docs` into `out_dir`/{train.bin, val.bin, meta.json} (and the tokenizer's own file); returns the meta."""
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite)
+                  overwrite: bool = False, exists_hint: str = "choose another folder",
+                  total_bytes: int | None = None) -> dict:
+    """Tokenize `docs` into `out_dir`/{train.bin, val.bin, meta.json} (and the tokenizer's own file); returns the meta.
+
+    With `overwrite`, those files replace earlier ones of the same names; out_dir's other files stay.
+    """
+    out_dir = Path(out_dir).resolve()
     dtype = token_dtype(tokenizer.vocab_size, dtype)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     tokens, counts, text_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
-    try:
-        tokenizer.save(tmp)
+    with staged(out_dir, overwrite, exists_hint) as tmp:
+        try:
+            tokenizer.save(tmp)
+        except Exception as err:  # `tokenizers` reports a failed write as a bare Exception
+            raise OSError(str(err)) from None
         with contextlib.ExitStack() as stack:
             files = {split: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for split in tokens}
-            bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
-                                           disable=None))
+            with signals_held():  # tqdm starts a monitor thread, which must not take them
+                bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
+                                               disable=None))
             encoder = ChunkEncoder(tokenizer, val_fraction, seed)
-            for result in encode_in_order(encoder, chunks(docs), workers):
+            results = stack.enter_context(contextlib.closing(encode_in_order(encoder, chunks(docs), workers)))
+            for result in results:
                 for split in tokens:
                     ids, n_docs, n_bytes = result[split]
                     files[split].write(ids.astype(dtype).tobytes())
@@ -251,14 +411,9 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
                                 "use more data, a larger --val_fraction or a smaller --block_size")
         meta = {"dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name,
                 "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "bytes": text_bytes,
-                "source": source,
-                "val_fraction": val_fraction, "seed": seed}
+                "source": source, "val_fraction": val_fraction, "seed": seed}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        check_out_dir(out_dir, overwrite)  # nothing appeared there meanwhile
-        publish(tmp, out_dir)
-        return meta
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 def describe(source: dict) -> str:
@@ -268,11 +423,6 @@ def describe(source: dict) -> str:
 
 
 # ---- command line ----
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = Parser(prog="python -m accel_train.prepare", description=__doc__.split("\n\n")[0])
@@ -286,23 +436,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="gpt2, byte, bpe, or a HuggingFace tokenizer.json or folder holding one (a downloaded model)")
     p.add_argument("--eot_token", default=None, metavar="TOKEN",
                    help="end-of-text token of a --tokenizer PATH (default: its eos_token)")
-    p.add_argument("--vocab_size", type=int, default=8192, help="tokens of the BPE trained for --tokenizer bpe")
+    p.add_argument("--vocab_size", type=number(int, 257, 2**32), default=8192,
+                   help="tokens of the BPE trained for --tokenizer bpe (at least 256 bytes and end-of-text)")
     p.add_argument("--separator", default=None,
                    help="split text files into documents on this string (e.g. '<|endoftext|>'); default: one per file")
     p.add_argument("--text_field", default="text", help="field holding the text in JSON Lines and datasets")
-    p.add_argument("--val_fraction", type=float, default=0.005, help="share of documents for val.bin")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    p.add_argument("--block_size", type=int, default=128, help="each split must hold more tokens than this")
+    p.add_argument("--val_fraction", type=number(float, 0, 1, open_ends=True), default=0.005,
+                   help="share of documents for val.bin")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the train/val split")
+    p.add_argument("--block_size", type=number(int, 1), default=128, help="each split must hold more tokens than this")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="tokenizing processes")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--workers", type=number(int, 1), default=len(os.sched_getaffinity(0)), help="tokenizing processes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds files, replacing only those prepare writes")
     args = p.parse_args(argv)
-    if not 0 < args.val_fraction < 1:
-        raise UserError(f"--val_fraction must lie between 0 and 1, got {args.val_fraction}")
-    if args.workers < 1 or args.block_size < 1:
-        raise UserError("--workers and --block_size must be at least 1")
-    if args.tokenizer == "bpe" and not 257 <= args.vocab_size:
-        raise UserError(f"--vocab_size must be at least 257 (256 bytes and end-of-text), got {args.vocab_size}")
     if args.separator == "":
         raise UserError("--separator must not be empty")
     if args.eot_token is not None and args.tokenizer in BUILT_IN:
@@ -310,12 +457,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+OVERWRITE_HINT = ("pass --overwrite to replace the files prepare writes (train.bin, val.bin, meta.json, "
+                  "tokenizer.json and tokenizer_config.json; the others stay) or choose another --out")
+
+
+def check_apart(out_dir: Path, inputs: list[Path]) -> None:
+    """Refuse an --out that is the current folder or holds it, or that is, holds or lies inside an input (symlinks
+    followed): writing there could replace an input, or feed prepare's output to its next run."""
+    cwd = Path.cwd().resolve()
+    if out_dir == cwd or out_dir in cwd.parents:
+        raise UserError(f"--out {out_dir} is the current folder or holds it; give the data a folder of its own")
+    for path in inputs:
+        real = path.resolve()
+        if real == out_dir or out_dir in real.parents or real in out_dir.parents:
+            raise UserError(f"--out {out_dir} overlaps the input {path} (one is or holds the other); "
+                            "choose an --out apart from the inputs")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    out_dir = Path(args.out)
-    check_out_dir(out_dir, args.overwrite)  # fail before any slow work
+    with stopping_on_signals():
+        meta = prepare(args)
+    print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
+          f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
+    return meta
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """What the command line asks for: check it, read the inputs, tokenize them into --out; returns the meta."""
+    out_dir = Path(args.out).resolve()
     if args.dataset:
         source = {"dataset": args.dataset, "config": args.dataset_config, "split": args.dataset_split}
+        inputs = [Path(args.dataset)] if Path(args.dataset).exists() else []  # a local folder, not a hub name
 
         def texts():
             return dataset_texts(args.dataset, args.dataset_config, args.dataset_split, args.text_field)
@@ -323,12 +496,17 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         files = input_files(args.input)
         source = {"inputs": list(args.input), "files": len(files)}
+        inputs = [*map(Path, args.input), *files]
 
         def texts():
             return (text for f in files for text in file_texts(f, args.separator, args.text_field))
-        plain = [f for f in files if f.suffix not in JSONL_SUFFIXES]
+        plain = [f for f in files if f.is_file() and f.suffix not in JSONL_SUFFIXES]
         total_bytes = sum(f.stat().st_size for f in plain) if len(plain) == len(files) else None
-
+        if args.tokenizer == "bpe" and not all(f.is_file() for f in files):
+            raise UserError("--tokenizer bpe reads the input twice (to train, then to encode) and a pipe can be read "
+                            "once; save it to a file first")
+    check_apart(out_dir, inputs)
+    check_out_dir(out_dir, args.overwrite, OVERWRITE_HINT)  # fail before any slow work
     if args.tokenizer == "byte":
         tokenizer = ByteTokenizer()
     elif args.tokenizer == "gpt2":
@@ -337,14 +515,12 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = hf_tokenizer(args.tokenizer, args.eot_token)
     else:
         token_dtype(args.vocab_size, args.dtype)  # fail before training
-        print(f"training a {args.vocab_size}-token BPE ...", file=sys.stderr)
+        print(f"training a {args.vocab_size}-token BPE ...", flush=True)  # stderr is for errors
         tokenizer = train_bpe(documents(texts()), args.vocab_size)
-    meta = write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
+    return write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
                          val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
-                         workers=args.workers, overwrite=args.overwrite, total_bytes=total_bytes)
-    print(f"wrote {out_dir}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
-          f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
-    return meta
+                         workers=args.workers, overwrite=args.overwrite, exists_hint=OVERWRITE_HINT,
+                         total_bytes=total_bytes)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the model's context length.
 
 from __future__ import annotations
 
-import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from safetensors.torch import load_model as load_safetensors
 from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, read_trainer_state,
                                     verified)
 from accel_train.config import TrainConfig, config_from_dict
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import Parser, UserError, number, run_cli
 from accel_train.model import Gemma3, KVCache
 from accel_train.tokenizer import load_tokenizer
 
@@ -53,9 +53,10 @@ def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
     """Pick from the last position's logits: greedy at temperature 0, else sample from the top k."""
-    if temperature == 0:
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or so small that sampling is greedy (and 0 in float32)
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.max()) / temperature  # the likeliest at 0: a small temperature makes no inf - inf
     if 0 < top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -94,21 +95,21 @@ def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int =
     if len(ids) >= model.config.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens, at or beyond the model's context of "
                         f"{model.config.max_position_embeddings}; shorten it")
-    if temperature < 0:
-        raise UserError(f"--temperature must not be negative, got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise UserError(f"temperature must be a finite number at least 0, got {temperature}")
     new = generate(model, ids, max_new_tokens, temperature, top_k, tokenizer.eot_token, seed)
     return prompt + tokenizer.decode(new)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.sample", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m accel_train.sample", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or an out_dir (its newest)")
     parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
-    parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 picks the likeliest token")
-    parser.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens; 0: all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=number(int, 1), default=200)
+    parser.add_argument("--temperature", type=number(float, 0), default=0.8, help="0 picks the likeliest token")
+    parser.add_argument("--top_k", type=number(int, 0), default=50, help="sample among the k likeliest tokens; 0: all")
+    parser.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="sample i uses seed + i")
+    parser.add_argument("--num_samples", type=number(int, 1), default=1)
     parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)

@@ -1,0 +1,175 @@
+"""The tools beside the trainer (sample, export, prepare, plot): a mistake on their command line or a path they
+cannot write ends with one `error:` line and exit status 2, never a traceback, and costs nothing on disk."""
+
+import json
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO, TINY_MODEL, snapshot, subprocess_env, train
+
+from accel_train import export, plot, prepare, sample
+from accel_train.demo_corpus import stories
+from accel_train.errors import UserError
+
+TOOLS = {"sample": sample, "export": export, "prepare": prepare, "plot": plot}
+SEP = "<|endoftext|>"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def command(tool: str, *args) -> list[str]:
+    return [sys.executable, "-m", f"accel_train.{tool}", *map(str, args)]
+
+
+def run_all(commands: dict) -> dict:
+    """{name: (status, stderr)} of `python -m accel_train.TOOL ARGS...` for each name, run side by side."""
+    procs = {name: subprocess.Popen(command(*args), cwd=REPO, env=subprocess_env(OFFLINE), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, args in commands.items()}
+    return {name: (proc.wait(timeout=300), proc.communicate()[1]) for name, proc in procs.items()}
+
+
+def with_file_size_limit(nbytes: int, cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run cmd where no file may grow past nbytes, as on a full disk (a write fails with EFBIG: Python ignores
+    SIGXFSZ)."""
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes)))
+
+
+def leftovers(root) -> list[str]:
+    """Staging folders left anywhere under root (relative paths): hidden, and named after the output."""
+    return [str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp" in p.name]
+
+
+def assert_one_error_line(status: int, stderr: str, *words: str) -> None:
+    lines = stderr.splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert all(word in lines[0] for word in words), (words, lines[0])
+
+
+def test_argument_mistakes_are_one_error_line():
+    outcomes = run_all({
+        "sample without --checkpoint": ["sample"],
+        "sample temperature nan": ["sample", "--checkpoint", "nowhere", "--temperature", "nan"],
+        "export unknown option": ["export", "--checkpoint", "x", "--out", "y", "--bogus", "1"],
+        "prepare without --out": ["prepare", "--input", "x"],
+        "plot without out_dir": ["plot"],
+    })
+    assert_one_error_line(*outcomes["sample without --checkpoint"], "--checkpoint", "--help")
+    assert_one_error_line(*outcomes["sample temperature nan"], "--temperature", "nan")
+    assert_one_error_line(*outcomes["export unknown option"], "--bogus")
+    assert_one_error_line(*outcomes["prepare without --out"], "--out")
+    assert_one_error_line(*outcomes["plot without out_dir"], "out_dir")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_still_works(tool, capsys):
+    with pytest.raises(SystemExit) as stop:
+        TOOLS[tool].main(["--help"])
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "-1"), ("--max_new_tokens", "-1"),
+    ("--max_new_tokens", "0"), ("--top_k", "-1"), ("--num_samples", "0"), ("--num_samples", "-1"), ("--seed", "-1"),
+    ("--seed", str(2**64)), ("--top_k", "2.5"),
+])
+def test_sample_refuses_meaningless_numbers_before_loading_anything(option, value):
+    with pytest.raises(UserError, match=f"argument {option}: .*{value}"):
+        sample.main(["--checkpoint", "nowhere", option, value])
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--val_fraction", "nan"), ("--val_fraction", "0"), ("--val_fraction", "1"), ("--val_fraction", "inf"),
+    ("--workers", "0"), ("--workers", "-1"), ("--block_size", "0"), ("--block_size", "-5"), ("--seed", "-1"),
+    ("--vocab_size", "-1"), ("--vocab_size", "256"), ("--vocab_size", str(2**40)),
+])
+def test_prepare_refuses_meaningless_numbers(option, value):
+    with pytest.raises(UserError, match=f"argument {option}: .*{value}"):
+        prepare.parse_args(["--input", "x", "--out", "y", "--tokenizer", "bpe", option, value])
+
+
+def test_a_tiny_temperature_samples_the_likeliest_token():
+    """Logits over a tiny temperature overflow to inf (or divide by a float32 zero); the sample must still be a
+    token: the likeliest."""
+    logits = torch.tensor([10.0, 30.0, 20.0, -10.0])
+    for temperature in (2e-38, 1e-45, 5e-324):
+        assert sample.next_token(logits, temperature, 0, torch.Generator().manual_seed(0)) == 1
+
+
+def test_outputs_that_cannot_be_written_are_one_error_line(tmp_path):
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "raw.txt").write_text(SEP.join(stories(60)))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0,
+                                                                "tokens_per_s": 100.0}) + "\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.jsonl").write_text('{"step": 1, "loss": \n')
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "train.jsonl").write_text('{"text": "a story"}\n' * 50 + '{"text": broken\n')
+    byte = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.2", "--block_size", "16"]
+    prep = ["prepare", "--input", tmp_path / "raw.txt", *byte]
+    before = snapshot(tmp_path)
+    outcomes = run_all({
+        "prepare under a file": [*prep, "--out", tmp_path / "afile" / "out"],
+        "prepare onto a file": [*prep, "--out", tmp_path / "afile", "--overwrite"],
+        "prepare in /proc": [*prep, "--out", "/proc/accel_train_test/out"],
+        "prepare a malformed dataset": ["prepare", "--dataset", tmp_path / "dataset", "--out", tmp_path / "d", *byte],
+        "export under a file": ["export", "--checkpoint", "nowhere", "--out", tmp_path / "afile" / "hf"],
+        "export into the current folder": ["export", "--checkpoint", "nowhere", "--out", "."],
+        "plot under a file": ["plot", tmp_path / "run", "--out", tmp_path / "afile" / "m.png"],
+        "plot to an unknown file type": ["plot", tmp_path / "run", "--out", tmp_path / "m.unknown"],
+        "plot malformed metrics": ["plot", tmp_path / "broken"],
+    })
+    assert_one_error_line(*outcomes["prepare under a file"], "afile", "not a folder")
+    assert_one_error_line(*outcomes["prepare onto a file"], "afile", "not a folder")
+    assert_one_error_line(*outcomes["prepare in /proc"], "/proc/accel_train_test/out")
+    assert_one_error_line(*outcomes["prepare a malformed dataset"], "cannot read dataset")
+    assert_one_error_line(*outcomes["export under a file"], "afile", "not a folder")
+    assert_one_error_line(*outcomes["export into the current folder"], str(REPO), "holds files")
+    assert_one_error_line(*outcomes["plot under a file"], "m.png")
+    assert_one_error_line(*outcomes["plot to an unknown file type"], "m.unknown")
+    assert_one_error_line(*outcomes["plot malformed metrics"], "metrics.jsonl", "JSON")
+    assert snapshot(tmp_path) == before and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("tokenizer, limit", [("byte", 50_000), ("bpe", 10_000)])
+@pytest.mark.parametrize("earlier_output", [False, True])
+def test_prepare_on_a_full_disk_is_one_error_line_and_costs_nothing(tmp_path, tokenizer, limit, earlier_output):
+    """byte: train.bin outgrows the limit; bpe: tokenizer.json does, written by `tokenizers` before the tokens.
+    An --overwrite that fails leaves the earlier output as it was."""
+    (tmp_path / "raw.txt").write_text(SEP.join(stories(300)))
+    out = tmp_path / "out"
+    if earlier_output:
+        out.mkdir()
+        (out / "train.bin").write_bytes(b"earlier tokens")
+        (out / "NOTES.md").write_text("mine")
+    before = snapshot(tmp_path)
+    args = ["--input", tmp_path / "raw.txt", "--out", out, "--overwrite", "--separator", SEP]
+    result = with_file_size_limit(limit, command("prepare", *args, "--tokenizer", tokenizer, "--vocab_size", "2000"))
+    assert_one_error_line(result.returncode, result.stderr, "cannot write", "out", "File too large")
+    assert snapshot(tmp_path) == before and not leftovers(tmp_path) and out.exists() == earlier_output
+
+
+def test_export_that_cannot_write_is_one_error_line_and_leaves_nothing(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    result = with_file_size_limit(50_000, command("export", "--checkpoint", out_dir, "--out", tmp_path / "hf"))
+    assert_one_error_line(result.returncode, result.stderr, "cannot write", "hf", "File too large")
+    assert not list(tmp_path.iterdir())
+    result = subprocess.run(command("export", "--checkpoint", out_dir, "--out", "/proc/accel_train_test/hf"), cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert_one_error_line(result.returncode, result.stderr, "cannot write", "/proc/accel_train_test/hf")
+
+
+def test_the_trainer_names_its_own_remedy_when_the_demo_corpus_cannot_go_into_data_dir(tmp_path):
+    """The trainer writes the demo corpus with prepare's code; the way out it names is the trainer's, not
+    prepare's --overwrite."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "NOTES.md").write_text("mine")
+    result = train(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--demo_data", "true", *TINY_MODEL,
+                    "--max_iters", "2", "--warmup_steps", "1", "--plot", "false", "--sample_tokens", "0"])
+    assert_one_error_line(result.returncode, result.stderr, str(data), "--data_dir")
+    assert "--overwrite" not in result.stderr and [p.name for p in data.iterdir()] == ["NOTES.md"]
