@@ -22,6 +22,7 @@ EOT_TEXT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"  # a `tokenizers` tokenizer (trained BPE or HuggingFace), beside the data it encoded
 CONFIG_FILE = "tokenizer_config.json"  # a HuggingFace tokenizer's special tokens (eos_token), beside it
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"  # where older HuggingFace folders name them
+PROBE = "Once upon a time, Lily's dog ran 3.5 km!\n\tÇa va? 日本の雪 ☃ -- The end."  # compares two tokenizers
 
 
 class Tokenizer:
@@ -198,6 +199,18 @@ def hf_tokenizer(path, eot_token: str | None = None) -> HFTokenizer:
     if eot is None:
         raise UserError(f"end-of-text token {eot_text!r} is not a token of {file}; name one with --eot_token")
     return HFTokenizer(backend, eot, {**config, "eos_token": eot_text})
+
+
+def encodes_like(tokenizer: Tokenizer, file) -> bool:
+    """Whether the HuggingFace tokenizer.json `file` encodes as `tokenizer` does: the same ids for a text of
+    several scripts and the same vocabulary size, enough to tell one tokenizer from another."""
+    from tokenizers import Tokenizer as HFBackend
+
+    try:
+        other = HFTokenizer(HFBackend.from_file(str(file)), tokenizer.eot_token)
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+        raise UserError(f"cannot load the tokenizer {file}: {str(err).strip().splitlines()[0]}") from None
+    return other.encode(PROBE) == tokenizer.encode(PROBE) and other.vocab_size == tokenizer.vocab_size
 
 
 def load_tokenizer(data_dir) -> Tokenizer:
