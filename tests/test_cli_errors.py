@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY_MODEL, snapshot, subprocess_env, train
+from helpers import REPO, TINY_MODEL, TRAIN, snapshot, subprocess_env, train
 
 from accel_train import export, plot, prepare, sample
 from accel_train.demo_corpus import stories
@@ -106,7 +106,7 @@ def test_outputs_that_cannot_be_written_are_one_error_line(tmp_path):
     (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0,
                                                                 "tokens_per_s": 100.0}) + "\n")
     (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "metrics.jsonl").write_text('{"step": 1, "loss": \n')
+    (tmp_path / "broken" / "metrics.jsonl").write_text('{"step": 1, "loss": \n{"step": 2, "loss": 1.0}\n')
     (tmp_path / "dataset").mkdir()
     (tmp_path / "dataset" / "train.jsonl").write_text('{"text": "a story"}\n' * 50 + '{"text": broken\n')
     byte = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.2", "--block_size", "16"]
@@ -164,12 +164,13 @@ def test_export_that_cannot_write_is_one_error_line_and_leaves_nothing(trained_r
 
 
 def test_the_trainer_names_its_own_remedy_when_the_demo_corpus_cannot_go_into_data_dir(tmp_path):
-    """The trainer writes the demo corpus with prepare's code; the way out it names is the trainer's, not
-    prepare's --overwrite."""
-    data = tmp_path / "data"
-    data.mkdir()
+    """The trainer writes the demo corpus (only into data/demo) with prepare's code; the way out it names is
+    the trainer's, not prepare's --overwrite."""
+    data = tmp_path / "data" / "demo"
+    data.mkdir(parents=True)
     (data / "NOTES.md").write_text("mine")
-    result = train(["--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--demo_data", "true", *TINY_MODEL,
-                    "--max_iters", "2", "--warmup_steps", "1", "--plot", "false", "--sample_tokens", "0"])
-    assert_one_error_line(result.returncode, result.stderr, str(data), "--data_dir")
+    cmd = [sys.executable, TRAIN, *["--data_dir", "data/demo", "--out_dir", "out", "--demo_data", "true", *TINY_MODEL,
+                              "--max_iters", "2", "--warmup_steps", "1", "--plot", "false", "--sample_tokens", "0"]]
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert_one_error_line(result.returncode, result.stderr, "data/demo", "--data_dir")
     assert "--overwrite" not in result.stderr and [p.name for p in data.iterdir()] == ["NOTES.md"]

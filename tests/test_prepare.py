@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -250,14 +251,17 @@ def test_demo_corpus_is_seeded_well_formed_and_written_like_any_corpus(tmp_path)
     assert_round_trip(tmp_path / "demo", first)
 
 
-def test_an_older_demo_corpus_is_rewritten_and_other_data_left_alone(byte_out, tmp_path):
+def test_an_older_demo_corpus_is_rewritten_and_other_data_left_alone(byte_out, tmp_path, monkeypatch):
+    """The demo's folder (data/demo, under the working directory) gets the demo corpus when it has none or an
+    older version; no other folder is ever written, with data or without."""
     import accel_train.demo_corpus as demo
 
-    old = tmp_path / "old"
-    old.mkdir()
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "data" / "demo"
+    old.mkdir(parents=True)
     (old / "train.bin").write_bytes(b"\x01\x00" * 500)
     (old / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 257, "source": "demo-stories"}))
-    demo.ensure_demo_data(old)
+    demo.ensure_demo_data("data/demo")
     assert json.loads((old / "meta.json").read_text())["source"]["version"] == demo.VERSION
     current = old.stat().st_ino  # a rewrite would rename a new folder into place
     demo.ensure_demo_data(old)
@@ -266,4 +270,7 @@ def test_an_older_demo_corpus_is_rewritten_and_other_data_left_alone(byte_out, t
     demo.ensure_demo_data(byte_out)  # somebody's own data is never replaced
     assert {p.name: p.read_bytes() for p in byte_out.iterdir()} == before
     demo.ensure_demo_data(tmp_path / "new")
-    assert (tmp_path / "new" / "val.bin").exists()
+    assert not (tmp_path / "new").exists()
+    shutil.rmtree(old)
+    demo.ensure_demo_data("data/demo")
+    assert (old / "val.bin").exists()
