@@ -41,9 +41,10 @@ def read_meta(data_dir: Path) -> dict:
         raise UserError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r:.60}")
     if not _is_count(meta.get("vocab_size")) or meta["vocab_size"] < 1:
         raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {meta.get('vocab_size')!r:.60}")
-    tokens = meta.get("tokens", {})
-    if not isinstance(tokens, dict) or not all(n is None or _is_count(n) for n in tokens.values()):
-        raise UserError(f"{path}: 'tokens' must map each split to its token count (or null), got {tokens!r:.60}")
+    for key in ("tokens", "bytes"):  # bytes: UTF-8 bytes of text per split (data prepared before has none)
+        counts = meta.get(key, {})
+        if not isinstance(counts, dict) or not all(n is None or _is_count(n) for n in counts.values()):
+            raise UserError(f"{path}: '{key}' must map each split to its count (or null), got {counts!r:.60}")
     return meta
 
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
 from accel_train.model import ModelConfig
-from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, load_tokenizer
+from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, HFTokenizer, load_tokenizer
 
 HF_PREFIX = "model."  # HuggingFace keeps the decoder under `model.` and lm_head beside it
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -154,6 +154,9 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     transformers = _transformers()
     if isinstance(tokenizer, BpeTokenizer):
         backend = tokenizer.tokenizer
+    elif isinstance(tokenizer, HFTokenizer):
+        tokenizer.save(out)  # a HuggingFace tokenizer's own files, eos_token set to end-of-text
+        return
     elif isinstance(tokenizer, ByteTokenizer):
         backend = byte_level_backend()
     else:

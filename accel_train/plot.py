@@ -1,4 +1,4 @@
-"""Draw a run's `metrics.jsonl` into one PNG: loss, learning rate, gradient norm and throughput.
+"""Draw a run's `metrics.jsonl` into one PNG: loss (and val_bpb), learning rate, gradient norm and throughput.
 
     python -m accel_train.plot out/demo            # writes out/demo/metrics.png
 
@@ -37,6 +37,11 @@ def draw(records: list[dict], title: str = ""):
     loss.plot(*series(records, "val_loss"), "o-", label="validation", color="tab:orange")
     loss.set(ylabel="loss (nats/token)", title="loss")
     loss.legend()
+    if any("val_bpb" in r for r in records):  # bits per byte of text: comparable across tokenizers
+        bpb = loss.twinx()
+        bpb.plot(*series(records, "val_bpb"), "s--", label="validation (bits/byte)", color="tab:brown", alpha=0.8)
+        bpb.set(ylabel="bits per byte")
+        bpb.legend(loc="center right")
     lr.plot(*series(records, "lr"), color="tab:green")
     lr.set(ylabel="learning rate", title="learning rate")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))

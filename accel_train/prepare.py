@@ -37,11 +37,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
-from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
+from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
 READ_CHARS = 1 << 22  # text read at a time from a file split on a separator
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+BUILT_IN = ("gpt2", "byte", "bpe")  # --tokenizer names; anything else is a path
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -223,8 +224,9 @@ class ChunkEncoder:
         out = {}
         for split, mask in (("train", ~is_val), ("val", is_val)):
             picked = [doc for doc, keep in zip(docs, mask) if keep]
-            out[split] = (self.tokenizer.encode_documents(picked), len(picked))
-        out["bytes"] = sum(len(doc.encode("utf-8")) for doc in docs)
+            out[split] = (self.tokenizer.encode_documents(picked), len(picked),
+                          sum(len(doc.encode("utf-8")) for doc in picked))
+        out["bytes"] = out["train"][2] + out["val"][2]
         return out
 
 
@@ -379,7 +381,7 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
     """
     out_dir = Path(out_dir).resolve()
     dtype = token_dtype(tokenizer.vocab_size, dtype)
-    tokens, counts = {"train": 0, "val": 0}, {"train": 0, "val": 0}
+    tokens, counts, text_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
     with staged(out_dir, overwrite, exists_hint) as tmp:
         try:
             tokenizer.save(tmp)
@@ -394,10 +396,11 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
             results = stack.enter_context(contextlib.closing(encode_in_order(encoder, chunks(docs), workers)))
             for result in results:
                 for split in tokens:
-                    ids, n_docs = result[split]
+                    ids, n_docs, n_bytes = result[split]
                     files[split].write(ids.astype(dtype).tobytes())
                     tokens[split] += len(ids)
                     counts[split] += n_docs
+                    text_bytes[split] += n_bytes
                 bar.update(result["bytes"])
                 bar.set_postfix(tokens=f"{sum(tokens.values()):,}")
         if not sum(counts.values()):
@@ -407,8 +410,8 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
                 raise UserError(f"the {split} split holds {n:,} tokens, fewer than one block of {block_size + 1}; "
                                 "use more data, a larger --val_fraction or a smaller --block_size")
         meta = {"dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name,
-                "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "source": source,
-                "val_fraction": val_fraction, "seed": seed}
+                "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "bytes": text_bytes,
+                "source": source, "val_fraction": val_fraction, "seed": seed}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
@@ -429,7 +432,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dataset_config", default=None, help="the dataset's configuration name, if it has several")
     p.add_argument("--dataset_split", default="train", help="which split of the dataset to read (default: train)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--tokenizer", choices=("gpt2", "byte", "bpe"), default="gpt2")
+    p.add_argument("--tokenizer", default="gpt2", metavar="NAME_OR_PATH",
+                   help="gpt2, byte, bpe, or a HuggingFace tokenizer.json or folder holding one (a downloaded model)")
+    p.add_argument("--eot_token", default=None, metavar="TOKEN",
+                   help="end-of-text token of a --tokenizer PATH (default: its eos_token)")
     p.add_argument("--vocab_size", type=number(int, 257, 2**32), default=8192,
                    help="tokens of the BPE trained for --tokenizer bpe (at least 256 bytes and end-of-text)")
     p.add_argument("--separator", default=None,
@@ -446,11 +452,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.separator == "":
         raise UserError("--separator must not be empty")
+    if args.eot_token is not None and args.tokenizer in BUILT_IN:
+        raise UserError(f"--eot_token is for a --tokenizer PATH; {args.tokenizer}'s end-of-text token is fixed")
     return args
 
 
 OVERWRITE_HINT = ("pass --overwrite to replace the files prepare writes (train.bin, val.bin, meta.json, "
-                  "tokenizer.json; the others stay) or choose another --out")
+                  "tokenizer.json and tokenizer_config.json; the others stay) or choose another --out")
 
 
 def check_apart(out_dir: Path, inputs: list[Path]) -> None:
@@ -503,6 +511,8 @@ def prepare(args: argparse.Namespace) -> dict:
         tokenizer = ByteTokenizer()
     elif args.tokenizer == "gpt2":
         tokenizer = gpt2_tokenizer()
+    elif args.tokenizer not in BUILT_IN:
+        tokenizer = hf_tokenizer(args.tokenizer, args.eot_token)
     else:
         token_dtype(args.vocab_size, args.dtype)  # fail before training
         print(f"training a {args.vocab_size}-token BPE ...", flush=True)  # stderr is for errors

@@ -1,22 +1,28 @@
 """Tokenizers that turn text into the token ids of a data folder, and back.
 
-A data folder's `meta.json` names its tokenizer ("byte", "gpt2" or "bpe"); `load_tokenizer`
-gives the matching one, so sampling decodes with exactly what preparation encoded. All three
-share one contract: `encode(text)` never adds the end-of-text token (preparation appends it
-after each document) and `decode(ids)` never raises: end-of-text reads as `<|endoftext|>`, ids
-outside the vocabulary (a model's padded vocabulary can sample them) and invalid UTF-8 as U+FFFD.
+A data folder's `meta.json` names its tokenizer ("byte", "gpt2", "bpe" or "hf", any HuggingFace
+tokenizer kept beside the data); `load_tokenizer` gives the matching one, so sampling decodes with
+exactly what preparation encoded. All share one contract: `encode(text)` never adds the end-of-text
+token (preparation appends it after each document) and reads special tokens in a text as plain text;
+`decode(ids)` never raises: end-of-text reads as `<|endoftext|>`, ids outside the vocabulary (a
+model's padded vocabulary can sample them) and invalid UTF-8 as U+FFFD.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 
 from accel_train.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
-BPE_FILE = "tokenizer.json"  # a trained BPE, saved beside the data it encoded
+TOKENIZER_FILE = "tokenizer.json"  # a `tokenizers` tokenizer (trained BPE or HuggingFace), beside the data it encoded
+CONFIG_FILE = "tokenizer_config.json"  # a HuggingFace tokenizer's special tokens (eos_token), beside it
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"  # where older HuggingFace folders name them
+PROBE = "Once upon a time, Lily's dog ran 3.5 km!\n\tÇa va? 日本の雪 ☃ -- The end."  # compares two tokenizers
 
 
 class Tokenizer:
@@ -91,15 +97,16 @@ class TiktokenTokenizer(Tokenizer):
             return "\ufffd".encode()
 
 
-class BpeTokenizer(Tokenizer):
-    """A byte-level BPE trained with the `tokenizers` library; `<|endoftext|>` is its special token."""
+class HFTokenizer(Tokenizer):
+    """Any `tokenizers` tokenizer, such as a HuggingFace model's tokenizer.json, with `config` (its
+    tokenizer_config.json, eos_token set to end-of-text) kept beside the data for sampling and export."""
 
-    name = "bpe"
+    name = "hf"
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.vocab_size = tokenizer.get_vocab_size()
-        self.eot_token = tokenizer.token_to_id(EOT_TEXT)
+    def __init__(self, tokenizer, eot_token: int, config: dict | None = None):
+        tokenizer.encode_special_tokens = True  # "<eos>" inside a text is just text, as with tiktoken
+        self.tokenizer, self.eot_token, self.config = tokenizer, eot_token, config
+        self.vocab_size = encodable_vocab_size(tokenizer, eot_token)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -111,7 +118,28 @@ class BpeTokenizer(Tokenizer):
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def save(self, data_dir: Path) -> None:
-        self.tokenizer.save(str(Path(data_dir) / BPE_FILE))
+        self.tokenizer.save(str(Path(data_dir) / TOKENIZER_FILE))
+        if self.config is not None:
+            (Path(data_dir) / CONFIG_FILE).write_text(json.dumps(self.config, indent=1, ensure_ascii=False) + "\n")
+
+
+def encodable_vocab_size(tokenizer, eot_token: int) -> int:
+    """1 + the largest id a document can hold: the model's tokens, added ones and end-of-text. Other special
+    tokens never occur, being read as text, so trailing ones do not count: Gemma 3's tokenizer holds 262,145
+    tokens, the last (<image_soft_token>) beyond the model's 262,144 embeddings."""
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    model_ids = tokenizer.get_vocab(with_added_tokens=False).values()
+    added_ids = (i for i in tokenizer.get_added_tokens_decoder() if i not in special)
+    return 1 + max(eot_token, max(model_ids, default=0), max(added_ids, default=0))
+
+
+class BpeTokenizer(HFTokenizer):
+    """A byte-level BPE trained with the `tokenizers` library; `<|endoftext|>` is its special token."""
+
+    name = "bpe"
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, tokenizer.token_to_id(EOT_TEXT))
 
 
 def gpt2_tokenizer() -> TiktokenTokenizer:
@@ -127,15 +155,62 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
 
 def train_bpe(texts, vocab_size: int, length: int | None = None) -> BpeTokenizer:
     """A byte-level BPE of `vocab_size` tokens trained on an iterable of texts, read once."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFBackend, decoders, models, pre_tokenizers, trainers
 
-    tokenizer = HFTokenizer(models.BPE())
+    tokenizer = HFBackend(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer, length=length)
     return BpeTokenizer(tokenizer)
+
+
+def _token_text(token) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken's fields."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def hf_tokenizer(path, eot_token: str | None = None) -> HFTokenizer:
+    """A HuggingFace tokenizer from a tokenizer.json or a folder that holds one (a downloaded model, an export).
+    End-of-text is `eot_token` if given, else the eos_token of the tokenizer_config.json beside it."""
+    from tokenizers import Tokenizer as HFBackend
+
+    path = Path(path)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"no tokenizer at {path}: give a tokenizer.json or a folder that holds one")
+    try:
+        backend = HFBackend.from_file(str(file))
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+        raise UserError(f"cannot load the tokenizer {file}: {str(err).strip().splitlines()[0]}") from None
+    config = {}
+    for name in (SPECIAL_TOKENS_FILE, CONFIG_FILE):  # the newer file wins
+        if (file.parent / name).is_file():
+            try:
+                config.update(json.loads((file.parent / name).read_text(encoding="utf-8")))
+            except (ValueError, TypeError) as err:
+                raise UserError(f"cannot read {file.parent / name}: {err}") from None
+    eot_text = eot_token or _token_text(config.get("eos_token"))
+    if not eot_text:
+        raise UserError(f"the tokenizer {file} has no eos_token (in a {CONFIG_FILE} beside it); "
+                        "name its end-of-text token with --eot_token")
+    eot = backend.token_to_id(eot_text)
+    if eot is None:
+        raise UserError(f"end-of-text token {eot_text!r} is not a token of {file}; name one with --eot_token")
+    return HFTokenizer(backend, eot, {**config, "eos_token": eot_text})
+
+
+def encodes_like(tokenizer: Tokenizer, file) -> bool:
+    """Whether the HuggingFace tokenizer.json `file` encodes as `tokenizer` does: the same ids for a text of
+    several scripts and the same vocabulary size, enough to tell one tokenizer from another."""
+    from tokenizers import Tokenizer as HFBackend
+
+    try:
+        other = HFTokenizer(HFBackend.from_file(str(file)), tokenizer.eot_token)
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+        raise UserError(f"cannot load the tokenizer {file}: {str(err).strip().splitlines()[0]}") from None
+    return other.encode(PROBE) == tokenizer.encode(PROBE) and other.vocab_size == tokenizer.vocab_size
 
 
 def load_tokenizer(data_dir) -> Tokenizer:
@@ -157,11 +232,13 @@ def load_tokenizer(data_dir) -> Tokenizer:
     if name == "gpt2":
         return gpt2_tokenizer()
     if name == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as HFBackend
 
-        path = data_dir / BPE_FILE
+        path = data_dir / TOKENIZER_FILE
         try:
-            return BpeTokenizer(HFTokenizer.from_file(str(path)))
+            return BpeTokenizer(HFBackend.from_file(str(path)))
         except Exception as err:  # tokenizers raises a bare Exception for a missing or malformed file
             raise UserError(f"cannot load the BPE tokenizer {path}: {err}") from None
-    raise UserError(f"{data_dir}/meta.json names tokenizer {name!r}; expected 'byte', 'gpt2' or 'bpe'")
+    if name == "hf":  # its tokenizer_config.json names end-of-text as eos_token
+        return hf_tokenizer(data_dir)
+    raise UserError(f"{data_dir}/meta.json names tokenizer {name!r}; expected 'byte', 'gpt2', 'bpe' or 'hf'")

@@ -47,6 +47,7 @@ from accel_train.schedule import lr_at, set_lr
 from accel_train.sample import sample_text
 from accel_train.run_lock import RunLock
 from accel_train.token_scan import largest_id
+from accel_train.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
 from accel_train.tracking import METRICS_FILE, MetricsLog, has_rows, new_run_id, start_tracker, watch_model
 
 
@@ -141,8 +142,12 @@ def check_data(cfg: TrainConfig) -> dict:
     split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:
+        fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
+               else "raise model.vocab_size")
         raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens but the model has "
-                        f"model.vocab_size = {cfg.model.vocab_size}; raise model.vocab_size")
+                        f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
+    if cfg.init_from:
+        check_init_tokenizer(data_dir, Path(cfg.init_from))
     splits = [open_split(str(data_dir), split) for split in ("train", "val")]
     for split, data in zip(("train", "val"), splits):
         expected = meta.get("tokens", {}).get(split)
@@ -160,6 +165,30 @@ def check_data(cfg: TrainConfig) -> dict:
                      else "the data was made with a larger vocabulary than that")
             raise UserError(f"{data.path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
     return meta
+
+
+def check_init_tokenizer(data_dir: Path, init_from: Path) -> None:
+    """Continued pretraining needs the data encoded by the model's own tokenizer (where its folder holds one):
+    with another, every embedding would be trained on some other token's text."""
+    if not (init_from / TOKENIZER_FILE).is_file():
+        return
+    try:
+        tokenizer = load_tokenizer(data_dir)
+    except UserError as err:  # e.g. tiktoken offline: the check is a safeguard, not a reason to stop
+        print(f"note: data and init_from tokenizers not compared ({err})")
+        return
+    if not encodes_like(tokenizer, init_from / TOKENIZER_FILE):
+        raise UserError(f"the tokenizer of {data_dir} ({tokenizer.name}) is not the one of init_from {init_from}; "
+                        f"prepare the data with --tokenizer {init_from}")
+
+
+def val_tokens_per_byte(data_dir) -> float | None:
+    """Tokens per UTF-8 byte of text in the validation split, from meta.json; None for data prepared before
+    prepare counted bytes. It turns val_loss (nats per token) into val_bpb (bits per byte), which does not
+    depend on the tokenizer."""
+    meta = read_meta(Path(data_dir))
+    tokens, text_bytes = meta.get("tokens", {}).get("val"), meta.get("bytes", {}).get("val")
+    return tokens / text_bytes if tokens and text_bytes else None
 
 
 def fresh_state(cfg: TrainConfig, processes: int) -> dict:
@@ -289,6 +318,7 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
                       f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step "
                       f"in {micro_steps} micro-batch(es) of {micro_batch} per process")
     flops_per_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(accelerator.device, cfg.peak_tflops)
+    tokens_per_byte = val_tokens_per_byte(cfg.data_dir)
 
     def checkpoint(step: int, val_loss: float | None) -> Path:
         state.update(step=step, next_batch=first_batch + (step - start_step) * batches_per_step, val_loss=val_loss)
@@ -319,6 +349,8 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
             return False
         state.pop(PENDING, None)
         record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
+        if tokens_per_byte:
+            record["val_bpb"] = losses["val"] / math.log(2) * tokens_per_byte
         if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
             state["best_val_loss"] = losses["val"]
         report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")

@@ -1,8 +1,26 @@
+import os
+import shutil
+
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.demo_corpus import write_demo_data
-from helpers import gpt2_like_encoding
+from helpers import GPT2_FILES
+
+# tiktoken's cache names for GPT-2's files: the sha1 of each one's download address
+TIKTOKEN_CACHE_NAMES = {"encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
+                        "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpt2_offline(tmp_path_factory):
+    """GPT-2's two files, carried as fixtures, laid out as tiktoken's cache for this process and every
+    subprocess: `tiktoken.get_encoding("gpt2")` is the real encoding, with no network."""
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    for name, cache_name in TIKTOKEN_CACHE_NAMES.items():
+        shutil.copyfile(GPT2_FILES / name, cache / cache_name)
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    return cache
 
 
 @pytest.fixture(scope="session")
@@ -11,18 +29,6 @@ def demo_data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "data"
     write_demo_data(path)
     return path
-
-
-@pytest.fixture
-def local_gpt2(monkeypatch):
-    """A GPT-2-shaped tiktoken encoding built from local ranks (bytes plus a few merges; end-of-text 50256),
-    put in tiktoken's registry so `tiktoken.get_encoding("gpt2")`, and processes forked after it, use it
-    instead of downloading the real one."""
-    import tiktoken.registry
-
-    encoding = gpt2_like_encoding("gpt2", eot_token=50256)
-    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", encoding)
-    return encoding
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "accel_train" / "train.py")
+GPT2_FILES = REPO / "tests" / "fixtures" / "gpt2"  # GPT-2's published encoder.json and vocab.bpe
+TINYSTORIES = REPO.parent / "shared" / "data" / "tinystories_sample.txt"  # stories separated by <|endoftext|> lines
 
 # A model small enough that a few optimizer steps take well under a second on 2 cores.
 TINY_MODEL = ["--model.hidden_size", "64", "--model.intermediate_size", "128", "--model.num_hidden_layers", "2",
@@ -58,17 +60,25 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def gpt2_like_encoding(name: str, eot_token: int | None = None):
-    """A GPT-2-shaped tiktoken encoding from local ranks (no download): the 256 bytes, a few merges, GPT-2's
-    split pattern, and end-of-text at `eot_token` (default: right after the merges)."""
-    import tiktoken
+def gpt2_backend():
+    """GPT-2's tokenizer built with `tokenizers` from its two published files: a byte-level BPE whose
+    `<|endoftext|>` is the vocabulary's last token, 50256."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    ranks = {bytes([i]): i for i in range(256)}
-    for word in (b"th", b"the", b" the", b"an", b"and", b" and"):
-        ranks[word] = len(ranks)
-    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": len(ranks) if eot_token is None else eot_token})
+    backend = Tokenizer(models.BPE.from_file(str(GPT2_FILES / "encoder.json"), str(GPT2_FILES / "vocab.bpe")))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<|endoftext|>"])
+    return backend
+
+
+def tinystories() -> list[str]:
+    """The stories of the shared TinyStories sample (real English); the test is skipped where it is absent."""
+    import pytest
+
+    if not TINYSTORIES.is_file():
+        pytest.skip(f"{TINYSTORIES} (the shared TinyStories sample) is not here")
+    return [s.strip() for s in TINYSTORIES.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
 
 
 def bf16_losses_and_grads(model_config, idx):

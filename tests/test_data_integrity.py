@@ -138,7 +138,7 @@ def test_a_cache_that_cannot_be_written_only_costs_a_scan(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_FILE, "train.bin"]  # no temporary file left
 
 
-def test_gpt2_is_assumed_only_for_gpt2_sized_vocabularies(tmp_path, local_gpt2):
+def test_gpt2_is_assumed_only_for_gpt2_sized_vocabularies(tmp_path):
     byte_sized = write_data(tmp_path / "byte_sized", meta={"dtype": "uint16", "vocab_size": 257})
     with pytest.raises(UserError, match="meta.json names no tokenizer and its vocab_size 257 is not GPT-2's"):
         load_tokenizer(byte_sized)

@@ -13,7 +13,7 @@ from accel_train.model import ModelConfig
 from accel_train.sample import find_checkpoint, load_model
 from accel_train.tokenizer import ByteTokenizer
 from accel_train.tracking import read_metrics
-from helpers import gpt2_like_encoding, run, train
+from helpers import run, tinystories, train
 
 transformers = pytest.importorskip("transformers")  # the `hf` extra
 
@@ -116,10 +116,10 @@ def test_import_refuses_what_the_model_lacks(tmp_path):
 
 @pytest.fixture(params=["bpe", "gpt2"])
 def other_tokenizer(request):
-    from accel_train.tokenizer import TiktokenTokenizer, train_bpe
+    from accel_train.tokenizer import gpt2_tokenizer, train_bpe
 
-    if request.param == "gpt2":  # end-of-text right after the merges, as the exported tokenizer numbers it
-        return TiktokenTokenizer(gpt2_like_encoding("gpt2-like"), "gpt2")
+    if request.param == "gpt2":
+        return gpt2_tokenizer()
     texts = ["Tom and Lily went to the park. The sun was warm.", "The dog ran and ran; the end!"] * 20
     return train_bpe(texts, vocab_size=300)
 
@@ -134,3 +134,16 @@ def test_bpe_and_gpt2_tokenizers_export_too(other_tokenizer, tmp_path):
     assert theirs.encode(text, add_special_tokens=False) == ids
     assert theirs.decode(ids + [other_tokenizer.eot_token]) == text + "<|endoftext|>"
     assert theirs.eos_token_id == other_tokenizer.eot_token
+
+
+def test_the_exported_gpt2_tokenizer_gives_tiktokens_ids_on_real_text(tmp_path):
+    """Every story of the TinyStories sample: transformers' tokenizer from the export, id for id as tiktoken."""
+    from accel_train.export import save_tokenizer
+    from accel_train.tokenizer import gpt2_tokenizer
+
+    stories = tinystories()
+    gpt2 = gpt2_tokenizer()
+    save_tokenizer(gpt2, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert theirs(stories, add_special_tokens=False)["input_ids"] == gpt2.encoding.encode_ordinary_batch(stories)
+    assert theirs.eos_token_id == gpt2.eot_token == 50256 and len(theirs) == 50257

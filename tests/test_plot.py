@@ -26,7 +26,7 @@ def test_the_curves_are_the_logged_values(trained_run):
     evaluated = [r for r in records if "val_loss" in r]
     assert len(evaluated) == 2 and len(records) > len(evaluated)  # val_loss only on some rows
     fig = draw(records)
-    (loss, lr), (grad, speed) = fig.axes[:2], fig.axes[2:]
+    (loss, lr), (grad, speed), (bpb,) = fig.axes[:2], fig.axes[2:4], fig.axes[4:]
 
     def curves(ax):
         return [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
@@ -37,6 +37,8 @@ def test_the_curves_are_the_logged_values(trained_run):
     assert curves(lr) == [(steps, [r["lr"] for r in records])]
     assert curves(grad) == [(steps, [r["grad_norm"] for r in records])]
     assert curves(speed) == [(steps, [r["tokens_per_s"] for r in records])]
+    assert curves(bpb) == [([r["step"] for r in evaluated], [r["val_bpb"] for r in evaluated])]  # beside val_loss
+    assert len(draw([{k: v for k, v in r.items() if k != "val_bpb"} for r in records]).axes) == 4
 
 
 def test_the_cli_redraws_into_any_file(trained_run, tmp_path):

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, run, train
+from helpers import TINY_MODEL, TINYSTORIES, gpt2_backend, run, tinystories, train
 
 from accel_train.demo_corpus import stories, write_demo_data
 from accel_train.errors import UserError
 from accel_train.prepare import main as prepare
-from accel_train.tokenizer import EOT_TEXT, load_tokenizer
+from accel_train.tokenizer import EOT_TEXT, gpt2_tokenizer, load_tokenizer
 
 SEP = "<|endoftext|>"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -99,14 +99,25 @@ def test_bpe_is_trained_saved_and_decodes(corpus, tmp_path):
     assert sum(meta["tokens"].values()) < byte_tokens / 2, "a trained BPE compresses its own corpus"
 
 
-def test_gpt2_through_tiktoken(corpus, local_gpt2, tmp_path):
+def test_gpt2_is_the_real_encoding():
+    gpt2 = gpt2_tokenizer()
+    assert gpt2.encode("Once upon a time") == [7454, 2402, 257, 640]
+    assert (gpt2.vocab_size, gpt2.eot_token) == (50257, 50256)
+    assert gpt2.decode([7454, 2402, 257, 640, 50256, 464]) == "Once upon a time<|endoftext|>The"
+
+
+def test_gpt2_prepares_real_text(tmp_path):
+    """The TinyStories sample, split into stories: each split holds tiktoken's ids of its stories."""
+    stories = tinystories()
     out = tmp_path / "gpt2"
-    meta = prepare(["--input", *map(str, corpus["inputs"]), "--separator", SEP, "--tokenizer", "gpt2",
-                    "--out", str(out), "--val_fraction", "0.2", "--workers", "2"])
+    result = cli("--input", TINYSTORIES, "--separator", SEP, "--tokenizer", "gpt2", "--out", out,
+                 "--val_fraction", "0.1", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    meta = assert_round_trip(out, stories)
     assert meta | {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "dtype": "uint16"} == meta
-    assert_round_trip(out, corpus["docs"])
-    ids = np.fromfile(out / "train.bin", dtype=np.uint16)
-    assert local_gpt2.encode_single_token(b" the") in ids, "the encoding's merges were used"
+    encoding = gpt2_tokenizer().encoding
+    ids = np.concatenate([np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")]).tolist()
+    assert sorted(ids) == sorted(sum((e + [50256] for e in encoding.encode_ordinary_batch(stories)), []))
 
 
 def test_a_missing_data_folder_is_named_not_taken_for_the_seeds_gpt2_data(tmp_path):
@@ -130,20 +141,53 @@ def test_huggingface_dataset_from_a_local_folder(tmp_path):
     assert result.returncode == 2 and "no column 'text'" in result.stderr
 
 
-def test_uint32_where_the_vocabulary_needs_it(corpus, tmp_path, monkeypatch):
-    import tiktoken
-    import tiktoken.registry
+@pytest.fixture(scope="module")
+def gpt2_file(tmp_path_factory):
+    """GPT-2's tokenizer built with `tokenizers` as a bare tokenizer.json (nothing beside it names its eos)."""
+    path = tmp_path_factory.mktemp("gpt2_hf") / "tokenizer.json"
+    gpt2_backend().save(str(path))
+    return path
 
-    big = tiktoken.Encoding(name="gpt2", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
-                            special_tokens={EOT_TEXT: 70_000})
-    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "gpt2", big)
+
+def test_a_huggingface_tokenizer_prepares_what_tiktoken_does(corpus, gpt2_file, tmp_path):
+    args = ["--input", *corpus["inputs"], "--separator", SEP, "--val_fraction", "0.2", "--workers", "2"]
+    result = cli(*args, "--tokenizer", gpt2_file, "--out", tmp_path / "hf")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--eot_token" in result.stderr
+    assert not (tmp_path / "hf").exists()
+    result = cli(*args, "--tokenizer", gpt2_file, "--eot_token", EOT_TEXT, "--out", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    meta = assert_round_trip(tmp_path / "hf", corpus["docs"])
+    assert meta | {"tokenizer": "hf", "vocab_size": 50257, "eot_token": 50256, "dtype": "uint16"} == meta
+    assert (tmp_path / "hf" / "tokenizer.json").read_text() == gpt2_file.read_text()
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text()) == {"eos_token": EOT_TEXT}
+    prepare([*map(str, args), "--tokenizer", "gpt2", "--out", str(tmp_path / "gpt2")])
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "hf" / split).read_bytes() == (tmp_path / "gpt2" / split).read_bytes()
+
+
+def test_meta_counts_the_text_bytes_of_each_split(byte_out):
+    meta = json.loads((byte_out / "meta.json").read_text())
+    assert meta["bytes"] == {s: sum(len(d.encode()) for d in decoded_docs(byte_out, s)) for s in ("train", "val")}
+    assert meta["bytes"]["val"] == meta["tokens"]["val"] - meta["documents"]["val"]  # bytes, less end-of-text
+
+
+def test_uint32_where_the_vocabulary_needs_it(corpus, tmp_path):
+    backend = gpt2_backend()
+    backend.add_tokens([f"<extra_{i}>" for i in range(20_000)])  # added tokens count: 70,257 in all
+    backend.save(str(tmp_path / "tokenizer.json"))
+    docs = corpus["docs"][80:]
+    docs[0] += " <extra_19999>"
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     out = tmp_path / "big"
-    meta = prepare(["--input", str(corpus["root"] / "lines.jsonl"), "--out", str(out), "--val_fraction", "0.3",
-                    "--block_size", "16", "--workers", "1"])
-    assert meta["dtype"] == "uint32" and meta["eot_token"] == 70_000
-    assert_round_trip(out, corpus["docs"][80:])
+    meta = prepare(["--input", str(tmp_path / "docs.jsonl"), "--out", str(out), "--val_fraction", "0.3",
+                    "--block_size", "16", "--workers", "1", "--tokenizer", str(tmp_path), "--eot_token", EOT_TEXT])
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_257 and meta["eot_token"] == 50256
+    assert 70_256 in np.fromfile(out / "train.bin", dtype=np.uint32).tolist() + np.fromfile(
+        out / "val.bin", dtype=np.uint32).tolist()
+    assert_round_trip(out, docs)
     with pytest.raises(UserError, match="does not fit uint16"):
-        prepare(["--input", str(corpus["root"] / "lines.jsonl"), "--out", str(tmp_path / "b2"), "--dtype", "uint16"])
+        prepare(["--input", str(tmp_path / "docs.jsonl"), "--out", str(tmp_path / "b2"), "--dtype", "uint16",
+                 "--tokenizer", str(tmp_path), "--eot_token", EOT_TEXT])
 
 
 def test_existing_output_is_kept_unless_overwrite(corpus, tmp_path):
@@ -170,6 +214,8 @@ def test_existing_output_is_kept_unless_overwrite(corpus, tmp_path):
     ({"a.jsonl": '{"text": "ok"}\n{"text": 3}\n'}, [], "a.jsonl line 2: expected a JSON object"),
     ({"a.txt": "x" * 500}, ["--tokenizer", "bpe", "--vocab_size", "70000", "--dtype", "uint16"], "does not fit uint16"),
     ({"a.txt": "short doc"}, ["--val_fraction", "0.5"], "split holds"),
+    ({"a.txt": "fine text"}, ["--tokenizer", "no/such/folder"], "no tokenizer at no/such/folder"),
+    ({"a.txt": "fine text"}, ["--tokenizer", "gpt2", "--eot_token", "<eos>"], "--eot_token is for a --tokenizer PATH"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, files, extra, message):
     src = tmp_path / "src"

@@ -8,7 +8,7 @@ import torch
 
 from accel_train.model import Gemma3, ModelConfig
 from accel_train.sample import generate
-from helpers import run
+from helpers import TINY_MODEL, run, tinystories, train
 
 # Few tokens, so end-of-text comes up soon; a short window, so samples run far past it.
 SMALL = ModelConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
@@ -92,3 +92,28 @@ def test_a_finished_run_prints_a_sample(trained_run):
     samples = [line for line in stdout.splitlines() if line.startswith("sample: ")]
     assert len(samples) == 1
     assert 0 < len(samples[0]) - len("sample: ") <= 40 * 4  # 40 byte tokens at most (a few may be replaced)
+
+
+def test_a_gpt2_run_samples_with_the_real_encoding(tmp_path):
+    """A run on TinyStories prepared with GPT-2: the CLI's greedy sample is tiktoken's text of the ids the
+    model generates after end-of-text and "Once upon a time" (7454, 2402, 257, 640)."""
+    import tiktoken
+
+    from accel_train.sample import load_model
+
+    (tmp_path / "stories.txt").write_text("<|endoftext|>".join(tinystories()[:200]))
+    data, out = tmp_path / "data", tmp_path / "out"
+    result = run([sys.executable, "-m", "accel_train.prepare", "--input", str(tmp_path / "stories.txt"),
+                  "--separator", "<|endoftext|>", "--tokenizer", "gpt2", "--out", str(data), "--val_fraction", "0.1"])
+    assert result.returncode == 0, result.stderr
+    result = train(["--data_dir", str(data), "--out_dir", str(out), *TINY_MODEL, "--model.vocab_size", "50257",
+                    "--block_size", "32", "--batch_size", "2", "--gradient_accumulation_steps", "1", "--max_iters", "2",
+                    "--warmup_steps", "1", "--eval_interval", "2", "--eval_iters", "1", "--sample_tokens", "0",
+                    "--plot", "false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    sampled = sample_cli("--checkpoint", str(out), "--prompt", "Once upon a time", "--temperature", "0",
+                         "--max_new_tokens", "12")
+    assert sampled.returncode == 0, sampled.stderr
+    model, _ = load_model(out)
+    ids = generate(model, [50256, 7454, 2402, 257, 640], 12, temperature=0.0, eot_token=50256)
+    assert sampled.stdout == "Once upon a time" + tiktoken.get_encoding("gpt2").decode(ids) + "\n"

@@ -85,7 +85,7 @@ def test_wandb_holds_the_logged_values(wandb_run):
     logged = [row for folder in folders for row in wandb_history(wandb_records(next(folder.glob("run-*.wandb"))))]
     by_step = {row["step"]: row for row in logged if "loss" in row}
     expected = read_metrics(out)
-    assert [r["step"] for r in expected] == list(range(1, 7))
+    assert [r["step"] for r in expected] == list(range(1, 7)) and "val_bpb" in expected[3]
     for row in expected:
         assert {k: by_step[row["step"]][k] for k in row} == pytest.approx(row, rel=1e-9)
 
@@ -112,6 +112,6 @@ def test_tensorboard_holds_the_logged_values(tmp_path, demo_data_dir):
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     expected = read_metrics(out)
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_bpb"):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in expected if key in r]
