@@ -30,8 +30,9 @@ def setup_cases(root):
             "--block_size", "32", *TINY_MODEL, "--model.vocab_size", "320", "--plot", "false", "--sample_tokens", "0"]
     good = write_data(root / "good")
 
-    def run_with(data, out="out", *extra):
-        return [*base, "--data_dir", str(data), "--out_dir", str(root / out), *extra]
+    def run_with(data, out=None, *extra):
+        """Each case its own out_dir (the cases run side by side, and an out_dir takes one run at a time)."""
+        return [*base, "--data_dir", str(data), "--out_dir", str(root / (out or f"out_{data.name}")), *extra]
 
     no_val = write_data(root / "no_val", val_tokens=None)
     empty = write_data(root / "empty")
@@ -59,11 +60,11 @@ def setup_cases(root):
         ("meta.json dtype", run_with(wrong_dtype), ["uint32", "meta.json"]),
         ("meta.json vocabulary", run_with(big_vocab), ["50257", "model.vocab_size"]),
         ("malformed JSON", ["--config", str(bad_json)], ["bad.json", "line 3"]),
-        ("unknown key", run_with(good, "out", "--max_iter", "5"), ["max_iter", "did you mean 'max_iters'"]),
-        ("ill-typed key", run_with(good, "out", "--max_iters", "ten"), ["max_iters", "int", "ten"]),
+        ("unknown key", run_with(good, "out_unknown", "--max_iter", "5"), ["max_iter", "did you mean 'max_iters'"]),
+        ("ill-typed key", run_with(good, "out_ill_typed", "--max_iters", "ten"), ["max_iters", "int", "ten"]),
         ("ill-typed JSON key", ["--config", str(string_int)], ["max_iters", "int"]),
         ("unwritable out_dir", run_with(good, "a_file/out"), ["out_dir", "a_file"]),
-        ("resume from nothing", run_with(good, "out", "--resume", str(root / "no_checkpoint")),
+        ("resume from nothing", run_with(good, "out_resume", "--resume", str(root / "no_checkpoint")),
          ["no_checkpoint", "no such folder"]),
     ]
 
