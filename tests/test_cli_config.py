@@ -4,7 +4,9 @@ The CLI cases run as real processes, as users type them.
 """
 
 import re
+import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -61,3 +63,25 @@ def test_command_line_forms(tmp_path):
     with pytest.raises(UserError, match="'learning_rate' must be positive, got -0.001"):
         load_config(["--learning_rate", "-1e-3"])  # a negative number is a value, not an option
 
+
+def test_console_scripts_answer_help():
+    """Each [project.scripts] target as `pip install` calls it: imported, then called with sys.argv set."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"accel-train", "accel-prepare", "accel-sample", "accel-export", "accel-plot",
+                            "accel-bench"}
+    procs = {}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        code = f"import sys; from {module} import {function}; sys.argv = [{name!r}, '--help']; {function}()"
+        procs[name] = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and stdout.startswith("usage: "), (name, stderr)
+
+
+def test_console_script_mistake_is_one_error_line():
+    code = "import sys; from accel_train.cli import train; sys.argv = ['accel-train', '--max_iter', '5']; train()"
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: unknown config key 'max_iter'; did you mean 'max_iters'?"]
