@@ -6,18 +6,22 @@ Replaces the seed's module-level globals. Every key can be set in the JSON file 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
 import math
+import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accel_train.errors import UserError
+from accel_train.errors import Parser, UserError
 from accel_train.model import ModelConfig
 from accel_train.optim import require_muon
 from accel_train.schedule import SCHEDULES
+from accel_train.setting import setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
@@ -33,63 +37,84 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class TrainConfig:
+    """Every setting of a run; each field's `setting(default, help, choices)` is its one description."""
+
     # data and outputs
-    data_dir: str = "data/demo"
-    demo_data: bool = False  # data_dir is data/demo: write the built-in demo corpus there if missing (or older)
-    out_dir: str = "out"
-    seed: int = 1337
-    # hardware: "auto" picks cuda when present, and bf16 where the GPU has it (fp16 otherwise)
-    device: str = "auto"
-    dtype: str = "auto"
+    data_dir: str = setting("data/demo", "folder with train.bin, val.bin (or validation.bin) and meta.json")
+    demo_data: bool = setting(False, "write the built-in demo corpus into data/demo if it holds no data, or an older "
+                                     "version of it; any other missing data_dir is an error")
+    out_dir: str = setting("out", "where metrics and checkpoints go")
+    seed: int = setting(1337, "initial weights and the data stream; same seed, same run")
+    # hardware
+    device: str = setting("auto", "auto: cuda when present", DEVICES)
+    dtype: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU", DTYPES)
     # optimisation; max_iters and warmup_steps count optimizer steps, not micro-batches
-    learning_rate: float = 1e-4
-    min_lr: float = 1e-5
-    max_iters: int = 150_000
-    warmup_steps: int = 1_000
-    batch_size: int = 32
-    block_size: int = 128
-    gradient_accumulation_steps: int = 32
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 0.5  # 0 disables clipping
-    lr_schedule: str = "cosine"  # after warmup: "cosine" to min_lr, or "wsd": constant, then linear to min_lr
-    decay_fraction: float = 0.2  # wsd: the share of max_iters, at its end, over which the rate falls to min_lr
-    # "adamw" for every weight, or "muon": Muon for the attention and MLP matrices, AdamW (above) for the rest
-    optimizer: str = "adamw"
-    muon_lr: float = 0.0  # Muon's peak rate; 0: learning_rate. Its schedule and min_lr follow in proportion
-    muon_momentum: float = 0.95  # Muon's Nesterov momentum
-    # Muon's update size (torch's adjust_lr_fn): "match_rms_adamw" scales it to AdamW's, 0.2 x sqrt(max(rows, cols)),
-    # so that learning_rate suits both; "original" (Keller Jordan's) by sqrt(max(1, rows / cols)): several times
-    # smaller at the same rate, so it wants a larger muon_lr (his runs use 0.02 to 0.05)
-    muon_adjust_lr: str = "match_rms_adamw"
+    learning_rate: float = setting(1e-4, "peak learning rate")
+    min_lr: float = setting(1e-5, "the floor the schedule decays to; at most learning_rate")
+    max_iters: int = setting(150_000, "optimizer steps in all")
+    warmup_steps: int = setting(1_000, "optimizer steps of linear warmup from 0")
+    batch_size: int = setting(32, "sequences per micro-batch on each process")
+    block_size: int = setting(128, "tokens per sequence")
+    gradient_accumulation_steps: int = setting(32, "micro-batches per optimizer step on each process; effective "
+                                                   "batch = batch_size x this x processes")
+    weight_decay: float = setting(0.1, "AdamW's decoupled decay, of matrices only (Muon's matrices decay too)")
+    beta1: float = setting(0.9, "AdamW's first-moment decay")
+    beta2: float = setting(0.95, "AdamW's second-moment decay")
+    grad_clip: float = setting(0.5, "max gradient norm; 0 disables clipping")
+    lr_schedule: str = setting("cosine", "after warmup: cosine to min_lr, or wsd (warmup-stable-decay): constant, "
+                                         "then a straight line to min_lr. A wsd run resumed in its constant phase "
+                                         "with a larger max_iters goes on as if planned that long", SCHEDULES)
+    decay_fraction: float = setting(0.2, "wsd: the share of max_iters, at its end, over which the rate falls to "
+                                         "min_lr")
+    optimizer: str = setting("adamw", "adamw for every weight, or muon: torch.optim.Muon (PyTorch 2.9 or later) "
+                                      "for the attention and MLP matrices, AdamW for the embedding and norms. Muon "
+                                      "refuses float16 loss scaling; a resume keeps the checkpoint's optimizer",
+                             OPTIMIZERS)
+    muon_lr: float = setting(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion")
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum")
+    muon_adjust_lr: str = setting("match_rms_adamw", "Muon's update size: match_rms_adamw scales it to AdamW's "
+                                                     "(0.2 x sqrt(max(rows, cols))), so that learning_rate suits "
+                                                     "both; original (Keller Jordan's) is several times smaller and "
+                                                     "wants a muon_lr of about 0.02", MUON_ADJUST_LR)
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
-    micro_batch: int = 0  # sequences per forward pass; 0: batch_size on the CPU, the largest that fits on a GPU
-    compile: str = "auto"  # torch.compile the model and its loss: auto, on or off
-    compile_mode: str = "default"  # torch.compile's mode; max-autotune tries more matmul kernels (minutes more)
-    fused_adamw: str = "auto"  # AdamW's fused kernel: auto, on or off
-    fused_loss: bool = True  # cross-entropy a chunk of tokens at a time, fused with the output projection
-    checkpoint_layers: bool = False  # recompute each layer in the backward pass: much less memory, ~1/3 more work
-    activation_memory_budget: float = 1.0  # compiled: share of the activations kept for backward; less recomputes
-    peak_tflops: float = 0.0  # the device's peak for MFU; 0: NVIDIA's figure for the GPU (none on the CPU)
-    # evaluation: how often (optimizer steps) and how many batches per split
-    eval_interval: int = 500
-    eval_iters: int = 200
-    # logging and checkpoints
-    log_interval: int = 10
-    checkpoint_interval: int = 1_000  # 0: only the final checkpoint
-    keep_last: int = 3  # newest checkpoints kept besides best/; 0 keeps all
-    nonfinite: str = "stop"  # a non-finite loss or gradient norm: "stop" the run, or "skip" the update and count it
-    tracker: str = "none"
-    wandb_project: str = "accel_train"
-    run_name: str = ""
-    resume: str = ""  # "", "auto" (newest checkpoint in out_dir) or a checkpoint folder
-    init_from: str = ""  # a local HuggingFace Gemma 3 folder to start from; its config.json sets the model shape
-    watch_interval: int = 100  # wandb: gradient and parameter histograms every N optimizer steps (0: never)
-    wandb_tags: str = ""  # comma-separated
-    sample_tokens: int = 200  # length of the sample printed at the end of a run (0: none)
-    plot: bool = True  # draw out_dir/metrics.png at the end of a run
-    model: ModelConfig = field(default_factory=ModelConfig)
+    micro_batch: int = setting(0, "sequences per forward pass; divides batch_size x gradient_accumulation_steps. "
+                                  "0: batch_size on the CPU, the largest that fits on a GPU. The same windows reach "
+                                  "each optimizer step whatever it is")
+    compile: str = setting("auto", "torch.compile the model and its loss; auto: on with CUDA, off on the CPU",
+                           SWITCHES)
+    compile_mode: str = setting("default", "torch.compile's mode: reduce-overhead uses CUDA graphs, max-autotune* "
+                                           "benchmark matmul kernels (minutes more to compile)", COMPILE_MODES)
+    fused_adamw: str = setting("auto", "AdamW's fused kernel; auto: on with CUDA, off on the CPU", SWITCHES)
+    fused_loss: bool = setting(True, "cross-entropy a chunk of tokens at a time, fused with the output projection: "
+                                     "no (tokens x vocabulary) logits; model(x, y) then returns (None, loss)")
+    checkpoint_layers: bool = setting(False, "recompute each layer in the backward pass: far less activation "
+                                             "memory for about a third more compute")
+    activation_memory_budget: float = setting(1.0, "compiled only: the share (0 to 1) of the activations the "
+                                                   "backward pass keeps; inductor recomputes the cheapest of the "
+                                                   "rest. 0.5 halves activation memory (benchmarks/RESULTS.md)")
+    peak_tflops: float = setting(0.0, "the device's peak for the mfu in metrics.jsonl; 0: NVIDIA's figure for the "
+                                      "GPU (no mfu on the CPU)")
+    # evaluation, logging and checkpoints
+    eval_interval: int = setting(500, "optimizer steps between evaluations")
+    eval_iters: int = setting(200, "batches per split per evaluation")
+    log_interval: int = setting(10, "optimizer steps between log rows")
+    checkpoint_interval: int = setting(1_000, "optimizer steps between checkpoints; 0: only the final one")
+    keep_last: int = setting(3, "newest checkpoints kept besides best/; 0 keeps all")
+    nonfinite: str = setting("stop", "on a non-finite loss or gradient norm: stop the run, or skip the update and "
+                                     "count it", NONFINITE)
+    tracker: str = setting("none", "where metrics go besides metrics.jsonl", TRACKERS)
+    wandb_project: str = setting("accel_train", "wandb: the project")
+    run_name: str = setting("", "the tracker's run name")
+    resume: str = setting("", "empty: a new run; auto: the newest checkpoint in out_dir; or a checkpoint folder")
+    init_from: str = setting("", "a local HuggingFace Gemma 3 folder to start from; its config.json sets the model "
+                                 "shape")
+    watch_interval: int = setting(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never")
+    wandb_tags: str = setting("", "wandb: comma-separated tags")
+    sample_tokens: int = setting(200, "length of the sample printed at the end of a run; 0: none")
+    plot: bool = setting(True, "draw out_dir/metrics.png at the end of a run")
+    model: ModelConfig = field(default_factory=ModelConfig,
+                               metadata={"help": "the model's shape, as model.KEY (defaults: Gemma 3 270M with "
+                                                 "GPT-2's vocabulary)"})
 
     @property
     def tokens_per_step(self) -> int:
@@ -111,7 +136,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
         if not 0 <= self.activation_memory_budget <= 1:
-            raise UserError(f"config key 'activation_memory_budget' must lie in [0, 1], got {self.activation_memory_budget}")
+            raise UserError("config key 'activation_memory_budget' must lie in [0, 1], "
+                            f"got {self.activation_memory_budget}")
         if self.learning_rate <= 0:
             raise UserError(f"config key 'learning_rate' must be positive, got {self.learning_rate}")
         if self.weight_decay * self.learning_rate >= 1:
@@ -134,12 +160,11 @@ class TrainConfig:
             raise UserError(f"warmup_steps ({self.warmup_steps}) must be below max_iters ({self.max_iters})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        for name, allowed in (("dtype", DTYPES), ("device", DEVICES), ("tracker", TRACKERS), ("nonfinite", NONFINITE),
-                              ("compile", SWITCHES), ("compile_mode", COMPILE_MODES), ("fused_adamw", SWITCHES),
-                              ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES),
-                              ("muon_adjust_lr", MUON_ADJUST_LR)):
-            if getattr(self, name) not in allowed:
-                raise UserError(f"config key '{name}' must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise UserError(f"config key '{f.name}' must be one of {', '.join(allowed)}; "
+                                f"got '{getattr(self, f.name)}'")
         if self.optimizer == "muon":
             require_muon()
         if self.micro_batch and (self.batch_size * self.gradient_accumulation_steps) % self.micro_batch:
@@ -208,29 +233,39 @@ def _coerce(key: str, value, tp, from_cli: bool):
     raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
+def _keys() -> dict[str, tuple[dataclasses.Field, type]]:
+    """Every config key (the model's as `model.KEY`) with its field and type, in the order they are declared."""
+    keys = {}
+    for prefix, cls in (("", TrainConfig), ("model.", ModelConfig)):
+        hints = typing.get_type_hints(cls)
+        keys.update({prefix + f.name: (f, hints[f.name]) for f in dataclasses.fields(cls) if hints[f.name] in
+                     (bool, int, float, str)})
+    return keys
+
+
 def _unknown_key(key: str, known: list[str]) -> UserError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return UserError(f"unknown config key '{key}'{hint}")
 
 
-def _fields(cls) -> dict[str, type]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+def _flatten(data: dict) -> dict:
+    """A config file's keys as `key` and `model.KEY`, each value checked against its field's type."""
+    keys, values = _keys(), {}
+    for key, value in data.items():
+        if key == "model" and not isinstance(value, dict):
+            raise UserError("config key 'model' must be an object of model settings")
+        for name, item in ([(f"model.{k}", v) for k, v in value.items()] if key == "model" else [(key, value)]):
+            if name not in keys:
+                raise _unknown_key(name, list(keys))
+            values[name] = _coerce(name, item, keys[name][1], from_cli=False)
+    return values
 
 
-def _apply(cfg: TrainConfig, key: str, value, from_cli: bool = False) -> None:
-    train_fields, model_fields = _fields(TrainConfig), _fields(ModelConfig)
-    known = [k for k in train_fields if k != "model"] + [f"model.{k}" for k in model_fields]
-    if key.startswith("model."):
-        name = key[len("model."):]
-        if name not in model_fields:
-            raise _unknown_key(key, known)
-        setattr(cfg.model, name, _coerce(key, value, model_fields[name], from_cli))
-    elif key in train_fields and key != "model":
-        setattr(cfg, key, _coerce(key, value, train_fields[key], from_cli))
-    else:
-        raise _unknown_key(key, known)
+def _build(values: dict) -> TrainConfig:
+    model = {key[len("model."):]: value for key, value in values.items() if key.startswith("model.")}
+    return TrainConfig(**{key: value for key, value in values.items() if not key.startswith("model.")},
+                       model=ModelConfig(**model))
 
 
 def read_json(path: Path) -> dict:
@@ -249,42 +284,79 @@ def read_json(path: Path) -> dict:
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    cfg = TrainConfig()
-    for key, value in data.items():
-        if key == "model":
-            if not isinstance(value, dict):
-                raise UserError("config key 'model' must be an object of model settings")
-            for mkey, mvalue in value.items():
-                _apply(cfg, f"model.{mkey}", mvalue)
-        else:
-            _apply(cfg, key, value)
-    return cfg
+    return _build(_flatten(data))
 
 
-def parse_args(argv: list[str]) -> tuple[Path, list[tuple[str, str]]]:
-    """Split `[--config FILE] [--key value | --key=value ...]` into the file and the overrides."""
-    config_path, overrides, i = DEFAULT_CONFIG, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise UserError(f"unexpected argument '{arg}'; use --key value")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise UserError(f"--{key} needs a value")
-            value, i = argv[i + 1], i + 1
-        if key == "config":
-            config_path = Path(value)
-        else:
-            overrides.append((key, value))
-        i += 1
-    return config_path, overrides
+class _Key(argparse.Action):
+    """`--key value`, parsed by the field's type here so that a mistake is one config error, not argparse's usage."""
+
+    def __init__(self, *args, tp=None, **kwargs):
+        super().__init__(*args, nargs="?", **kwargs)
+        self.tp = tp
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value is None:
+            raise UserError(f"{option_string} needs a value")
+        setattr(namespace, self.dest, Path(value) if self.tp is None else _coerce(self.dest, value, self.tp, True))
+
+
+def _describe(f: dataclasses.Field) -> str:
+    """A key's meaning, with its choices where it has them."""
+    choices = f.metadata.get("choices")
+    return f.metadata["help"] + (f"; one of {', '.join(f'`{c}`' for c in choices)}" if choices else "")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows `--key int`, not `--key [int]`: every key needs its value (`_Key` takes it optionally to say so)."""
+
+    def _format_args(self, action, default_metavar):
+        return self._metavar_formatter(action, default_metavar)(1)[0]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of the trainer, generated from the config's fields: what `--help` prints."""
+    p = Parser(usage="%(prog)s [-h] [--config FILE] [--KEY VALUE ...]", formatter_class=_Formatter,
+               description="Pretrain a language model. Every key can be set in the --config file or as --key value "
+                           "(or --key=value); the command line overrides the file. Bool keys take true/false, "
+                           "1/0 or yes/no. The defaults shown are TrainConfig's; the config file (configs/demo.json "
+                           "unless --config names another) replaces many of them.",
+               argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    # a value like -1e-3 is a number, not an option (Python 3.13's argparse knows this; 3.11's does not)
+    p._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+    p.add_argument("--config", action=_Key, metavar="FILE",
+                   help=f"a JSON config, read first (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    groups = {"": p.add_argument_group("training keys"), "model.": p.add_argument_group("model keys (its shape)")}
+    for key, (f, tp) in _keys().items():
+        choices = f.metadata.get("choices")
+        help = f"{f.metadata['help']} (default: {json.dumps(f.default)})".replace("%", "%%")
+        groups["model." if key.startswith("model.") else ""].add_argument(
+            f"--{key}", action=_Key, tp=tp, metavar="{" + ",".join(choices) + "}" if choices else _type_name(tp),
+            help=help)
+    return p
 
 
 def load_config(argv: list[str]) -> TrainConfig:
     """The validated config from `--config FILE` (default configs/demo.json) and `--key value` overrides."""
-    config_path, overrides = parse_args(argv)
-    cfg = config_from_dict(read_json(config_path))
-    for key, value in overrides:
-        _apply(cfg, key, value, from_cli=True)
-    return cfg.validate()
+    args, extras = parser().parse_known_args(argv)
+    if extras:
+        if extras[0].startswith("--") and extras[0] != "--":
+            raise _unknown_key(extras[0][2:].partition("=")[0], list(_keys()))
+        raise UserError(f"unexpected argument '{extras[0]}'; use --key value")
+    overrides = vars(args)
+    config_path = overrides.pop("config", DEFAULT_CONFIG)
+    return _build({**_flatten(read_json(config_path)), **overrides}).validate()
+
+
+def markdown_table() -> str:
+    """The README's table of every key, from the same fields as `--help`, so the two cannot drift apart."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, (f, tp) in _keys().items():
+        rows.append(f"| `{key}` | {_type_name(tp)} | `{json.dumps(f.default)}` | "
+                    f"{_describe(f).replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m accel_train.config --markdown  (prints the configuration table of README.md)")
+    print(markdown_table())

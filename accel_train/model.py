@@ -16,28 +16,30 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from accel_train.losses import linear_cross_entropy
+from accel_train.setting import setting
 
 
 @dataclass
 class ModelConfig:
     """Shape of the model; the defaults are Gemma 3 270M with the GPT-2 vocabulary (the seed's)."""
 
-    vocab_size: int = 50257
-    hidden_size: int = 640
-    intermediate_size: int = 2048
-    num_hidden_layers: int = 18
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 1
-    head_dim: int = 256
-    sliding_window: int = 512
-    sliding_window_pattern: int = 6  # every 6th layer attends globally, the other 5 locally
-    rope_local_base_freq: float = 10_000.0
-    rope_theta: float = 1_000_000.0
-    query_pre_attn_scalar: float = 256.0
-    max_position_embeddings: int = 32_768
-    rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    vocab_size: int = setting(50257, "tokens in the vocabulary (the data's meta.json must fit in it)")
+    hidden_size: int = setting(640, "width of the residual stream")
+    intermediate_size: int = setting(2048, "width of each MLP's hidden layer")
+    num_hidden_layers: int = setting(18, "decoder layers")
+    num_attention_heads: int = setting(4, "query heads per layer")
+    num_key_value_heads: int = setting(1, "key and value heads per layer (grouped-query attention); divides the "
+                                          "query heads")
+    head_dim: int = setting(256, "width of each attention head; even, for RoPE")
+    sliding_window: int = setting(512, "keys a local layer attends to")
+    sliding_window_pattern: int = setting(6, "every Nth layer attends globally, the others locally")
+    rope_local_base_freq: float = setting(10_000.0, "RoPE base of the local layers")
+    rope_theta: float = setting(1_000_000.0, "RoPE base of the global layers")
+    query_pre_attn_scalar: float = setting(256.0, "attention scores are scaled by its inverse square root")
+    max_position_embeddings: int = setting(32_768, "the longest context; block_size must not exceed it")
+    rms_norm_eps: float = setting(1e-6, "added to the mean square in each RMSNorm")
+    tie_word_embeddings: bool = setting(True, "the output head shares the embedding's weights")
+    initializer_range: float = setting(0.02, "standard deviation of the initial weights")
 
     def is_sliding(self, layer_idx: int) -> bool:
         return (layer_idx + 1) % self.sliding_window_pattern != 0
