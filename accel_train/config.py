@@ -12,12 +12,11 @@ import difflib
 import json
 import math
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accel_train.errors import Parser, UserError
+from accel_train.errors import Parser, UserError, run_cli
 from accel_train.model import ModelConfig
 from accel_train.optim import require_muon
 from accel_train.schedule import SCHEDULES
@@ -356,7 +355,13 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] != ["--markdown"]:
-        sys.exit("usage: python -m accel_train.config --markdown  (prints the configuration table of README.md)")
+def main(argv: list[str] | None = None) -> None:
+    """`python -m accel_train.config --markdown`: the configuration table of docs/configuration.md."""
+    p = Parser(prog="python -m accel_train.config", description="Print the table of every config key.")
+    p.add_argument("--markdown", action="store_true", required=True, help="as a Markdown table")
+    p.parse_args(argv)
     print(markdown_table())
+
+
+if __name__ == "__main__":
+    run_cli(main)

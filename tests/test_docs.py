@@ -2,7 +2,6 @@
 written for, every command they run exists, and every relative link leads to a file (and heading) that exists."""
 
 import argparse
-import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -32,10 +31,9 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def train_options() -> set[str]:
-    from accel_train.config import TrainConfig
-    from accel_train.model import ModelConfig
-    keys = {f"--{f.name}" for f in dataclasses.fields(TrainConfig) if f.name != "model"}
-    return keys | {f"--model.{f.name}" for f in dataclasses.fields(ModelConfig)} | {"--config"}
+    """The trainer's options: its command line is generated from the config's fields."""
+    from accel_train.config import parser
+    return {option for option in parser()._option_string_actions if option.startswith("--")}
 
 
 class _Parsed(Exception):
