@@ -312,11 +312,13 @@ REPLIES = ["Yes, of course!", "No, not now.", "Maybe later.", "I don't know.", "
            "Follow me!"]
 SHOUTS = ["Look at the {look} {animal}!", "I love {food}!", "This is so much fun!", "Let's go to {place2}!",
           "Watch me!", "I can do it!", "Be careful!", "What a {look} {thing}!", "Hooray!", "Wait for me!"]
-MANNER = ["", "", "", " softly", " with a grin", " loudly", " again", " and clapped", " and giggled", " in a small voice"]
+MANNER = ["", "", "", " softly", " with a grin", " loudly", " again", " and clapped", " and giggled",
+          " in a small voice"]
 
 
 def scene(rng: random.Random, c: dict) -> str:
-    words = [one_of(rng, WHO, c), one_of(rng, MOVES, c), one_of(rng, WHERE, c)] + [rng.choice(HOW)] * (rng.random() < 0.5)
+    words = [one_of(rng, WHO, c), one_of(rng, MOVES, c), one_of(rng, WHERE, c)]
+    words += [rng.choice(HOW)] * (rng.random() < 0.5)
     text = " ".join(words)
     return text[0].upper() + text[1:] + "."
 

@@ -150,7 +150,8 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
         return TiktokenTokenizer(tiktoken.get_encoding("gpt2"), "gpt2")
     except Exception as err:  # tiktoken raises whatever its download raised
         raise UserError(f"cannot load tiktoken's gpt2 encoding ({type(err).__name__}: {err}); it is downloaded "
-                        "once, so connect to the internet or point TIKTOKEN_CACHE_DIR at a folder that holds it") from None
+                        "once, so connect to the internet or point TIKTOKEN_CACHE_DIR at a folder that holds it"
+                        ) from None
 
 
 def train_bpe(texts, vocab_size: int, length: int | None = None) -> BpeTokenizer:

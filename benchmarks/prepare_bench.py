@@ -66,7 +66,8 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"prepare ({args.tokenizer}, {args.workers} workers): {tokens:,} tokens in {seconds:.1f} s = "
           f"{tokens / seconds:,.0f} tokens/s ({size / 1e6 / seconds:.1f} MB/s of text)")
-    print(f"memory: cap {args.limit_mb} MB of private memory (RLIMIT_DATA) per process, peak resident {peak_mb:.0f} MB, "
+    print(f"memory: cap {args.limit_mb} MB of private memory (RLIMIT_DATA) per process, "
+          f"peak resident {peak_mb:.0f} MB, "
           f"corpus {size / 2**20 / args.limit_mb:.1f}x the cap")
 
 

@@ -202,7 +202,8 @@ DEFAULT_PHASES = ("bench", "vocab", "bf16", "tests")
 
 
 def summary_markdown(results: dict, card: str, date: str) -> str:
-    lines = [f"# GPU check, {card}, {date}", "", "| check | figure | ok | seconds | command |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"# GPU check, {card}, {date}", "", "| check | figure | ok | seconds | command |",
+             "| --- | --- | --- | --- | --- |"]
 
     def row(name, figure, r):
         lines.append(f"| {name} | {figure} | {r.get('ok', False)} | {r['seconds']:.0f} | `{r['command']}` |")
@@ -219,7 +220,8 @@ def summary_markdown(results: dict, card: str, date: str) -> str:
             for who in ("seed", "ours"):
                 row(f"bench: {who}", figure(r[who]), r)
             row("bench: ratio", f"{r['speedup']:.2f}x", r)
-            row("bench: profile", "; ".join(f"{op['name'][:60]} {100 * op['share']:.1f}%" for op in r["profile"][:8]), r)
+            top = "; ".join(f"{op['name'][:60]} {100 * op['share']:.1f}%" for op in r["profile"][:8])
+            row("bench: profile", top, r)
         elif "rows" in r:
             for label, v in r["rows"].items():
                 row(f"{name}: {label}", figure(v["ours"]) if "ours" in v else f"exit status {v['status']}", v)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY_MODEL, TRAIN, snapshot, subprocess_env, train
+from helpers import REPO, TINY_MODEL, TRAIN, snapshot, subprocess_env
 
 from accel_train import export, plot, prepare, sample
 from accel_train.demo_corpus import stories

@@ -14,7 +14,8 @@ from helpers import TRAIN, run
 
 
 def test_default_config_is_demo_and_overrides_apply():
-    cfg = load_config(["--max_iters", "7", "--warmup_steps", "2", "--model.hidden_size=48", "--demo_data", "false", "--min_lr", "1e-4"])
+    cfg = load_config(["--max_iters", "7", "--warmup_steps", "2", "--model.hidden_size=48", "--demo_data", "false",
+                       "--min_lr", "1e-4"])
     demo = json.loads(DEFAULT_CONFIG.read_text())
     assert cfg.data_dir == demo["data_dir"] and cfg.learning_rate == demo["learning_rate"]
     assert cfg.model.num_hidden_layers == demo["model"]["num_hidden_layers"]
@@ -40,7 +41,8 @@ def test_config_file_and_seed_keys(tmp_path):
     (["--demo_data", "maybe"], "config key 'demo_data' must be bool"),
     (["--min_lr", "1e-2", "--learning_rate", "1e-3"], "min_lr (0.01) is above learning_rate (0.001)"),
     (["--warmup_steps", "300", "--max_iters", "300"], "warmup_steps (300) must be below max_iters (300)"),
-    (["--block_size", "1024", "--model.max_position_embeddings", "512"], "block_size (1024) exceeds the model's context"),
+    (["--block_size", "1024", "--model.max_position_embeddings", "512"],
+     "block_size (1024) exceeds the model's context"),
     (["--dtype", "float8"], "config key 'dtype' must be one of"),
     (["--tracker", "mlflow"], "config key 'tracker' must be one of"),
     (["--compile_mode", "fastest"], "config key 'compile_mode' must be one of"),

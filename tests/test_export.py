@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from accel_train.errors import UserError
-from accel_train.export import SLIDING, FULL, hf_config, hf_model_config, hf_state_dict, model_config_from_hf, window_pattern
+from accel_train.export import (FULL, SLIDING, hf_config, hf_model_config, hf_state_dict, model_config_from_hf,
+                                window_pattern)
 from accel_train.model import ModelConfig
 from accel_train.sample import find_checkpoint, load_model
 from accel_train.tokenizer import ByteTokenizer

@@ -143,8 +143,9 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(demo_data_dir, refe
         shutil.copytree(reference / "checkpoints" / "step_8", out / "checkpoints" / name)
     before = {p.name: p.read_bytes() for p in (out / "checkpoints" / "step_8").iterdir()}
     limit = min(len(v) for k, v in before.items() if k in ("model.safetensors", "optimizer.bin")) - 1
-    result = subprocess.run(command(TRAIN, args(demo_data_dir, out, "--resume", "auto")), cwd=REPO, env=subprocess_env(),
-                            capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size(limit))
+    result = subprocess.run(command(TRAIN, args(demo_data_dir, out, "--resume", "auto")), cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit_file_size(limit))
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "could not write checkpoint" in lines[0] and "step_12" in lines[0], result.stderr
