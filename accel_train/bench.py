@@ -1,15 +1,15 @@
-"""Training throughput and MFU of a config, beside the seed's loop on the same model and data.
+"""Training throughput and MFU of a config, beside the nanoGPT-style baseline on the same model and data.
 
-    python -m accel_train.bench --config configs/gemma3_270m.json [--steps 10] [--seed_steps 2]
-        [--seed_loop off] [--profile_steps 3] [--json FILE] [--key value ...]
+    python -m accel_train.bench --config configs/gemma3_270m.json [--steps 10] [--baseline_steps 2]
+        [--baseline off] [--profile_steps 3] [--json FILE] [--key value ...]
 
 Ours is `train.train()` itself: `steps` optimizer steps to warm up (compilation, allocator), then
 `steps` timed ones, whose tokens/s and MFU are the run's metrics row at the end of them. With
 `--profile_steps N`, torch.profiler then records N more steps (after one of its own warm-up), and
-the operations taking the most time are printed and kept (the full table beside the JSON). The seed's loop is
-written here as its document describes it (bf16 autocast, GradScaler, loss / accumulation,
-a scheduler step per micro-batch, its memmap-per-call get_batch, micro-batch = batch_size) and
-timed in the same process on a fresh model of the same shape. Without data in the config's
+the operations taking the most time are printed and kept (the full table beside the JSON). The
+baseline is the seed's nanoGPT-style loop, written here as its document describes it (bf16 autocast,
+GradScaler, loss / accumulation, a scheduler step per micro-batch, its memmap-per-call get_batch,
+micro-batch = batch_size) and timed in the same process on a fresh model of the same shape. Without data in the config's
 data_dir, both read the built-in demo corpus (speed does not depend on the text).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import sys
@@ -33,8 +34,7 @@ from accel_train.data import read_meta, split_path
 from accel_train.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.errors import UserError, run_cli
 from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import resolve_hardware, switch_on
-from accel_train.micro_batch import resolve_micro_batch
+from accel_train.hardware import Settings, resolve_settings
 from accel_train.model import Gemma3
 from accel_train.tracking import read_metrics
 from accel_train.train import make_accelerator, train
@@ -42,8 +42,8 @@ from accel_train.train import make_accelerator, train
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def seed_get_batch(path: Path, block_size: int, batch_size: int, dtype=np.uint16):
-    """The seed's get_batch, on the CPU: a fresh memmap per call, a Python loop of slices, two stacks."""
+def baseline_get_batch(path: Path, block_size: int, batch_size: int, dtype=np.uint16):
+    """The baseline's get_batch, on the CPU: a fresh memmap per call, a Python loop of slices, two stacks."""
     data = np.memmap(path, dtype=dtype, mode="r")
     ix = torch.randint(len(data) - block_size, (batch_size,))
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
@@ -67,13 +67,13 @@ def reset_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def seed_loop(cfg: TrainConfig, device: torch.device, optimizer_steps: int) -> dict:
-    """The seed's training loop for one warm-up and `optimizer_steps` timed optimizer steps."""
-    _, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
+def baseline_loop(cfg: TrainConfig, settings: Settings, device: torch.device, optimizer_steps: int) -> dict:
+    """The nanoGPT-style baseline loop for one warm-up and `optimizer_steps` timed optimizer steps."""
+    mixed_precision = settings.mixed_precision
     ctx = (torch.autocast(device.type, dtype=AUTOCAST[mixed_precision]) if mixed_precision in AUTOCAST
            else contextlib.nullcontext())
     torch.manual_seed(cfg.seed)
-    model = Gemma3(cfg.model, fused_loss=False).to(device)  # the seed's model: full logits, then cross-entropy
+    model = Gemma3(cfg.model, fused_loss=False).to(device)  # the baseline's model: full logits, then cross-entropy
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=cfg.warmup_steps)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_iters - cfg.warmup_steps)
@@ -83,7 +83,7 @@ def seed_loop(cfg: TrainConfig, device: torch.device, optimizer_steps: int) -> d
     accum = cfg.gradient_accumulation_steps
 
     def micro_batch(epoch: int) -> torch.Tensor:
-        X, y = seed_get_batch(path, cfg.block_size, cfg.batch_size, dtype)
+        X, y = baseline_get_batch(path, cfg.block_size, cfg.batch_size, dtype)
         if device.type == "cuda":
             X, y = X.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         with ctx:
@@ -111,19 +111,19 @@ def seed_loop(cfg: TrainConfig, device: torch.device, optimizer_steps: int) -> d
 
 
 def bench_config(cfg: TrainConfig, steps: int, work: Path, profile_steps: int = 0) -> TrainConfig:
-    """The config as the benchmark runs it: 2 x steps optimizer steps into a scratch folder (and the
+    """A new config, `cfg` as the benchmark runs it: 2 x steps optimizer steps into a scratch folder (and the
     profiled ones after them), one row per `steps`, one evaluation batch at the end of the timed steps
     and at the end of the run, one checkpoint at the end, nothing drawn or sampled."""
-    if not (Path(cfg.data_dir) / "train.bin").exists() and not (cfg.demo_data and is_demo_folder(cfg.data_dir)):
-        print(f"bench: no data in {cfg.data_dir}: using the built-in demo corpus")
-        cfg.data_dir = str(work / "data")
-        write_demo_data(cfg.data_dir)
-    cfg.out_dir, cfg.resume, cfg.tracker = str(work / "run"), "", "none"
-    cfg.max_iters = 2 * steps + (1 + profile_steps if profile_steps else 0)
-    cfg.log_interval, cfg.eval_interval, cfg.eval_iters = steps, 2 * steps, 1
-    cfg.warmup_steps = min(cfg.warmup_steps, steps)
-    cfg.checkpoint_interval, cfg.plot, cfg.sample_tokens = 0, False, 0
-    return cfg.validate()
+    data_dir = cfg.data_dir
+    if not (Path(data_dir) / "train.bin").exists() and not (cfg.demo_data and is_demo_folder(data_dir)):
+        print(f"bench: no data in {data_dir}: using the built-in demo corpus")
+        data_dir = str(work / "data")
+        write_demo_data(data_dir)
+    return dataclasses.replace(
+        cfg, data_dir=data_dir, out_dir=str(work / "run"), resume="", tracker="none",
+        max_iters=2 * steps + (1 + profile_steps if profile_steps else 0), log_interval=steps,
+        eval_interval=2 * steps, eval_iters=1, warmup_steps=min(cfg.warmup_steps, steps), checkpoint_interval=0,
+        plot=False, sample_tokens=0).validate()
 
 
 def top_operations(profiler: torch.profiler.profile, on_cuda: bool, key: str, steps: int,
@@ -152,24 +152,23 @@ def profiled_train(cfg: TrainConfig, on_cuda: bool, timed_until: int, profile_st
     return top_operations(profiler, on_cuda, key, profile_steps)
 
 
-def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, command: str,
+def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: bool, command: str,
               profile_steps: int = 0, profile_table: Path | None = None) -> dict:
     accelerator = make_accelerator(cfg)
     if accelerator.num_processes > 1:
         raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
     device = accelerator.device
+    settings = resolve_settings(cfg, accelerator)
+    cfg = dataclasses.replace(cfg, micro_batch=settings.micro_batch)  # train() takes it as given: no second search
     flops_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(device, cfg.peak_tflops)
     result = {"date": datetime.date.today().isoformat(), "command": command,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "flops_per_token": flops_tok, "peak_tflops": peak}
-    if with_seed:
+    if with_baseline:
         reset_memory(device)
-        seed = seed_loop(cfg, device, seed_steps)
-        seed["mfu"] = mfu(seed["tokens_per_s"], flops_tok, peak) if peak else None
-        result["seed"] = seed
-    reset_memory(device)
-    fused_adamw = switch_on(cfg.fused_adamw, device.type == "cuda")
-    cfg.micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)  # train() then takes it as given
+        baseline = baseline_loop(cfg, settings, device, baseline_steps)
+        baseline["mfu"] = mfu(baseline["tokens_per_s"], flops_tok, peak) if peak else None
+        result["baseline"] = baseline
     reset_memory(device)
     if profile_steps:
         result["profile"] = profiled_train(cfg, device.type == "cuda", 2 * steps, profile_steps, profile_table)
@@ -178,19 +177,19 @@ def run_bench(cfg: TrainConfig, steps: int, seed_steps: int, with_seed: bool, co
     row = next(r for r in read_metrics(cfg.out_dir) if r["step"] == 2 * steps)  # the timed window's row
     result["config"] = cfg.to_dict()
     result["ours"] = {"tokens_per_s": row["tokens_per_s"], "mfu": row.get("mfu"),
-                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": cfg.micro_batch,
-                      "micro_steps": cfg.batch_size * cfg.gradient_accumulation_steps // cfg.micro_batch,
-                      "compile": switch_on(cfg.compile, device.type == "cuda"), "fused_adamw": fused_adamw,
-                      "fused_loss": cfg.fused_loss, "loss": row["loss"], "peak_memory_gib": peak_memory_gib(device)}
-    if with_seed:
-        result["speedup"] = result["ours"]["tokens_per_s"] / result["seed"]["tokens_per_s"]
+                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": settings.micro_batch,
+                      "micro_steps": settings.micro_steps, "compile": settings.compile,
+                      "fused_adamw": settings.fused_adamw, "fused_loss": cfg.fused_loss, "loss": row["loss"],
+                      "peak_memory_gib": peak_memory_gib(device)}
+    if with_baseline:
+        result["speedup"] = result["ours"]["tokens_per_s"] / result["baseline"]["tokens_per_s"]
     return result
 
 
 def describe(name: str, r: dict) -> str:
     mfu_text = f"MFU {100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else "MFU n/a (no peak known)"
     memory = f"peak {r['peak_memory_gib']:.2f} GiB" if r.get("peak_memory_gib") is not None else "peak n/a (CPU)"
-    return (f"  {name:<6} {r['tokens_per_s']:12,.0f} tokens/s  {mfu_text}  step {r['step_time_s'] * 1000:9.1f} ms  "
+    return (f"  {name:<8} {r['tokens_per_s']:12,.0f} tokens/s  {mfu_text}  step {r['step_time_s'] * 1000:9.1f} ms  "
             f"micro-batch {r['micro_batch']}  {memory}  loss {r['loss']:.4f}")
 
 
@@ -199,28 +198,29 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--steps", type=int, default=10, help="warm-up optimizer steps, then as many timed ones")
-    parser.add_argument("--seed_steps", type=int, default=2, help="timed optimizer steps of the seed's loop")
-    parser.add_argument("--seed_loop", choices=("on", "off"), default="on")
+    parser.add_argument("--baseline_steps", type=int, default=2,
+                        help="timed optimizer steps of the nanoGPT-style baseline")
+    parser.add_argument("--baseline", choices=("on", "off"), default="on", help="time the baseline too")
     parser.add_argument("--profile_steps", type=int, default=0, help="optimizer steps to profile after the timed ones")
     parser.add_argument("--json", default="", help="where to write the results (default out/bench/<config>.json)")
     argv = sys.argv[1:] if argv is None else argv
     args, config_args = parser.parse_known_args(argv)
-    if args.steps < 1 or args.seed_steps < 1 or args.profile_steps < 0:
-        raise UserError("--steps and --seed_steps must be at least 1, --profile_steps at least 0")
+    if args.steps < 1 or args.baseline_steps < 1 or args.profile_steps < 0:
+        raise UserError("--steps and --baseline_steps must be at least 1, --profile_steps at least 0")
     cfg = load_config(["--config", args.config, *config_args])
     json_path = Path(args.json or f"out/bench/{Path(args.config).stem}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="accel_train_bench_") as work:
         result = run_bench(bench_config(cfg, args.steps, Path(work), args.profile_steps), args.steps,
-                           args.seed_steps, args.seed_loop == "on", " ".join(["python -m accel_train.bench", *argv]),
+                           args.baseline_steps, args.baseline == "on", " ".join(["python -m accel_train.bench", *argv]),
                            args.profile_steps, json_path.with_suffix(".profile.txt"))
     print(f"bench: {result['device']}, {result['flops_per_token'] / 1e6:.1f} MFLOP per token, "
           f"{cfg.tokens_per_step:,} tokens per optimizer step")
-    if "seed" in result:
-        print(describe("seed", result["seed"]))
+    if "baseline" in result:
+        print(describe("baseline", result["baseline"]))
     print(describe("ours", result["ours"]))
     if "speedup" in result:
-        print(f"  ratio  {result['speedup']:.2f}x the seed's tokens/s")
+        print(f"  ratio  {result['speedup']:.2f}x the baseline's tokens/s")
     if "profile" in result:
         print(f"  profile of {args.profile_steps} steps (self time per optimizer step; all operations in "
               f"{json_path.with_suffix('.profile.txt')}):")

@@ -189,6 +189,23 @@ class TrainConfig:
             raise UserError(f"model.head_dim must be even for RoPE, got {m.head_dim}")
         return self
 
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences per optimizer step on one process, however micro_batch cuts them into forward passes."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def eval_due(self, step: int) -> bool:
+        """Evaluate after optimizer step `step`: every eval_interval steps and at the end."""
+        return step % self.eval_interval == 0 or step == self.max_iters
+
+    def log_due(self, step: int) -> bool:
+        """Write a metrics row after `step`: every log_interval steps and with every evaluation."""
+        return self.eval_due(step) or step % self.log_interval == 0
+
+    def save_due(self, step: int) -> bool:
+        """Save a checkpoint after `step`: every checkpoint_interval steps (0: never) and at the end."""
+        return bool(self.checkpoint_interval and step % self.checkpoint_interval == 0) or step == self.max_iters
+
 
 def _check_finite(cfg: TrainConfig) -> None:
     """Refuse nan and inf in any number: they pass every comparison-based check (nan < 0 is False) and only

@@ -60,7 +60,7 @@ def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool) -> int
         return cfg.micro_batch
     if accelerator.device.type != "cuda":
         return cfg.batch_size
-    size = largest_fitting(divisors_descending(cfg.batch_size * cfg.gradient_accumulation_steps),
+    size = largest_fitting(divisors_descending(cfg.sequences_per_step),
                            lambda s: trial_step_fits(cfg, accelerator, s, fused_adamw))
     torch.cuda.reset_peak_memory_stats(accelerator.device)  # the peak that counts is training's
     return int(accelerator.gather(torch.tensor([size], device=accelerator.device)).min().item())

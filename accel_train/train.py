@@ -16,6 +16,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a path: make the package importable
@@ -35,9 +37,8 @@ from accel_train.errors import UserError, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.export import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import resolve_hardware, switch_on
+from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
 from accel_train.launcher import check_launch, check_process_count, die_with_launcher
-from accel_train.micro_batch import resolve_micro_batch
 from accel_train.model import Gemma3
 from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
 from accel_train.plot import write_plot
@@ -255,6 +256,29 @@ def show_results(cfg: TrainConfig, model, sample: bool) -> None:
             print(f"note: no {name}: {reason.strip().splitlines()[0]}", flush=True)
 
 
+@dataclass
+class Run:
+    """What the loop needs, built by `build_run`: the prepared objects, the trainer state it advances and saves,
+    and the per-run constants its metrics rows and checkpoints are made of."""
+    cfg: TrainConfig
+    accelerator: Accelerator
+    settings: Settings
+    model: torch.nn.Module
+    optimizer: Optimizers
+    batches: Iterator
+    state: dict
+    resume_from: Path | None
+    redo: dict | None  # the record of a step whose evaluation a stop signal cut short: evaluated first
+    metrics: MetricsLog
+    start_step: int
+    first_batch: int
+    batches_per_step: int  # loader batches per optimizer step, all processes together
+    tokens_per_step: int  # all processes together
+    flops_per_token: float
+    peak_tflops: float | None
+    tokens_per_byte: float | None
+
+
 def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     """Run (or continue) the configured training; returns the final trainer state and this process's model.
 
@@ -263,12 +287,16 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     lock from the start of the run to its end."""
     lock = RunLock(cfg.out_dir)
     try:
-        return _train(cfg, lock, after_step)
+        run = build_run(cfg, lock)
+        step = run_loop(run, after_step)
+        return finish(run, step)
     finally:
         lock.release()
 
 
-def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.Module]:
+def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
+    """Everything before the first step: the Accelerator, out_dir taken and checked, the automatic settings,
+    the model and optimizers (loaded from the checkpoint when resuming), the data stream and the trackers."""
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
@@ -277,142 +305,172 @@ def _train(cfg: TrainConfig, lock: RunLock, after_step) -> tuple[dict, torch.nn.
         cfg.validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock))
     state.setdefault("skipped_steps", 0)
-
-    fused_adamw = switch_on(cfg.fused_adamw, accelerator.device.type == "cuda")
-    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)
-    micro_steps = cfg.batch_size * cfg.gradient_accumulation_steps // micro_batch  # same sequences per step
-    accelerator.gradient_accumulation_steps = micro_steps
+    settings = resolve_settings(cfg, accelerator)
+    accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, cfg, fused=fused_adamw, mixed_precision=accelerator.mixed_precision)
-    world, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
-    batches_per_step = accum * world
+    optimizers = build_optimizers(model, cfg, fused=settings.fused_adamw, mixed_precision=accelerator.mixed_precision)
+    world = accelerator.num_processes
+    batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          first_batch=first_batch, pin_memory=accelerator.device.type == "cuda",
-                          micro_batch=micro_batch)
+                          first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
     model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)  # saved and loaded one by one
     optimizer = Optimizers(optimizers)
+    start_from(cfg, accelerator, optimizer, resume_from, state["step"])
+    start_tracker(accelerator, cfg, state["run_id"])
+    watch_model(accelerator, model, cfg)
+    redo = state.get(PENDING)
+    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
+    if resume_from:
+        on_main_process(accelerator, lambda: metrics.keep_until(state["step"] - (redo is not None)))
+    accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
+                      f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
+                      f"in {settings.micro_steps} micro-batch(es) of {settings.micro_batch} per process")
+    return Run(cfg, accelerator, settings, model, optimizer, iter(loader), state, resume_from, redo, metrics,
+               start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
+               tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
+               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
+               tokens_per_byte=val_tokens_per_byte(cfg.data_dir))
+
+
+def start_from(cfg: TrainConfig, accelerator: Accelerator, optimizer: Optimizers, resume_from: Path | None,
+               step: int) -> None:
+    """Load the checkpoint being resumed into the prepared objects; or, starting afresh, seed the evaluation
+    batches per process."""
     if resume_from:
         settings = group_settings(optimizer)
         accelerator.load_state(str(resume_from))
         restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's
         accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
-        accelerator.print(f"resuming from {resume_from} at step {state['step']}")
+        accelerator.print(f"resuming from {resume_from} at step {step}")
     else:
         if cfg.resume == "auto":
             accelerator.print(f"no checkpoint in {cfg.out_dir} yet: starting from step 0")
         set_seed(cfg.seed, device_specific=True)  # each process draws its own evaluation batches
 
-    start_tracker(accelerator, cfg, state["run_id"])
-    watch_model(accelerator, model, cfg)
-    redo = state.get(PENDING)  # the record of a step whose evaluation a stop signal cut short: evaluate it first
-    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
-    if resume_from:
-        on_main_process(accelerator, lambda: metrics.keep_until(state["step"] - (redo is not None)))
-    accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
-                      f"{world} process(es), {cfg.tokens_per_step * world:,} tokens per optimizer step "
-                      f"in {micro_steps} micro-batch(es) of {micro_batch} per process")
-    flops_per_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(accelerator.device, cfg.peak_tflops)
-    tokens_per_byte = val_tokens_per_byte(cfg.data_dir)
 
-    def checkpoint(step: int, val_loss: float | None) -> Path:
-        state.update(step=step, next_batch=first_batch + (step - start_step) * batches_per_step, val_loss=val_loss)
-        folder = save_checkpoint(accelerator, cfg.out_dir, step, state, agree=any_process)
-        if accelerator.is_main_process:
-            update_best(cfg.out_dir, folder, val_loss)
-            prune(cfg.out_dir, cfg.keep_last, newest=folder)
-        return folder
-
-    step = start_step = state["step"]
-    last_saved = resume_from
-    batches = iter(loader)
+def run_loop(run: Run, after_step) -> int:
+    """Optimizer steps up to max_iters, each followed, when due, by a metrics row, an evaluation and a
+    checkpoint; a stop signal saves a checkpoint and ends the loop. Returns the step reached."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    step, last_saved = run.start_step, run.resume_from
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
-
-    def evaluate_into(record: dict, stop: StopSignals) -> bool:
-        """Add this step's evaluation to `record`; True if it ran to the end. A stop signal cuts it short (every
-        process agrees, batch by batch): then the record waits in `state` and the RNG that draws evaluation
-        batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
-        run makes. The prepared model autocasts by itself, so no extra context is needed."""
-        rng = torch.get_rng_state()  # get_batch draws from the CPU generator
-        losses = estimate_loss(model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                               accelerator.device, accelerator.device.type, data_dir=cfg.data_dir,
-                               stop_requested=lambda: any_process(stop.received is not None))
-        if losses is None:
-            torch.set_rng_state(rng)
-            state[PENDING] = record
-            return False
-        state.pop(PENDING, None)
-        record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
-        if tokens_per_byte:
-            record["val_bpb"] = losses["val"] / math.log(2) * tokens_per_byte
-        if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
-            state["best_val_loss"] = losses["val"]
-        report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
-        return True
-
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
-        if redo is not None:
-            if evaluate_into(redo, stop):
-                accelerator.log(redo, step=step)
-            else:
-                report(f"stopping at step {step} on {stop.received or 'a signal to another process'}, again in "
-                       f"its evaluation: {resume_from} still holds it; continue with --resume auto")
-            on_main_process(accelerator, lambda: metrics.write(redo))  # evaluated, or as the stopped run left it
+        if run.redo is not None:
+            finish_pending_evaluation(run, stop, report)
         while step < cfg.max_iters and PENDING not in state:
             lr = lr_at(step + 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters, cfg.lr_schedule,
                        cfg.decay_fraction)
-            loss, grad_norm, skipped = train_step(model, optimizer, lr, accelerator,
-                                                  itertools.islice(batches, micro_steps), cfg.grad_clip,
-                                                  skip_nonfinite=cfg.nonfinite == "skip")
+            loss, grad_norm, skipped = train_step(run.model, run.optimizer, lr, accelerator,
+                                                  itertools.islice(run.batches, run.settings.micro_steps),
+                                                  cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip")
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
-            state["tokens"] += cfg.tokens_per_step * world
+            state["tokens"] += run.tokens_per_step
             state["skipped_steps"] += skipped
             progress.update(1)
-            evaluate = step % cfg.eval_interval == 0 or step == cfg.max_iters
-            logging = evaluate or step % cfg.log_interval == 0
-            saving = (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or step == cfg.max_iters
             stopping = any_process(stop.received is not None)  # a cheap CPU all-reduce: the only per-step sync
-            if not (logging or saving or stopping):
+            if not (cfg.log_due(step) or cfg.save_due(step) or stopping):
                 continue
-            record = {"step": step, "loss": accelerator.reduce(loss, "mean").item(), "lr": lr,
-                      "grad_norm": grad_norm.item(), "tokens": state["tokens"],
-                      "tokens_per_s": window_steps * cfg.tokens_per_step * world / (time.perf_counter() - window_start)}
-            if peak:
-                record["mfu"] = mfu(record["tokens_per_s"], flops_per_tok, peak, world)
-            if cfg.nonfinite == "skip":
-                record["skipped_steps"] = state["skipped_steps"]
-            else:
+            record = metrics_row(run, step, lr, loss, grad_norm, window_start, window_steps)
+            if cfg.nonfinite != "skip":
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
-            if evaluate and not evaluate_into(record, stop):
+            if cfg.eval_due(step) and not evaluate_into(run, record, stop, report):
                 stopping = True  # the signal came during the evaluation, which the checkpoint redoes on resume
-            if logging:
-                on_main_process(accelerator, lambda: metrics.write(record))
+            if cfg.log_due(step):
+                on_main_process(accelerator, lambda: run.metrics.write(record))
                 accelerator.log(record, step=step)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-            if saving or stopping:
-                last_saved = checkpoint(step, record.get("val_loss"))
+            if cfg.save_due(step) or stopping:
+                last_saved = checkpoint(run, step, record.get("val_loss"))
             if stopping:
                 report(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
                        f"saved {last_saved}; continue with --resume auto")
                 break
-            if logging:
+            if cfg.log_due(step):
                 window_start, window_steps = time.perf_counter(), 0
-    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
-    if accelerator.is_main_process and start_step < step == cfg.max_iters:
+    return step
+
+
+def metrics_row(run: Run, step: int, lr: float, loss, grad_norm, window_start: float, window_steps: int) -> dict:
+    """The record of optimizer step `step`, its throughput over the `window_steps` steps since `window_start`.
+    Fetching the loss and gradient norm waits for the device, so the clock is read after them."""
+    accelerator, cfg = run.accelerator, run.cfg
+    record = {"step": step, "loss": accelerator.reduce(loss, "mean").item(), "lr": lr,
+              "grad_norm": grad_norm.item(), "tokens": run.state["tokens"],
+              "tokens_per_s": window_steps * run.tokens_per_step / (time.perf_counter() - window_start)}
+    if run.peak_tflops:
+        record["mfu"] = mfu(record["tokens_per_s"], run.flops_per_token, run.peak_tflops, accelerator.num_processes)
+    if cfg.nonfinite == "skip":
+        record["skipped_steps"] = run.state["skipped_steps"]
+    return record
+
+
+def finish_pending_evaluation(run: Run, stop: StopSignals, report) -> None:
+    """Evaluate the step a stop signal cut short before anything else, and write its row, evaluated or (stopped
+    again) as the stopped run left it."""
+    if evaluate_into(run, run.redo, stop, report):
+        run.accelerator.log(run.redo, step=run.start_step)
+    else:
+        report(f"stopping at step {run.start_step} on {stop.received or 'a signal to another process'}, again in "
+               f"its evaluation: {run.resume_from} still holds it; continue with --resume auto")
+    on_main_process(run.accelerator, lambda: run.metrics.write(run.redo))
+
+
+def evaluate_into(run: Run, record: dict, stop: StopSignals, report) -> bool:
+    """Add this step's evaluation to `record`; True if it ran to the end. A stop signal cuts it short (every
+    process agrees, batch by batch): then the record waits in the trainer state and the RNG that draws evaluation
+    batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
+    run makes. The prepared model autocasts by itself, so no extra context is needed."""
+    cfg, state, device = run.cfg, run.state, run.accelerator.device
+    rng = torch.get_rng_state()  # get_batch draws from the CPU generator
+    losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
+                           device, device.type, data_dir=cfg.data_dir,
+                           stop_requested=lambda: any_process(stop.received is not None))
+    if losses is None:
+        torch.set_rng_state(rng)
+        state[PENDING] = record
+        return False
+    state.pop(PENDING, None)
+    record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
+    if run.tokens_per_byte:
+        record["val_bpb"] = losses["val"] / math.log(2) * run.tokens_per_byte
+    if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
+        state["best_val_loss"] = losses["val"]
+    report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+    return True
+
+
+def checkpoint(run: Run, step: int, val_loss: float | None) -> Path:
+    """Save the run at `step`, with the data stream's position, then update best/ and drop old checkpoints."""
+    state, cfg = run.state, run.cfg
+    state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
+                 val_loss=val_loss)
+    folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
+    if run.accelerator.is_main_process:
+        update_best(cfg.out_dir, folder, val_loss)
+        prune(cfg.out_dir, cfg.keep_last, newest=folder)
+    return folder
+
+
+def finish(run: Run, step: int) -> tuple[dict, torch.nn.Module]:
+    """End the run at `step`: results shown if it reached max_iters here; the state and the plain model returned."""
+    cfg, accelerator = run.cfg, run.accelerator
+    plain_model = accelerator.unwrap_model(run.model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
+    if accelerator.is_main_process and run.start_step < step == cfg.max_iters:
         show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
-    if step == start_step and redo is None:
+    if step == run.start_step and run.redo is None:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()
-    return state, plain_model
+    return run.state, plain_model
 
 
 def main(argv: list[str] | None = None) -> None:

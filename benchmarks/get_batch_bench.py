@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from accel_train.bench import seed_get_batch
+from accel_train.bench import baseline_get_batch
 from accel_train.data import get_batch
 
 
@@ -44,7 +44,7 @@ def main() -> None:
                 np.random.default_rng(start).integers(0, 50_257, n, dtype=np.uint16).tofile(f)
         (folder / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 50_257}))
         T, B = args.block_size, args.batch_size
-        seed_rate = batches_per_second(lambda: seed_get_batch(folder / "train.bin", T, B), args.calls)
+        seed_rate = batches_per_second(lambda: baseline_get_batch(folder / "train.bin", T, B), args.calls)
         ours_rate = batches_per_second(lambda: get_batch("train", T, B, "cpu", "cpu", data_dir=folder), args.calls)
     print(f"get_batch {B} x {T} on {args.tokens:,} uint16 tokens (CPU, {args.calls} calls each)")
     print(f"  seed's loop of slices: {seed_rate:10,.0f} batches/s  ({1e6 / seed_rate:6.1f} us per batch)")

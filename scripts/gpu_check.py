@@ -7,7 +7,7 @@
 
 Checks, most important first, each a subprocess with its own time limit, so one failure or
 timeout still leaves the others' results:
-  bench   `python -m accel_train.bench` on configs/gemma3_270m.json beside the seed's loop, then a
+  bench   `python -m accel_train.bench` on configs/gemma3_270m.json beside the nanoGPT-style baseline, then a
           profile of 3 more steps: where the time goes
   vocab   the official 262,144-token vocabulary at micro-batch 256: peak GPU memory under 20 GiB
           (while not, again with activation_memory_budget 0.5, then checkpoint_layers; all kept)
@@ -78,29 +78,29 @@ def run(name: str, cmd: list[str], out: Path, timeout: float, env: dict | None =
 
 def bench_phase(args, out: Path, data: Path) -> dict:
     json_path = out / "bench_gemma3_270m.json"
-    config = ["--config", "configs/demo.json", *TINY, "--steps", "2", "--seed_steps", "1"] if args.tiny else \
-             ["--config", "configs/gemma3_270m.json", "--steps", "10", "--seed_steps", "2"]
+    config = ["--config", "configs/demo.json", *TINY, "--steps", "2", "--baseline_steps", "1"] if args.tiny else \
+             ["--config", "configs/gemma3_270m.json", "--steps", "10", "--baseline_steps", "2"]
     cmd = [sys.executable, "-m", "accel_train.bench", *config, "--profile_steps", "3", "--data_dir", str(data),
            "--json", str(json_path)]
     status, seconds = run("bench", cmd, out, timeout=240)
     result = {"status": status, "seconds": seconds, "command": " ".join(cmd[1:])}
     if status == 0:
         bench = json.loads(json_path.read_text())
-        result.update(ok=True, device=bench["device"], ours=bench["ours"], seed=bench["seed"], speedup=bench["speedup"],
-                      profile=bench["profile"])
+        result.update(ok=True, device=bench["device"], ours=bench["ours"], baseline=bench["baseline"],
+                      speedup=bench["speedup"], profile=bench["profile"])
     return result
 
 
 def bench_variants(prefix: str, base: list[str], variants: dict[str, list[str]], out: Path, data: Path,
                    timeout: float, enough=None) -> dict:
-    """Our loop alone (`accel_train.bench`, no seed's loop), once per variant's extra arguments, in order;
+    """Our loop alone (`accel_train.bench`, no baseline), once per variant's extra arguments, in order;
     stops after the first variant whose `ours` figures satisfy `enough`, if given. Each row keeps its own
     status, time, command and figures."""
     rows, start = {}, time.perf_counter()
     for label, change in variants.items():
         name = f"{prefix}_" + re.sub(r"[^A-Za-z0-9.]+", "_", label)
         json_path = out / f"{name}.json"
-        cmd = [sys.executable, "-m", "accel_train.bench", *base, *change, "--seed_loop", "off",
+        cmd = [sys.executable, "-m", "accel_train.bench", *base, *change, "--baseline", "off",
                "--data_dir", str(data), "--json", str(json_path)]
         autotuned = any("autotune" in arg for arg in change)  # a compile mode that times kernels first
         status, seconds = run(name, cmd, out, timeout=timeout * (AUTOTUNE_TIME if autotuned else 1))
@@ -217,7 +217,7 @@ def summary_markdown(results: dict, card: str, date: str) -> str:
         if r["status"] != 0:
             row(name, f"exit status {r['status']} (see {name}*.log)", r)
         elif name == "bench":
-            for who in ("seed", "ours"):
+            for who in ("baseline", "ours"):
                 row(f"bench: {who}", figure(r[who]), r)
             row("bench: ratio", f"{r['speedup']:.2f}x", r)
             top = "; ".join(f"{op['name'][:60]} {100 * op['share']:.1f}%" for op in r["profile"][:8])

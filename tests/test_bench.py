@@ -28,25 +28,25 @@ def bench(tmp_path_factory, demo_data_dir):
     """One benchmark run of a tiny model on the CPU: (its JSON, its printed output, the JSON's path)."""
     out = tmp_path_factory.mktemp("bench") / "result.json"
     proc = run([sys.executable, "-m", "accel_train.bench", "--config", "configs/demo.json", "--data_dir",
-                str(demo_data_dir), "--steps", "2", "--seed_steps", "1", "--peak_tflops", "0.5", "--json", str(out),
+                str(demo_data_dir), "--steps", "2", "--baseline_steps", "1", "--peak_tflops", "0.5", "--json", str(out),
                 "--micro_batch", "8", "--profile_steps", "2", *SMALL_RUN])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout, out
 
 
-def test_bench_times_ours_beside_the_seed_loop(bench):
+def test_bench_times_ours_beside_the_baseline(bench):
     result, stdout, _ = bench
-    ours, seed = result["ours"], result["seed"]
-    assert ours["tokens_per_s"] > 0 and seed["tokens_per_s"] > 0
-    assert result["speedup"] == pytest.approx(ours["tokens_per_s"] / seed["tokens_per_s"])
+    ours, baseline = result["ours"], result["baseline"]
+    assert ours["tokens_per_s"] > 0 and baseline["tokens_per_s"] > 0
+    assert result["speedup"] == pytest.approx(ours["tokens_per_s"] / baseline["tokens_per_s"])
     assert f"ratio  {result['speedup']:.2f}x" in stdout
     tokens_per_step = 4 * 4 * 128
     assert ours["step_time_s"] == pytest.approx(tokens_per_step / ours["tokens_per_s"])
-    assert seed["step_time_s"] == pytest.approx(tokens_per_step / seed["tokens_per_s"])
-    assert (ours["micro_batch"], ours["micro_steps"], seed["micro_batch"]) == (8, 2, 4)
+    assert baseline["step_time_s"] == pytest.approx(tokens_per_step / baseline["tokens_per_s"])
+    assert (ours["micro_batch"], ours["micro_steps"], baseline["micro_batch"]) == (8, 2, 4)
     assert result["config"]["max_iters"] == 7  # 2 warm-up steps, 2 timed ones, the profiler's warm-up, 2 profiled
     assert ours["compile"] is False and ours["fused_adamw"] is False  # "auto" on the CPU
-    for r in (ours, seed):
+    for r in (ours, baseline):
         assert r["mfu"] == pytest.approx(mfu(r["tokens_per_s"], result["flops_per_token"], 0.5))
         assert 0 < r["loss"] < 10
 
