@@ -10,6 +10,7 @@ devices, mixed precision, gradient accumulation and the distributed data stream.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -300,9 +301,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
-    if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape
-        cfg.model = hf_model_config(cfg.init_from)
-        cfg.validate()
+    if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape: a new config, the caller's stays as it is
+        cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock))
     state.setdefault("skipped_steps", 0)
     settings = resolve_settings(cfg, accelerator)
