@@ -118,7 +118,7 @@ class TrainConfig:
     @property
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step on one process."""
-        return self.batch_size * self.block_size * self.gradient_accumulation_steps
+        return self.sequences_per_step * self.block_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -166,9 +166,9 @@ class TrainConfig:
                                 f"got '{getattr(self, f.name)}'")
         if self.optimizer == "muon":
             require_muon()
-        if self.micro_batch and (self.batch_size * self.gradient_accumulation_steps) % self.micro_batch:
+        if self.micro_batch and self.sequences_per_step % self.micro_batch:
             raise UserError(f"micro_batch ({self.micro_batch}) must divide batch_size x gradient_accumulation_steps "
-                            f"({self.batch_size * self.gradient_accumulation_steps}), the sequences of an optimizer "
+                            f"({self.sequences_per_step}), the sequences of an optimizer "
                             "step on each process")
         m = self.model
         if self.block_size > m.max_position_embeddings:

@@ -1,7 +1,7 @@
 """A Gemma 3 decoder (the 270M shape by default) with the seed's `forward(idx, targets)` API.
 
 Matches HuggingFace's `Gemma3ForCausalLM` numerically so that checkpoints move both ways
-(see `export.py`), while staying one readable file in nanoGPT's manner.
+(see `hf.py`), while staying one readable file in nanoGPT's manner.
 """
 
 from __future__ import annotations

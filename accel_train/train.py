@@ -36,7 +36,7 @@ from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, run_cli
 from accel_train.evaluate import estimate_loss
-from accel_train.export import hf_model_config, hf_state_dict
+from accel_train.hf import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
 from accel_train.launcher import check_launch, check_process_count, die_with_launcher

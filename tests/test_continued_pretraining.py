@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from accel_train.data import train_loader
-from accel_train.export import hf_config
+from accel_train.hf import hf_config
 from accel_train.model import ModelConfig
 from accel_train.tracking import read_metrics
 from helpers import REPO, TINYSTORIES, run, tinystories, train

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from accel_train.errors import UserError
-from accel_train.export import (FULL, SLIDING, hf_config, hf_model_config, hf_state_dict, model_config_from_hf,
-                                window_pattern)
+from accel_train.hf import (FULL, SLIDING, hf_config, hf_model_config, hf_state_dict, model_config_from_hf,
+                            window_pattern)
 from accel_train.model import ModelConfig
 from accel_train.sample import find_checkpoint, load_model
 from accel_train.tokenizer import ByteTokenizer
@@ -126,7 +126,7 @@ def other_tokenizer(request):
 
 
 def test_bpe_and_gpt2_tokenizers_export_too(other_tokenizer, tmp_path):
-    from accel_train.export import save_tokenizer
+    from accel_train.hf import save_tokenizer
 
     save_tokenizer(other_tokenizer, tmp_path)
     theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
@@ -139,7 +139,7 @@ def test_bpe_and_gpt2_tokenizers_export_too(other_tokenizer, tmp_path):
 
 def test_the_exported_gpt2_tokenizer_gives_tiktokens_ids_on_real_text(tmp_path):
     """Every story of the TinyStories sample: transformers' tokenizer from the export, id for id as tiktoken."""
-    from accel_train.export import save_tokenizer
+    from accel_train.hf import save_tokenizer
     from accel_train.tokenizer import gpt2_tokenizer
 
     stories = tinystories()

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from accel_train.export import to_hf
+from accel_train.hf import to_hf
 from accel_train.model import Gemma3, KVCache, ModelConfig
 
 pytest.importorskip("transformers")  # a test extra, not a runtime dependency
