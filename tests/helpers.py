@@ -48,6 +48,27 @@ def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.Completed
     return launch(TRAIN, args, processes, **kwargs)
 
 
+def run_side_by_side(cases: list[tuple[str, list[str], list[str]]]) -> dict:
+    """{name: (status, stderr, words)} of each (name, command, words) case, all started at once to save time."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _, cmd, _ in cases]
+    results = {}
+    for (name, _, words), proc in zip(cases, procs):
+        _, stderr = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, stderr, words)
+    return results
+
+
+def assert_one_error_line(status: int, stderr: str, *words: str) -> str:
+    """The refusal contract: status 2 and one `error:` line on stderr, holding each of `words`; returns the line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
 def snapshot(root: Path) -> dict:
     """sha256 of every file under root, by relative path: compare two to show that nothing on disk changed."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

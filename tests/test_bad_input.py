@@ -4,12 +4,11 @@ All cases run as real trainer processes, side by side to save time.
 """
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env
+from helpers import TINY_MODEL, TRAIN, assert_one_error_line, command, run_side_by_side, snapshot
 
 
 def write_data(folder, train_tokens=5000, val_tokens=1000, meta=None):
@@ -74,12 +73,7 @@ def outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     cases = setup_cases(root)
     before = snapshot(root)
-    procs = [subprocess.Popen(command(TRAIN, args), cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _, args, _ in cases]
-    results = {}
-    for (name, _, words), proc in zip(cases, procs):
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stderr, words)
+    results = run_side_by_side([(name, command(TRAIN, args), words) for name, args, words in cases])
     return results, before, snapshot(root)
 
 
@@ -90,12 +84,8 @@ CASES = ["missing data folder", "missing split", "empty .bin", "odd-sized .bin",
 
 @pytest.mark.parametrize("name", CASES)
 def test_mistake_ends_with_one_error_line_and_status_2(outcomes, name):
-    returncode, stderr, words = outcomes[0][name]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    status, stderr, words = outcomes[0][name]
+    assert_one_error_line(status, stderr, *words)
 
 
 def test_no_mistake_touches_existing_files(outcomes):

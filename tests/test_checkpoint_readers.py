@@ -7,13 +7,12 @@ Readers run as real processes, side by side, each on its own copy of the shared 
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from accel_train.checkpoint import MANIFEST_FILE, checkpoints_root, list_checkpoints, update_best, verify
-from helpers import REPO, TINY_MODEL, TRAIN, command, run, snapshot, subprocess_env, train
+from helpers import TINY_MODEL, TRAIN, assert_one_error_line, command, run, run_side_by_side, snapshot, train
 from test_checkpoint import flip_a_byte, make_checkpoint, truncate
 
 SAMPLE = [sys.executable, "-m", "accel_train.sample", "--max_new_tokens", "20", "--prompt", "Once", "--seed", "3"]
@@ -74,13 +73,7 @@ def outcomes(tmp_path_factory, trained_run, demo_data_dir):
     root = tmp_path_factory.mktemp("readers")
     cases = setup_cases(root, trained_run[0], demo_data_dir)
     before = snapshot(root)
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _, cmd, _ in cases]
-    results = {}
-    for (name, _, words), proc in zip(cases, procs):
-        _, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stderr, words)
-    return results, root, before
+    return run_side_by_side(cases), root, before
 
 
 CASES = ["sample, flipped", "sample, truncated", "sample, no manifest", "sample, unlisted", "export, flipped",
@@ -89,12 +82,8 @@ CASES = ["sample, flipped", "sample, truncated", "sample, no manifest", "sample,
 
 @pytest.mark.parametrize("name", CASES)
 def test_a_damaged_checkpoint_is_refused_with_one_error_line(outcomes, name):
-    returncode, stderr, words = outcomes[0][name]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    status, stderr, words = outcomes[0][name]
+    assert_one_error_line(status, stderr, *words)
 
 
 def test_refusing_writes_nothing(outcomes):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY_MODEL, TRAIN, snapshot, subprocess_env
+from helpers import REPO, TINY_MODEL, TRAIN, assert_one_error_line, snapshot, subprocess_env
 
 from accel_train import export, plot, prepare, sample
 from accel_train.demo_corpus import stories
@@ -41,12 +41,6 @@ def with_file_size_limit(nbytes: int, cmd: list[str]) -> subprocess.CompletedPro
 def leftovers(root) -> list[str]:
     """Staging folders left anywhere under root (relative paths): hidden, and named after the output."""
     return [str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp" in p.name]
-
-
-def assert_one_error_line(status: int, stderr: str, *words: str) -> None:
-    lines = stderr.splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert all(word in lines[0] for word in words), (words, lines[0])
 
 
 def test_argument_mistakes_are_one_error_line():

@@ -6,7 +6,6 @@ Trainer cases run as real processes, side by side, as in test_bad_input.py.
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from accel_train.errors import UserError
 from accel_train.token_scan import CACHE_FILE, largest_id
 from accel_train.tokenizer import load_tokenizer
-from helpers import REPO, TINY_MODEL, TRAIN, command, snapshot, subprocess_env, train
+from helpers import TINY_MODEL, TRAIN, assert_one_error_line, command, run_side_by_side, snapshot, train
 from test_bad_input import write_data
 
 BASE = ["--demo_data", "false", "--max_iters", "2", "--warmup_steps", "1", "--batch_size", "2", "--block_size", "32",
@@ -71,14 +70,9 @@ def outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_data")
     cases = setup_cases(root)
     before = snapshot(root)
-    procs = [subprocess.Popen(command(TRAIN, [*BASE, "--model.vocab_size", "320", "--data_dir", str(folder),
-                                              "--out_dir", str(root / f"out_{i}")]),
-                              cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i, (_, folder, _) in enumerate(cases)]
-    results = {}
-    for (name, _, words), proc in zip(cases, procs):
-        _, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stderr, words)
+    results = run_side_by_side([(name, command(TRAIN, [*BASE, "--model.vocab_size", "320", "--data_dir", str(folder),
+                                                       "--out_dir", str(root / f"out_{i}")]), words)
+                                for i, (name, folder, words) in enumerate(cases)])
     return results, root, before
 
 
@@ -89,12 +83,8 @@ CASES = ["id beyond the model", "id beyond meta.json", "uint16 read as uint32", 
 
 @pytest.mark.parametrize("name", CASES)
 def test_bad_data_ends_with_one_error_line_and_status_2(outcomes, name):
-    returncode, stderr, words = outcomes[0][name]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    status, stderr, words = outcomes[0][name]
+    assert_one_error_line(status, stderr, *words)
 
 
 def test_bad_data_changes_nothing_on_disk(outcomes):
