@@ -238,8 +238,9 @@ def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
     nothing behind once the next run starts (a finished run resumed has no later save to do it)."""
     if newest.resolve().parent == checkpoints_root(out_dir).resolve():
         update_best(out_dir, newest, read_trainer_state(newest).get("val_loss"))
-        prune(out_dir, keep_last, newest)
-    remove_leftovers(out_dir)
+        prune(out_dir, keep_last, newest)  # removes the leftovers too
+    else:
+        remove_leftovers(out_dir)
 
 
 def step_of(folder: Path) -> int:

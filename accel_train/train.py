@@ -18,7 +18,6 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a path: make the package importable
@@ -257,7 +256,7 @@ def show_results(cfg: TrainConfig, model, sample: bool) -> None:
             print(f"note: no {name}: {reason.strip().splitlines()[0]}", flush=True)
 
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     """What the loop needs, built by `build_run`: the prepared objects, the trainer state it advances and saves,
     and the per-run constants its metrics rows and checkpoints are made of."""
