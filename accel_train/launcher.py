@@ -36,6 +36,47 @@ def die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+class OutputThatMayLoseItsReader:
+    """stdout or stderr whose reader may go away: a launcher that reads the trainer's output through a pipe
+    (`accelerate launch` with one process, since 1.16) and is killed, or `| head`. A write that finds the pipe
+    closed would raise BrokenPipeError mid-save; instead the stream is pointed at /dev/null and the run goes on
+    to its checkpoint as it would have."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard_from_now_on()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard_from_now_on()
+
+    def _discard_from_now_on(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def outlive_lost_output() -> None:
+    """Let the trainer's prints, progress bar and warnings survive a reader that went away (see above)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, OutputThatMayLoseItsReader):
+            setattr(sys, name, OutputThatMayLoseItsReader(stream))
+
+
 def _passes_our_arguments(pid: int) -> bool:
     """Whether process `pid`'s command line ends with our arguments, as a launcher's does (True if unreadable).
 
@@ -66,3 +107,16 @@ def check_process_count(seen: int) -> None:
                         "would train alone, all writing one out_dir. The launch asked for a distributed mode this "
                         "machine cannot run (GPUs that are not there, or a launcher that sets WORLD_SIZE but not "
                         "LOCAL_RANK); on the CPU launch with --multi_gpu --num_processes N")
+
+
+def check_lone_process() -> None:
+    """Refuse a trainer that `accelerate launch` started alone although it was asked for several machines or
+    processes (`--num_machines 2` or `--num_processes 2` without `--multi_gpu`): its one-process launcher sets
+    MASTER_ADDR for the job but starts no process group (no WORLD_SIZE), so every machine would train an
+    independent run, and on separate disks nothing else would notice."""
+    lone = "ACCELERATE_USE_CPU" in os.environ and "WORLD_SIZE" not in os.environ  # accelerate's one-process launcher
+    if lone and "MASTER_ADDR" in os.environ:
+        raise UserError(f"accelerate launch was asked for several machines or processes (it set MASTER_ADDR="
+                        f"{os.environ['MASTER_ADDR']}) but started this trainer alone, without a process group: each "
+                        "machine would train its own run. Add --multi_gpu (it runs gloo on CPUs too), or leave out "
+                        "--num_machines/--num_processes (and unset MASTER_ADDR) for one process")

@@ -38,7 +38,8 @@ from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
-from accel_train.launcher import check_launch, check_process_count, die_with_launcher
+from accel_train.launcher import (check_launch, check_lone_process, check_process_count, die_with_launcher,
+                                  outlive_lost_output)
 from accel_train.model import Gemma3
 from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
 from accel_train.plot import write_plot
@@ -84,8 +85,10 @@ def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_cli
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
+    outlive_lost_output()
     cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
     check_launch(cpu)
+    check_lone_process()
     # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
     # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
     functorch_config.activation_memory_budget = cfg.activation_memory_budget

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "accel_train" / "train.py")
 GPT2_FILES = REPO / "tests" / "fixtures" / "gpt2"  # GPT-2's published encoder.json and vocab.bpe
-TINYSTORIES = REPO.parent / "shared" / "data" / "tinystories_sample.txt"  # stories separated by <|endoftext|> lines
+TINYSTORIES = REPO / "tests" / "fixtures" / "tinystories" / "tinystories_500.txt"  # stories between <|endoftext|> lines
 
 # A model small enough that a few optimizer steps take well under a second on 2 cores.
 TINY_MODEL = ["--model.hidden_size", "64", "--model.intermediate_size", "128", "--model.num_hidden_layers", "2",
@@ -94,11 +94,7 @@ def gpt2_backend():
 
 
 def tinystories() -> list[str]:
-    """The stories of the shared TinyStories sample (real English); the test is skipped where it is absent."""
-    import pytest
-
-    if not TINYSTORIES.is_file():
-        pytest.skip(f"{TINYSTORIES} (the shared TinyStories sample) is not here")
+    """The stories of the TinyStories slice that ships with the tests (real English)."""
     return [s.strip() for s in TINYSTORIES.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
 
 

@@ -24,9 +24,10 @@ KINDS = ("kill-step", "kill-save", "term", "int")
 SIGNAL_GRACE_S = 60  # a signalled run must be gone within this (torchrun itself allows 30 s before SIGKILL)
 
 
-def start(args: list[str], processes: int, log: Path, config_file: str | None = None) -> subprocess.Popen:
+def start(args: list[str], processes: int, log: Path, config_file: str | None = None,
+          env: dict | None = None) -> subprocess.Popen:
     with open(log, "ab") as output:
-        return subprocess.Popen(command(TRAIN, args, processes, config_file), cwd=REPO, env=subprocess_env(),
+        return subprocess.Popen(command(TRAIN, args, processes, config_file), cwd=REPO, env=subprocess_env(env),
                                 stdout=output, stderr=subprocess.STDOUT)
 
 

@@ -1,7 +1,9 @@
 """A launch that does not give the trainer the processes the launcher started is refused with one `error:` line
 and exit status 2, before anything is written: otherwise each process may train alone, all writing one out_dir."""
 
-from helpers import TINY_MODEL, TRAIN, run
+import sys
+
+from helpers import TINY_MODEL, TRAIN, command, run, run_side_by_side
 
 RUN = ["--max_iters", "2", "--batch_size", "4", "--block_size", "64", "--warmup_steps", "1", "--eval_iters", "1",
        "--demo_data", "false", "--plot", "false", "--sample_tokens", "0", *TINY_MODEL]
@@ -30,3 +32,30 @@ def test_fewer_processes_than_the_launcher_started_is_refused(demo_data_dir, tmp
     assert errors(result) == [e for e in errors(result) if "started 2 processes" in e and "sees 1" in e]
     assert len(errors(result)) == 1 and result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_several_machines_without_a_process_group_are_refused(demo_data_dir, tmp_path):
+    """`--num_machines 2` without `--multi_gpu` runs Accelerate's one-process launcher on each machine: two
+    independent runs. Both "machines" here are this host, each with its own out_dir, as separate disks would be."""
+    cases = [(f"rank {rank}", [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "2",
+                               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port",
+                               "29531", TRAIN, "--data_dir", str(demo_data_dir), "--out_dir",
+                               str(tmp_path / f"out{rank}"), *RUN], []) for rank in (0, 1)]
+    for name, (status, stderr, _) in run_side_by_side(cases).items():
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "--multi_gpu" in lines[0] and "alone" in lines[0], (name, stderr[-3000:])
+        assert status != 0 and "train.py\", line" not in stderr, (name, stderr[-3000:])
+    assert not any(tmp_path.glob("out*"))
+
+
+def test_a_refused_start_under_torchrun_leads_with_the_trainers_one_line(demo_data_dir, tmp_path):
+    """What docs/launching.md says a user sees: the trainer's `error:` line first, once, then torchrun's report,
+    whose root cause is the trainer's exit status 2; nothing written."""
+    out = tmp_path / "out"
+    result = run(command(TRAIN, ["--data_dir", str(demo_data_dir), "--out_dir", str(out), *RUN, "--warmup_steps",
+                                 "2"], processes=2))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(errors) == 1 and "warmup_steps" in lines[errors[0]], result.stderr[-3000:]
+    assert not any("Traceback" in line or "FAILED" in line for line in lines[:errors[0]]), result.stderr[-3000:]
+    assert result.returncode != 0 and "exitcode  : 2" in result.stderr and not out.exists(), result.stderr[-3000:]
