@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -81,8 +82,24 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def check_tracker_installed(tracker: str) -> None:
+    """Refuse a tracker whose package is missing before any work. Accelerate itself would only warn, drop
+    the tracker and train on, logging nothing where the user asked; its own list of available trackers decides."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if tracker != "none" and LoggerType(tracker) not in get_available_trackers():
+        # every tracker Accelerate knows is installed by its own name
+        raise UserError(f"tracker {tracker} needs the {tracker} package, which {sys.executable} cannot import: "
+                        f"pip install {tracker} (or choose another tracker)")
+
+
 def start_tracker(accelerator, cfg, run_id: str) -> None:
-    """Open the chosen tracker; wandb continues the run `run_id` when a checkpoint is resumed."""
+    """Open the chosen tracker; wandb continues the run `run_id` when a checkpoint is resumed. A tracker that
+    does not start (wandb online without `wandb login`) is a UserError: a run must not go on without it.
+    Main process only: Accelerate starts trackers there."""
+    from accelerate.tracking import GeneralTracker
+
     if cfg.tracker == "none":
         return
     init_kwargs = {}
@@ -90,17 +107,27 @@ def start_tracker(accelerator, cfg, run_id: str) -> None:
         init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": cfg.out_dir, "name": cfg.run_name or None,
                                 "tags": [tag.strip() for tag in cfg.wandb_tags.split(",") if tag.strip()]}
     project = cfg.wandb_project if cfg.tracker == "wandb" else (cfg.run_name or "tensorboard")
-    accelerator.init_trackers(project, config=flat_config(cfg.to_dict()), init_kwargs=init_kwargs)
+    try:
+        accelerator.init_trackers(project, config=flat_config(cfg.to_dict()), init_kwargs=init_kwargs)
+    except Exception as err:  # whatever the tracker's library raises, the user needs its message, not a traceback
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise UserError(f"cannot start the {cfg.tracker} tracker: {reason}") from None
+    if type(accelerator.get_tracker(cfg.tracker)) is GeneralTracker:  # Accelerate's stand-in for a missing one
+        raise UserError(f"the {cfg.tracker} tracker did not start; check that {sys.executable} can import "
+                        f"{cfg.tracker}")
 
 
 def watch_model(accelerator, model, cfg) -> None:
-    """wandb histograms of gradients and parameters every `watch_interval` optimizer steps, as the seed's
-    `run.watch` did. wandb counts backward passes, so the interval is scaled by the micro-batches per
-    optimizer step (the accelerator's accumulation count, which `micro_batch` may make differ from the config's)."""
-    if cfg.tracker == "wandb" and cfg.watch_interval and accelerator.is_main_process:
-        run = accelerator.get_tracker("wandb", unwrap=True)
-        run.watch(accelerator.unwrap_model(model, keep_torch_compile=False), log="all",
-                  log_freq=cfg.watch_interval * accelerator.gradient_accumulation_steps)
+    """Histograms of gradients and parameters every `watch_interval` optimizer steps, in each started tracker
+    that can watch a model (wandb), as the seed's `run.watch` did. wandb counts backward passes, so the interval
+    is scaled by the micro-batches per optimizer step (the accelerator's accumulation count, which `micro_batch`
+    may make differ from the config's)."""
+    if not (cfg.watch_interval and accelerator.is_main_process):
+        return
+    for tracker in accelerator.trackers:
+        if hasattr(tracker.tracker, "watch"):
+            tracker.tracker.watch(accelerator.unwrap_model(model, keep_torch_compile=False), log="all",
+                                  log_freq=cfg.watch_interval * accelerator.gradient_accumulation_steps)
 
 
 def flat_config(d: dict, prefix: str = "") -> dict:

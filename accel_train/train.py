@@ -50,7 +50,8 @@ from accel_train.sample import sample_text
 from accel_train.run_lock import RunLock
 from accel_train.token_scan import largest_id
 from accel_train.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
-from accel_train.tracking import METRICS_FILE, MetricsLog, has_rows, new_run_id, start_tracker, watch_model
+from accel_train.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
+                                  start_tracker, watch_model)
 
 
 PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
@@ -92,6 +93,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
     # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
     functorch_config.activation_memory_budget = cfg.activation_memory_budget
+    check_tracker_installed(cfg.tracker)  # before out_dir is touched: a run must not go on without its tracker
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
@@ -324,7 +326,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)  # saved and loaded one by one
     optimizer = Optimizers(optimizers)
     start_from(cfg, accelerator, optimizer, resume_from, state["step"])
-    start_tracker(accelerator, cfg, state["run_id"])
+    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state["run_id"]))
     watch_model(accelerator, model, cfg)
     redo = state.get(PENDING)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)

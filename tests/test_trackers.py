@@ -1,17 +1,24 @@
 """Trackers through Accelerate: offline wandb and tensorboard files hold what metrics.jsonl holds.
 
 wandb: the run's name and tags, the same run continued on resume, and gradient and parameter
-histograms at the watch interval. Nothing here needs a network (WANDB_MODE=offline).
+histograms at the watch interval. Nothing here needs a network (WANDB_MODE=offline). A tracker asked
+for whose package is not installed, or that cannot start, is refused with one error line.
 """
 
+import importlib.metadata
 import json
 import struct
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
 from accel_train.checkpoint import list_checkpoints, read_trainer_state
+from accel_train.config import TRACKERS
 from accel_train.tracking import read_metrics
-from helpers import TINY_MODEL, train
+from helpers import TINY_MODEL, TRAIN, assert_one_error_line, run, run_side_by_side, snapshot, train
 
 RUN = [*TINY_MODEL, "--warmup_steps", "1", "--batch_size", "2", "--gradient_accumulation_steps", "2",
        "--eval_interval", "4", "--eval_iters", "1", "--log_interval", "1", "--sample_tokens", "0", "--plot", "false"]
@@ -115,3 +122,59 @@ def test_tensorboard_holds_the_logged_values(tmp_path, demo_data_dir):
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_bpb"):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in expected if key in r]
+
+
+# The distributions that give Accelerate each tracker (it takes tensorboardX for tensorboard too).
+TRACKER_DISTRIBUTIONS = {"wandb": ["wandb"], "tensorboard": ["tensorboard", "tensorboardX"]}
+
+
+def venv_without(venv: Path, tracker: str) -> str:
+    """The python of a new venv holding every package of this one but the tracker's, as if it had been
+    `pip uninstall`ed: each site-packages entry is linked in, except the files the tracker's distributions
+    installed. A second or so, where installing a venv takes minutes. Returns the venv's python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    dropped = set()
+    for name in TRACKER_DISTRIBUTIONS[tracker]:
+        try:
+            dropped |= {Path(str(f)).parts[0] for f in importlib.metadata.distribution(name).files}
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    target = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    for site in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
+        for entry in Path(site).iterdir():
+            if entry.name not in dropped and not (target / entry.name).exists():
+                (target / entry.name).symlink_to(entry)
+    return str(venv / "bin" / "python")
+
+
+@pytest.mark.parametrize("tracker", [t for t in TRACKERS if t != "none"])
+def test_a_tracker_not_installed_is_refused_before_any_work(tmp_path, demo_data_dir, trained_run, tracker):
+    """Accelerate alone warns, drops the tracker and trains on, logging nothing where the user asked."""
+    python = venv_without(tmp_path / "venv", tracker)
+    seen = run([python, "-c", f"import importlib.util, accelerate.utils as u; print(importlib.util.find_spec("
+                f"{tracker!r}) is None, not u.is_{tracker}_available())"])
+    assert seen.stdout.split() == ["True", "True"], seen.stderr  # as unimportable as if never installed
+    earlier, _ = trained_run  # a run already there, to be resumed: left exactly as it was
+    before = snapshot(earlier)
+    fresh = tmp_path / "new" / "run"
+    common = ["--data_dir", str(demo_data_dir), *RUN, "--max_iters", "30", "--tracker", tracker]
+    words = ["tracker", f"pip install {tracker}"]
+    results = run_side_by_side([
+        ("fresh", [python, TRAIN, *common, "--out_dir", str(fresh)], words),
+        ("no watch", [python, TRAIN, *common, "--out_dir", str(fresh.with_name("other")), "--watch_interval", "0"],
+         words),
+        ("resume", [python, TRAIN, *common, "--out_dir", str(earlier), "--resume", "auto"], words)])
+    for status, stderr, words in results.values():
+        assert_one_error_line(status, stderr, *words)
+    assert not (tmp_path / "new").exists()
+    assert snapshot(earlier) == before
+
+
+def test_wandb_that_cannot_log_in_is_one_error_line(tmp_path, demo_data_dir):
+    """Online without `wandb login`: wandb's own reason, not its traceback."""
+    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(tmp_path / "run"), *RUN, "--max_iters", "2",
+                    "--tracker", "wandb"],
+                   env={"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path),
+                        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")})
+    assert_one_error_line(result.returncode, result.stderr, "cannot start the wandb tracker", "wandb login")
+    assert not list((tmp_path / "run").glob("step_*")) and not (tmp_path / "run" / "metrics.jsonl").exists()
