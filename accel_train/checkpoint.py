@@ -1,10 +1,10 @@
 """Checkpoints under `out_dir/checkpoints/`: written atomically, verified, pruned, found again for resume.
 
-`accelerator.save_state` writes the weights (model.safetensors), optimizer, schedule, loss scaler
-and the RNG state of every process; `trainer_state.json` adds the step, counters, data position,
-best validation loss, tracker run id and config. A checkpoint is written to a hidden temporary
-folder, its files fsynced and listed with sizes and sha256 in `manifest.json`, and only then
-renamed into place, so a crash or a full disk mid-save never leaves a half checkpoint that
+`accelerator.save_state` writes the weights (model.safetensors; under FSDP Accelerate's own files, see
+`load_weights`), optimizer, schedule, loss scaler and the RNG state of every process; `trainer_state.json`
+adds the step, counters, data position, best validation loss, tracker run id and config. A checkpoint is
+written to a hidden temporary folder, its files fsynced and listed with sizes and sha256 in `manifest.json`,
+and only then renamed into place, so a crash or a full disk mid-save never leaves a half checkpoint that
 `--resume auto` would pick. Every reader verifies a checkpoint against its manifest first. `best/` is a
 verified copy of the checkpoint with the lowest validation loss, so neither pruning nor damage to a
 `step_<N>/` folder can reach it.
@@ -16,14 +16,17 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 import warnings
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_model as load_safetensors
 
-from accel_train.errors import UserError
+from accel_train.errors import UserError, first_line
 
 class _TiedHeadNote(logging.Filter):
     """Accelerate warns at every save that it left the shared tensor lm_head.weight out of model.safetensors.
@@ -37,6 +40,9 @@ logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
+FSDP_MODEL_NAME = "pytorch_model_fsdp"  # accelerate.utils.constants.FSDP_MODEL_NAME (importing accelerate is slow)
+FSDP_FULL_WEIGHTS = f"{FSDP_MODEL_NAME}.bin"  # FSDP, FULL_STATE_DICT: the whole model, gathered by rank 0
+FSDP_SHARDED_WEIGHTS = f"{FSDP_MODEL_NAME}_0"  # FSDP, SHARDED_STATE_DICT: a torch.distributed.checkpoint folder
 MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
 BEST = "best"
@@ -81,7 +87,8 @@ def verify(folder: Path, checksums: bool = True) -> str | None:
         entries = [(name, entry["bytes"], entry["sha256"]) for name, entry in files.items()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "no readable manifest"
-    for name in (STATE_FILE, WEIGHTS_FILE):  # what readers open by name must not escape the check
+    for name in (STATE_FILE, WEIGHTS_FILE, FSDP_FULL_WEIGHTS, f"{FSDP_SHARDED_WEIGHTS}/.metadata"):
+        # what readers open by name must not escape the check
         if name not in files and (folder / name).exists():
             return f"{name} is not in the manifest"
     for name, size, sha256 in entries:
@@ -298,3 +305,74 @@ def read_trainer_state(folder: Path) -> dict:
         return json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read {folder / STATE_FILE}: {err}") from None
+
+
+LAYOUTS = {WEIGHTS_FILE: "one process or DDP", FSDP_FULL_WEIGHTS: "FSDP with fsdp_state_dict_type FULL_STATE_DICT",
+           FSDP_SHARDED_WEIGHTS: "FSDP with fsdp_state_dict_type SHARDED_STATE_DICT"}  # who writes each layout
+
+
+def weights_layout(folder: Path) -> str:
+    """The name under which a checkpoint holds its weights, one of LAYOUTS."""
+    return next((name for name in (FSDP_SHARDED_WEIGHTS, FSDP_FULL_WEIGHTS) if (folder / name).exists()), WEIGHTS_FILE)
+
+
+def launch_layout(accelerator) -> str:
+    """The name under which this launch's `save_state` writes the weights, one of LAYOUTS."""
+    if accelerator.distributed_type != "FSDP":
+        return WEIGHTS_FILE
+    sharded = accelerator.state.fsdp_plugin.state_dict_type.name == "SHARDED_STATE_DICT"
+    return FSDP_SHARDED_WEIGHTS if sharded else FSDP_FULL_WEIGHTS
+
+
+def check_layout(folder: Path, layout: str) -> None:
+    """Refuse to resume a checkpoint another kind of launch wrote: Accelerate's `load_state` reads only the
+    weights and optimizer files its own launch writes, and fails on others with a traceback."""
+    saved = weights_layout(folder)
+    if saved != layout:
+        raise UserError(f"{folder} was saved by {LAYOUTS[saved]} ({saved}), but this launch is {LAYOUTS[layout]}, "
+                        "which cannot load it; resume with the kind of launch that wrote it, or start a new out_dir")
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load a checkpoint's weights into a plain model in this one process, whichever way the run saved them:
+    model.safetensors (one process, DDP), or under FSDP the file rank 0 gathered or the sharded folder, read
+    whole without a process group. Sampling and export need no launcher and no consolidation step."""
+    from torch.distributed.checkpoint import CheckpointException
+
+    source = folder / weights_layout(folder)
+    try:
+        if source.name == WEIGHTS_FILE:
+            load_safetensors(model, source)  # also re-ties lm_head, whose copy Accelerate leaves out of the file
+            return
+        state = (_read_sharded(model, source) if source.name == FSDP_SHARDED_WEIGHTS
+                 else torch.load(source, map_location="cpu", weights_only=True))
+        _check_shared_equal(model, state, source)
+        model.load_state_dict(state)  # copies into the parameters, so tied ones stay one parameter
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, CheckpointException) as err:
+        raise UserError(f"{source} does not hold the model its trainer_state.json describes: "
+                        f"{first_line(err)}") from None
+
+
+def _read_sharded(model: torch.nn.Module, path: Path) -> dict:
+    """The weights of an FSDP sharded checkpoint (Accelerate saves them under the key "model"), every shard
+    read into tensors shaped like `model`'s; names that share a parameter get a tensor each, to be compared."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {name: torch.empty_like(tensor) for name, tensor in model.state_dict().items()}
+    with warnings.catch_warnings():  # that it reads in one process, as asked
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.load({"model": state}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+    return state
+
+
+def _check_shared_equal(model: torch.nn.Module, state: dict, source: Path) -> None:
+    """FSDP gathers a tied pair (embedding and output head) as two tensors: they must hold the same values, or
+    loading both into the one parameter would quietly keep the second and drop the first."""
+    names_of = {}
+    for name, param in model.state_dict(keep_vars=True).items():
+        names_of.setdefault(id(param), []).append(name)
+    for first, *others in names_of.values():
+        for other in others:
+            if first in state and other in state and not torch.equal(state[first], state[other]):
+                raise UserError(f"{source} holds different {first} and {other}, which the model ties into one "
+                                "parameter: the weights were untied when they were saved")

@@ -90,12 +90,34 @@ def _passes_our_arguments(pid: int) -> bool:
 
 
 def check_launch(cpu: bool) -> None:
-    """Refuse, before the Accelerator is built, FSDP asked for on the CPU: Accelerate fails there (FSDP1), or
-    quietly runs plain data parallelism instead (FSDP2)."""
-    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise UserError(f"the launcher asked for FSDP with {os.environ.get('WORLD_SIZE', '1')} process(es), but this "
-                        "run is on the CPU (no GPU visible, or --device cpu) and FSDP needs GPUs; on the CPU launch "
-                        "with --multi_gpu --num_processes N (gloo) instead")
+    """Refuse, before the Accelerator is built, FSDP version 1 asked for on the CPU: Accelerate's plugin raises
+    there (`sync_module_states` is not supported on cpu). FSDP2 is checked once it is built (`check_fsdp`)."""
+    if cpu and fsdp_requested() and os.environ.get("FSDP_VERSION", "1") == "1":
+        raise UserError(_fsdp_off_reason())
+
+
+def check_fsdp(distributed_type, optimizer: str) -> None:
+    """Once the Accelerator is built, refuse an FSDP launch it cannot run. Accelerate's AcceleratorState enables
+    FSDP only for GPU-like distributed types: on the CPU it drops the plugin and quietly runs plain DDP. And its
+    FSDP save_state pairs the i-th optimizer with the i-th model, so Muon (two optimizers, one model) trains but
+    cannot be checkpointed."""
+    if fsdp_requested() and distributed_type != "FSDP":
+        raise UserError(_fsdp_off_reason())
+    if distributed_type == "FSDP" and optimizer == "muon":
+        raise UserError("optimizer 'muon' does not run under FSDP: Muon runs beside AdamW, and Accelerate checkpoints "
+                        "only one optimizer per model under FSDP; use --optimizer adamw, or Muon with DDP "
+                        "(--multi_gpu)")
+
+
+def fsdp_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
+def _fsdp_off_reason() -> str:
+    return (f"the launcher asked for FSDP with {os.environ.get('WORLD_SIZE', '1')} process(es), but this run is on "
+            "the CPU (no GPU visible, or --device cpu), and Accelerate enables FSDP only on GPU-like devices (CUDA, "
+            "XPU, NPU, ...): here it would quietly run plain DDP; on the CPU launch DDP with gloo instead: "
+            "--multi_gpu --num_processes N")
 
 
 def check_process_count(seen: int) -> None:

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model as load_safetensors
 
-from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, read_trainer_state,
-                                    verified)
+from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_weights,
+                                    read_trainer_state, verified)
 from accel_train.config import TrainConfig, config_from_dict
 from accel_train.errors import Parser, UserError, number, run_cli
 from accel_train.model import Gemma3, KVCache
@@ -43,11 +42,7 @@ def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
     folder = find_checkpoint(checkpoint)
     cfg = config_from_dict(read_trainer_state(folder)["config"])
     model = Gemma3(cfg.model)
-    try:  # also re-ties lm_head, whose copy Accelerate leaves out of the file
-        load_safetensors(model, folder / WEIGHTS_FILE)
-    except (RuntimeError, OSError) as err:
-        raise UserError(f"{folder / WEIGHTS_FILE} does not hold the model its trainer_state.json describes: "
-                        f"{str(err).splitlines()[0]}") from None
+    load_weights(model, folder)
     return model.eval(), cfg
 
 

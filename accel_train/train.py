@@ -29,8 +29,9 @@ from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, broadca
 from torch._functorch import config as functorch_config
 from tqdm.auto import tqdm
 
-from accel_train.checkpoint import (BEST, checkpoints_root, finish_bookkeeping, list_checkpoints, prune,
-                                    read_trainer_state, resolve_resume, save_checkpoint, update_best)
+from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping, launch_layout,
+                                    list_checkpoints, prune, read_trainer_state, resolve_resume, save_checkpoint,
+                                    update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, run_cli
@@ -38,8 +39,8 @@ from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
-from accel_train.launcher import (check_launch, check_lone_process, check_process_count, die_with_launcher,
-                                  outlive_lost_output)
+from accel_train.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
+                                  die_with_launcher, outlive_lost_output)
 from accel_train.model import Gemma3
 from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
 from accel_train.plot import write_plot
@@ -106,6 +107,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
                                         mode=cfg.compile_mode, dynamic=False),
     )
     check_process_count(accelerator.num_processes)  # before anything is written
+    check_fsdp(accelerator.distributed_type, cfg.optimizer)
     return accelerator
 
 
@@ -202,15 +204,17 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
             "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
-def plan_start(cfg: TrainConfig, processes: int, lock: RunLock) -> tuple[Path | None, dict]:
-    """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from.
-    Every check a user's mistake can fail happens here, before anything but the lock is written."""
+def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> tuple[Path | None, dict]:
+    """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from;
+    `layout` is how this launch saves weights (checkpoint.LAYOUTS). Every check a user's mistake can fail
+    happens here, before anything but the lock is written."""
     lock.acquire()
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
     if resume_from is None:
         state = fresh_state(cfg, processes)
     else:
         state = read_trainer_state(resume_from)
+        check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
         state.update(config=cfg.to_dict(), processes=processes)  # the next checkpoint is this run's
     check_data(cfg)
@@ -307,7 +311,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         warnings.filterwarnings("ignore")  # say things once
     if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape: a new config, the caller's stays as it is
         cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
-    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock))
+    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
+                                                                         launch_layout(accelerator)))
     state.setdefault("skipped_steps", 0)
     settings = resolve_settings(cfg, accelerator)
     accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step

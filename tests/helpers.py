@@ -29,9 +29,12 @@ def run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subpro
 
 def command(script: str, args: list[str], processes: int = 1, config_file: str | None = None) -> list[str]:
     """`python script ...` for one process, `accelerate launch --multi_gpu` for several (gloo on CPU), or
-    `accelerate launch --config_file` with one of configs/accelerate/ when `config_file` names it."""
+    `accelerate launch --config_file` with one of configs/accelerate/ when `config_file` names it (with several
+    processes, their number and a free port override the file's)."""
     if config_file:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, script, *args]
+        several = ["--num_processes", str(processes), "--main_process_port", "0"] if processes > 1 else []
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, *several, script,
+                *args]
     if processes == 1:
         return [sys.executable, script, *args]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",

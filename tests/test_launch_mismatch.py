@@ -13,14 +13,19 @@ def errors(result) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
 
 
-def test_fsdp_on_a_machine_without_gpus_is_refused(demo_data_dir, tmp_path):
-    out = tmp_path / "out"
-    result = run(["accelerate", "launch", "--num_processes", "2", "--use_fsdp", "--main_process_port", "0", TRAIN,
-                  "--data_dir", str(demo_data_dir), "--out_dir", str(out), "--device", "cpu", *RUN])
-    lines = errors(result)
-    assert len(lines) == 1 and "FSDP" in lines[0] and "2 process" in lines[0], result.stderr[-3000:]
-    assert "train.py\", line" not in result.stderr  # no trainer traceback (the launcher adds its own report)
-    assert result.returncode != 0 and not out.exists()
+def test_fsdp_on_a_machine_without_gpus_is_refused_with_the_real_reason(demo_data_dir, tmp_path):
+    """FSDP1 (Accelerate's plugin raises on the CPU) and FSDP2 (Accelerate drops the plugin and runs DDP)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--main_process_port", "0"]
+    cases = {"fsdp1": [*launch, "--use_fsdp"], "fsdp2": [*launch, "--config_file", "configs/accelerate/fsdp.yaml"]}
+    results = run_side_by_side([(name, [*cmd, TRAIN, "--data_dir", str(demo_data_dir), "--out_dir",
+                                        str(tmp_path / name), "--device", "cpu", *RUN], [])
+                                for name, cmd in cases.items()])
+    for name, (status, stderr, _) in results.items():
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "2 process" in lines[0], (name, stderr[-3000:])
+        assert "enables FSDP only on GPU-like devices" in lines[0] and "--multi_gpu" in lines[0], lines[0]
+        assert "train.py\", line" not in stderr  # no trainer traceback (the launcher adds its own report)
+        assert status != 0 and not (tmp_path / name).exists()
 
 
 def test_fewer_processes_than_the_launcher_started_is_refused(demo_data_dir, tmp_path):
