@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,6 +58,13 @@ class Schedule(torch.optim.lr_scheduler.LRScheduler):
                                       schedule=cfg.lr_schedule, decay_fraction=cfg.decay_fraction)
         self.scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         super().__init__(optimizer)
+
+    def step(self) -> None:
+        """Move to the next optimizer step's rate. After a skipped first step (a non-finite gradient, an fp16
+        overflow) torch warns that the schedule's first rate is lost; here the rate follows the step count."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            super().step()
 
     def get_lr(self) -> list[float]:
         return [self.rate(self.last_epoch + 1) * scale for scale in self.scales]

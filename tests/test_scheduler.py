@@ -3,11 +3,13 @@ whose rate at optimizer step s is lr_at(s) of the running config whatever the pr
 the checkpoint being resumed (its saved rates never come back). Runs the real trainer in subprocesses."""
 
 import shutil
+import warnings
 
 import torch
 
 from accel_train.checkpoint import list_checkpoints, write_manifest
-from accel_train.schedule import lr_at
+from accel_train.config import load_config
+from accel_train.schedule import Schedule, lr_at
 from accel_train.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, assert_one_error_line, launch, snapshot, train
 
@@ -76,3 +78,14 @@ def test_a_checkpoint_without_its_scheduler_state_is_one_error_line(trained_run,
         result = train([*common, *extra])
         assert_one_error_line(result.returncode, result.stderr, str(newest), "scheduler.bin", "--init_from")
     assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_a_skipped_first_step_moves_the_rate_on_quietly():
+    """A first optimizer step skipped (a non-finite gradient, an fp16 overflow) still counts: the scheduler
+    moves to step 2's rate, without torch's warning that the schedule's first rate is lost (it is not)."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])
+    scheduler = Schedule(optimizer, load_config(flags(FIRST)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scheduler.step()
+    assert caught == [] and optimizer.param_groups[0]["lr"] == rate(2, FIRST)
