@@ -62,9 +62,14 @@ def build_optimizers(model: torch.nn.Module, cfg, fused: bool = False, mixed_pre
     return [adamw, muon]
 
 
+def optimizer_count(optimizer: str) -> int:
+    """How many optimizers `build_optimizers` makes for the config's `optimizer`: each saves its own state."""
+    return 2 if optimizer == "muon" else 1
+
+
 class Optimizers:
-    """Several prepared optimizers behind one optimizer's interface: the training step sets their rate,
-    steps and clears them as one. Gradient clipping covers all parameters before any of them steps."""
+    """Several prepared optimizers behind one optimizer's interface: the training step steps and clears them
+    as one (each has its own scheduler). Gradient clipping covers all parameters before any of them steps."""
 
     def __init__(self, optimizers: list):
         self.optimizers = optimizers
@@ -83,8 +88,10 @@ class Optimizers:
 
 
 def group_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
-    """Every parameter group's settings (weight decay, betas, ...) without its parameters."""
-    return [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    """Every parameter group's settings (weight decay, betas, ...) without its parameters, nor its rate: that
+    is its scheduler's, which sets it when it loads its step count."""
+    return [{key: value for key, value in group.items() if key not in ("params", "lr")}
+            for group in optimizer.param_groups]
 
 
 def restore_group_settings(optimizer: torch.optim.Optimizer, settings: list[dict]) -> None:

@@ -1,16 +1,23 @@
 """The learning rate as a pure function of the optimizer step (not of micro-batches or processes).
 
-No scheduler object holds the rate: `set_lr` writes `lr_at(step)` into the optimizer before each
-step, so a checkpoint carries no schedule state and a resumed run follows its own config's schedule.
-That is what lets a warmup-stable-decay run be extended: resumed in its constant phase with a larger
-max_iters, it stays at the constant rate and decays at the new end.
+`Schedule` is the torch scheduler that puts `lr_at` into an optimizer. Its only state is the number of
+optimizer steps taken: the rate is computed from the config of the run that uses it, so a resumed run
+follows its own config's schedule, never rates saved in the checkpoint. That is what lets a
+warmup-stable-decay run be extended: resumed in its constant phase with a larger max_iters, it stays at
+the constant rate and decays at the new end.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
+from pathlib import Path
 
 import torch
+from accelerate.utils import SCHEDULER_NAME
+
+from accel_train.errors import UserError
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -34,8 +41,52 @@ def lr_at(step: int, learning_rate: float, min_lr: float, warmup_steps: int, max
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Give every parameter group the rate of the coming optimizer step: `lr`, times the group's `lr_scale`
-    where it has one (Muon's group, whose peak is muon_lr rather than learning_rate)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+class Schedule(torch.optim.lr_scheduler.LRScheduler):
+    """A torch scheduler whose rate after n `step()`s (one per optimizer step) is lr_at(n + 1) of `cfg`, times
+    each group's `lr_scale` (Muon's group, whose peak is muon_lr rather than learning_rate).
+
+    Its state dict is the step count alone, and the scales are this run's: loading a checkpoint's state moves
+    the count, while the rate stays this config's schedule (a LambdaLR would bring back the saved base rates).
+    Step it once per optimizer step, skipped or not, with an Accelerator built with
+    step_scheduler_with_optimizer=False: otherwise Accelerate steps it once per process, and not at all
+    after a step the fp16 loss scaler skipped.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg):
+        self.rate = functools.partial(lr_at, learning_rate=cfg.learning_rate, min_lr=cfg.min_lr,
+                                      warmup_steps=cfg.warmup_steps, max_iters=cfg.max_iters,
+                                      schedule=cfg.lr_schedule, decay_fraction=cfg.decay_fraction)
+        self.scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        super().__init__(optimizer)
+
+    def step(self) -> None:
+        """Move to the next optimizer step's rate. After a skipped first step (a non-finite gradient, an fp16
+        overflow) torch warns that the schedule's first rate is lost; here the rate follows the step count."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            super().step()
+
+    def get_lr(self) -> list[float]:
+        return [self.rate(self.last_epoch + 1) * scale for scale in self.scales]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch}  # the key every torch scheduler saves its count under
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue after the saved count of steps, at this config's rate for the next one."""
+        self.last_epoch = state_dict["last_epoch"]
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
+
+
+def check_saved(folder: Path, optimizers: int) -> None:
+    """Refuse in one line a checkpoint without a scheduler file for each of its `optimizers` (one written
+    before the schedulers were saved): Accelerate's load_state would stop on the missing file with a traceback."""
+    names = [f"{SCHEDULER_NAME}.bin"] + [f"{SCHEDULER_NAME}_{i}.bin" for i in range(1, optimizers)]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"cannot resume {folder}: it has no {' or '.join(missing)} (the learning-rate scheduler's "
+                        "state; it was written before checkpoints held it); to go on from its weights, export "
+                        f"them (python -m accel_train.export --checkpoint {folder} --out DIR) and train with "
+                        "--init_from DIR into a new out_dir")

@@ -42,11 +42,12 @@ from accel_train.hardware import Settings, resolve_hardware, resolve_settings, s
 from accel_train.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                   die_with_launcher, outlive_lost_output)
 from accel_train.model import Gemma3
-from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
+from accel_train.optim import (Optimizers, build_optimizers, group_settings, optimizer_count,
+                               restore_group_settings)
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
 from accel_train.resume import check_resumable
-from accel_train.schedule import lr_at, set_lr
+from accel_train.schedule import Schedule, check_saved
 from accel_train.sample import sample_text
 from accel_train.run_lock import RunLock
 from accel_train.token_scan import largest_id
@@ -58,8 +59,10 @@ from accel_train.tracking import (METRICS_FILE, MetricsLog, check_tracker_instal
 PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
 
 
-def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_clip: float, skip_nonfinite: bool):
-    """One optimizer step at rate `lr` over the accumulation window's micro-batches.
+def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
+               skip_nonfinite: bool):
+    """One optimizer step at the rate its schedulers set over the accumulation window's micro-batches; then each
+    scheduler steps once, to the next step's rate, whether the step was skipped or not.
 
     `optimizer` is one optimizer or several as one (optim.Optimizers: AdamW and Muon); the gradient is
     clipped once, over every parameter, before any of them steps.
@@ -78,9 +81,10 @@ def train_step(model, optimizer, lr: float, accelerator, micro_batches, grad_cli
         loss_sum, count = loss_sum + loss.detach(), count + 1
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
     skipped = skip_nonfinite and not torch.isfinite(grad_norm).item()
-    set_lr(optimizer, lr)
     if not skipped or accelerator.scaler is not None:  # the fp16 loss scaler skips such a step itself
         optimizer.step()
+    for scheduler in schedulers:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / count, grad_norm, skipped
 
@@ -102,6 +106,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         log_with=None if cfg.tracker == "none" else cfg.tracker,
         project_dir=cfg.out_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
+        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
         # prepare() compiles the model, loss included; one static shape per micro-batch
         dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no",
                                         mode=cfg.compile_mode, dynamic=False),
@@ -216,6 +221,7 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
         state = read_trainer_state(resume_from)
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
+        check_saved(resume_from, optimizer_count(cfg.optimizer))
         state.update(config=cfg.to_dict(), processes=processes)  # the next checkpoint is this run's
     check_data(cfg)
     prepare_out_dir(cfg, resuming=resume_from is not None)
@@ -274,6 +280,7 @@ class Run:
     settings: Settings
     model: torch.nn.Module
     optimizer: Optimizers
+    schedulers: list  # one per optimizer, each prepared: the rate of the coming step
     batches: Iterator
     state: dict
     resume_from: Path | None
@@ -328,8 +335,9 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
-    model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)  # saved and loaded one by one
-    optimizer = Optimizers(optimizers)
+    schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
+    model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
+    optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
     start_from(cfg, accelerator, optimizer, resume_from, state["step"])
     on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state["run_id"]))
     watch_model(accelerator, model, cfg)
@@ -340,8 +348,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
                       f"in {settings.micro_steps} micro-batch(es) of {settings.micro_batch} per process")
-    return Run(cfg, accelerator, settings, model, optimizer, iter(loader), state, resume_from, redo, metrics,
-               start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
+    return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from, redo,
+               metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
                tokens_per_byte=val_tokens_per_byte(cfg.data_dir))
@@ -354,7 +362,8 @@ def start_from(cfg: TrainConfig, accelerator: Accelerator, optimizer: Optimizers
     if resume_from:
         settings = group_settings(optimizer)
         accelerator.load_state(str(resume_from))
-        restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's
+        restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's;
+        # the rate is this config's schedule at `step`: the schedulers loaded their step count alone
         accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
         accelerator.print(f"resuming from {resume_from} at step {step}")
     else:
@@ -375,9 +384,8 @@ def run_loop(run: Run, after_step) -> int:
         if run.redo is not None:
             finish_pending_evaluation(run, stop, report)
         while step < cfg.max_iters and PENDING not in state:
-            lr = lr_at(step + 1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters, cfg.lr_schedule,
-                       cfg.decay_fraction)
-            loss, grad_norm, skipped = train_step(run.model, run.optimizer, lr, accelerator,
+            lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
+            loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
                                                   itertools.islice(run.batches, run.settings.micro_steps),
                                                   cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip")
             if after_step is not None:

@@ -16,14 +16,14 @@ from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.errors import UserError
 from accel_train.model import Gemma3
-from accel_train.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
-from accel_train.schedule import set_lr
-from accel_train.train import make_accelerator, train_step
+from accel_train.optim import Optimizers, build_optimizers
+from accel_train.schedule import lr_at
+from accel_train.train import make_accelerator, start_from, train_step
 from helpers import TRAIN, run, snapshot, train
 from interrupt import comparable_rows, finish, interrupt
 from test_resume import args, weights
 from test_training_math import one_thread  # noqa: F401 (its autouse fixture: one thread for tiny models)
-from test_training_math import batch, config, first_lr, flat, record_steps, relative_error
+from test_training_math import batch, config, first_lr, flat, prepare, record_steps, relative_error
 
 MUON = dict(optimizer="muon", muon_lr=3e-3)
 HIDDEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -62,16 +62,16 @@ def test_accumulated_clipped_muon_step_equals_one_big_batch_at_both_rates(tmp_pa
     loss.backward()
     assert torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) > 10 * cfg.grad_clip  # clipping bites
     clipped_ref = [flat(p.grad for g in o.param_groups for p in g["params"]).clone() for o in optimizers]
-    set_lr(Optimizers(optimizers), first_lr(cfg))
+    for group in Optimizers(optimizers).param_groups:
+        group["lr"] = first_lr(cfg) * group.get("lr_scale", 1.0)
     Optimizers(optimizers).step()
     updates_ref = [flat(p for g in o.param_groups for p in g["params"]) - w for o, w in zip(optimizers, initial)]
 
     accelerator = make_accelerator(cfg)
-    model, optimizers = build(cfg)
-    model, *optimizers = accelerator.prepare(model, *optimizers)
+    model, optimizers, schedulers = prepare(accelerator, cfg, *build(cfg))
     seen = [record_steps(o.optimizer) for o in optimizers]
     micro_batches = [(x[i:i + b], y[i:i + b]) for i in range(0, k * b, b)]
-    train_step(model, Optimizers(optimizers), first_lr(cfg), accelerator, micro_batches, cfg.grad_clip, False)
+    train_step(model, Optimizers(optimizers), schedulers, accelerator, micro_batches, cfg.grad_clip, False)
 
     for steps, ref in zip(seen, clipped_ref):
         assert len(steps) == 1 and relative_error(flat(steps[0]["grads"]), ref) < 1e-5
@@ -93,12 +93,12 @@ def test_bf16_muon_keeps_fp32_master_weights_and_momentum(tmp_path):
     with torch.no_grad():
         up.add_(1.0)  # around 1.0, bf16 values are 2**-7 apart
     before = up.detach().clone()
-    model, *optimizers = accelerator.prepare(model, *optimizers)
+    model, optimizers, schedulers = prepare(accelerator, cfg, model, optimizers)
     matmul_dtypes = []
     accelerator.unwrap_model(model).layers[0].mlp.up_proj.register_forward_hook(
         lambda module, inputs, output: matmul_dtypes.append(output.dtype))
 
-    train_step(model, Optimizers(optimizers), cfg.learning_rate, accelerator, [batch(4)], cfg.grad_clip, False)
+    train_step(model, Optimizers(optimizers), schedulers, accelerator, [batch(4)], cfg.grad_clip, False)
 
     assert accelerator.mixed_precision == "bf16" and matmul_dtypes == [torch.bfloat16]
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -119,8 +119,8 @@ def test_compiled_model_trains_under_muon_as_the_eager_one(tmp_path):
         torch._dynamo.reset()
         model, optimizers = build(cfg)
         initial = flat(p.detach().clone() for g in optimizers[1].param_groups for p in g["params"])
-        model, *optimizers = accelerator.prepare(model, *optimizers)
-        losses[compiled] = [train_step(model, Optimizers(optimizers), cfg.learning_rate, accelerator,
+        model, optimizers, schedulers = prepare(accelerator, cfg, model, optimizers)
+        losses[compiled] = [train_step(model, Optimizers(optimizers), schedulers, accelerator,
                                        [batch(4, seed=s)], cfg.grad_clip, False)[0].item() for s in range(3)]
         updates[compiled] = flat(p for g in optimizers[1].param_groups for p in g["params"]) - initial
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
@@ -128,33 +128,35 @@ def test_compiled_model_trains_under_muon_as_the_eager_one(tmp_path):
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_a_resume_loads_muons_momentum_but_takes_its_settings_from_its_own_config(tmp_path):
-    """As for AdamW: accelerator.load_state brings back Muon's momentum buffers and the saved group settings;
-    the run's own muon_lr, momentum and weight decay must win over the saved ones."""
+def test_a_resume_loads_muons_momentum_but_takes_its_settings_and_rates_from_its_own_config(tmp_path):
+    """As for AdamW: accelerator.load_state brings back Muon's momentum buffers, the saved group settings and
+    each scheduler's step count; the run's own muon_lr, momentum and weight decay must win over the saved
+    ones, and each group's rate is the run's own schedule at the saved step (Muon's at its own scale)."""
     saved_cfg = config(tmp_path, **MUON)
     accelerator = make_accelerator(saved_cfg)
-    model, optimizers = build(saved_cfg)
-    model, *optimizers = accelerator.prepare(model, *optimizers)
-    train_step(model, Optimizers(optimizers), 1e-3, accelerator, [batch(4)], 0.0, False)
+    model, optimizers, schedulers = prepare(accelerator, saved_cfg, *build(saved_cfg))
+    train_step(model, Optimizers(optimizers), schedulers, accelerator, [batch(4)], 0.0, False)
     accelerator.save_state(str(tmp_path / "state"))
     momentum = [t.clone() for t in optimizers[1].optimizer.state_dict()["state"][0].values()]
 
     AcceleratorState._reset_state(reset_partial_state=True)  # a new run in the same process, as the fixture does
     GradientState._reset_state()
-    cfg = config(tmp_path, optimizer="muon", muon_lr=1e-2, muon_momentum=0.8, weight_decay=0.05)
+    schedule = dict(learning_rate=2e-3, min_lr=1e-5, warmup_steps=4, max_iters=30, lr_schedule="wsd",
+                    decay_fraction=0.5)
+    cfg = config(tmp_path, optimizer="muon", muon_lr=1e-2, muon_momentum=0.8, weight_decay=0.05, **schedule)
     accelerator = make_accelerator(cfg)
-    model, optimizers = build(cfg)
-    model, *optimizers = accelerator.prepare(model, *optimizers)
-    both = Optimizers(optimizers)
-    settings = group_settings(both)
-    accelerator.load_state(str(tmp_path / "state"))
-    assert optimizers[1].param_groups[0]["momentum"] == saved_cfg.muon_momentum  # the checkpoint's, until ...
-    restore_group_settings(both, settings)
+    model, optimizers, schedulers = prepare(accelerator, cfg, *build(cfg))
+    start_from(cfg, accelerator, Optimizers(optimizers), tmp_path / "state", step=1)
+
     group = optimizers[1].param_groups[0]
-    assert (group["momentum"], group["lr_scale"], group["weight_decay"]) == (0.8, 10.0, 0.05)
+    assert (group["momentum"], group["lr_scale"], group["weight_decay"]) == (0.8, 5.0, 0.05)
     assert optimizers[0].param_groups[0]["weight_decay"] == 0.05
     loaded = list(optimizers[1].optimizer.state_dict()["state"][0].values())
     assert all(torch.equal(a, b) for a, b in zip(loaded, momentum, strict=True))
+    rate = lr_at(2, **{k.replace("lr_schedule", "schedule"): v for k, v in schedule.items()})
+    assert [s.state_dict() for s in schedulers] == [{"last_epoch": 1}] * 2
+    assert [[g["lr"] for g in o.param_groups] for o in optimizers] == [[rate, rate], [rate * 5.0]]
+    assert [s.get_last_lr() for s in schedulers] == [[rate, rate], [rate * 5.0]]
 
 
 def test_muon_under_fp16_loss_scaling_is_refused(tmp_path):

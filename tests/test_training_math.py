@@ -12,7 +12,7 @@ import torch
 from accel_train.config import TrainConfig
 from accel_train.model import Gemma3, ModelConfig
 from accel_train.optim import build_optimizer
-from accel_train.schedule import lr_at, set_lr
+from accel_train.schedule import Schedule, lr_at
 from accel_train.train import make_accelerator, train_step
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -51,6 +51,13 @@ def build(cfg: TrainConfig):
     return model, build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
 
 
+def prepare(accelerator, cfg: TrainConfig, model, optimizers: list):
+    """The model, the optimizers and a Schedule for each through accelerator.prepare, as train() prepares them."""
+    schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]
+    model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
+    return model, prepared[:len(optimizers)], prepared[len(optimizers):]
+
+
 def record_steps(optimizer: torch.optim.Optimizer) -> list[dict]:
     """What each optimizer step receives: a copy of every gradient and the learning rate it uses."""
     seen = []
@@ -79,7 +86,8 @@ def reference_step(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
     grad = flat(p.grad for g in optimizer.param_groups for p in g["params"]).clone()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
     clipped = flat(p.grad for g in optimizer.param_groups for p in g["params"]).clone()
-    set_lr(optimizer, first_lr(cfg))
+    for group in optimizer.param_groups:
+        group["lr"] = first_lr(cfg)
     optimizer.step()
     return loss.item(), grad, clipped, flat(model.state_dict().values())
 
@@ -102,10 +110,11 @@ def test_accumulated_step_equals_one_big_batch(tmp_path, clip_fraction):
     loss_ref, grad_ref, clipped_ref, weights_ref = reference_step(cfg, x, y)
 
     accelerator = make_accelerator(cfg)
-    model, optimizer = accelerator.prepare(*build(cfg))
+    model, optimizer = build(cfg)
+    model, [optimizer], schedulers = prepare(accelerator, cfg, model, [optimizer])
     seen = record_steps(optimizer.optimizer)
     micro_batches = [(x[i:i + b], y[i:i + b]) for i in range(0, k * b, b)]
-    loss, grad_norm, _ = train_step(model, optimizer, first_lr(cfg), accelerator, micro_batches, cfg.grad_clip,
+    loss, grad_norm, _ = train_step(model, optimizer, schedulers, accelerator, micro_batches, cfg.grad_clip,
                                     skip_nonfinite=False)
 
     assert len(seen) == 1  # one optimizer step for the whole accumulation window
@@ -119,19 +128,21 @@ def test_accumulated_step_equals_one_big_batch(tmp_path, clip_fraction):
 
 
 @pytest.mark.parametrize("accumulation", [1, 3])
-def test_each_optimizer_step_takes_the_rate_it_is_given_whatever_the_accumulation(tmp_path, accumulation):
-    """Step s runs at the rate passed for it, once per accumulation window, on every parameter group."""
+def test_each_optimizer_step_takes_its_schedulers_rate_whatever_the_accumulation(tmp_path, accumulation):
+    """Step s runs at lr_at(s) on every parameter group: the prepared scheduler steps once per accumulation
+    window, and after it the optimizer holds the next step's rate."""
     cfg = config(tmp_path, gradient_accumulation_steps=accumulation, warmup_steps=3, max_iters=6)
     accelerator = make_accelerator(cfg)
-    model, optimizer = accelerator.prepare(*build(cfg))
+    model, optimizer = build(cfg)
+    model, [optimizer], [scheduler] = prepare(accelerator, cfg, model, [optimizer])
     seen = record_steps(optimizer.optimizer)
     expected = [lr_at(s, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
-                for s in range(1, cfg.max_iters + 3)]
-    for s, lr in enumerate(expected):
-        train_step(model, optimizer, lr, accelerator, [batch(1, seed=s * 10 + i) for i in range(accumulation)],
-                   cfg.grad_clip, False)
-        assert {group["lr"] for group in optimizer.param_groups} == {lr}
-    assert [step["lr"] for step in seen] == expected
+                for s in range(1, cfg.max_iters + 4)]
+    for s in range(cfg.max_iters + 2):
+        train_step(model, optimizer, [scheduler], accelerator,
+                   [batch(1, seed=s * 10 + i) for i in range(accumulation)], cfg.grad_clip, False)
+        assert scheduler.get_last_lr() == [group["lr"] for group in optimizer.param_groups] == 2 * [expected[s + 1]]
+    assert [step["lr"] for step in seen] == expected[:-1]
 
 
 def test_schedule_key_points_and_monotonic_decay():
@@ -162,12 +173,12 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_optimizer_state(tmp_path):
     with torch.no_grad():
         model.norm.weight.fill_(1.0)  # around 1.0, bf16 values are 2**-7 apart: a 1e-4 step rounds away
     before = model.norm.weight.detach().clone()
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, [optimizer], schedulers = prepare(accelerator, cfg, model, [optimizer])
     matmul_dtypes = []
     accelerator.unwrap_model(model).layers[0].mlp.up_proj.register_forward_hook(
         lambda module, args, output: matmul_dtypes.append(output.dtype))
 
-    train_step(model, optimizer, cfg.learning_rate, accelerator, [batch(4)], cfg.grad_clip, skip_nonfinite=False)
+    train_step(model, optimizer, schedulers, accelerator, [batch(4)], cfg.grad_clip, skip_nonfinite=False)
 
     assert accelerator.mixed_precision == "bf16" and matmul_dtypes == [torch.bfloat16]
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -1,19 +1,25 @@
-"""Train with the given arguments, then save this process's final weights and every `estimate_loss`
-result it saw to out_dir/process_<rank>.pt, so that a test can compare the processes of one run.
+"""Train with the given arguments, then save this process's final weights, every `estimate_loss`
+result it saw and the rates of every optimizer step it took to out_dir/process_<rank>.pt, so that a
+test can compare the processes of one run.
 
-`estimate_loss` is wrapped only to record what the real function returns; training is untouched.
+`estimate_loss` is wrapped only to record what the real function returns, and the rates are read by a
+step pre-hook as the optimizer is about to use them; training is untouched.
 """
 
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's accel_train, not an installed one
+
 import torch
 from accelerate import PartialState
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import accel_train.train as trainer
 from accel_train.config import load_config
 
 evaluations = []
+rates = []  # for each optimizer step on this process: the optimizer's class and the rate of each of its groups
 real_estimate_loss = trainer.estimate_loss
 
 
@@ -22,8 +28,13 @@ def recording_estimate_loss(*args, **kwargs):
     return evaluations[-1]
 
 
+def record_rates(optimizer, args, kwargs):
+    rates.append((type(optimizer).__name__, [group["lr"] for group in optimizer.param_groups]))
+
+
 trainer.estimate_loss = recording_estimate_loss
+register_optimizer_step_pre_hook(record_rates)
 cfg = load_config(sys.argv[1:])
 _, model = trainer.train(cfg)
-torch.save({"weights": model.state_dict(), "evaluations": evaluations},
+torch.save({"weights": model.state_dict(), "evaluations": evaluations, "rates": rates},
            Path(cfg.out_dir) / f"process_{PartialState().process_index}.pt")
