@@ -21,12 +21,15 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
 from accel_train.errors import UserError, first_line
+
+T = TypeVar("T")
 
 class _TiedHeadNote(logging.Filter):
     """Accelerate warns at every save that it left the shared tensor lm_head.weight out of model.safetensors.
@@ -300,11 +303,46 @@ def resolve_resume(resume: str, out_dir) -> Path | None:
     return folder
 
 
-def read_trainer_state(folder: Path) -> dict:
+def loaded(folder: Path, load: Callable[[], T]) -> T:
+    """`load()` reading the checkpoint `folder`, or a one-line UserError. The manifest catches accidents to the
+    files, not files that were damaged (or made by other code) before it was written: a library's loader then
+    raises whatever the bytes lead it to (any type, even an IndexError), so every reader loads through here."""
     try:
-        return json.loads((folder / STATE_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {folder / STATE_FILE}: {err}") from None
+        return load()
+    except UserError:
+        raise
+    except Exception as err:  # whatever the loader raised, the checkpoint cannot be loaded
+        raise UserError(f"cannot load checkpoint {folder}: {type(err).__name__}: {first_line(err)}; it matches its "
+                        f"{MANIFEST_FILE}, so it was damaged before it was written or by other code: use another "
+                        "checkpoint") from None
+
+
+def read_trainer_state(folder: Path) -> dict:
+    """trainer_state.json: an object with the step reached and the run's config, which every reader needs."""
+    return loaded(folder, lambda: _checked_state(json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))))
+
+
+def _checked_state(state) -> dict:
+    if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0
+            and isinstance(state.get("config"), dict)):
+        raise ValueError(f"{STATE_FILE} is not an object holding a step (a whole number) and a config")
+    return state
+
+
+def load_state(accelerator, folder: Path) -> None:
+    """`accelerator.load_state(folder)`, or a UserError. Accelerate goes on without an RNG state it cannot read
+    (a resume would then not be exact), so this process's own is read first, where the checkpoint has one (a
+    checkpoint saved by fewer processes has none for the others)."""
+    from accelerate.utils import RNG_STATE_NAME, load as torch_load
+
+    rng = folder / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl"
+
+    def load() -> None:
+        if rng.exists() and not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(torch_load(rng)):
+            raise ValueError(f"{rng.name} does not hold the random states")
+        accelerator.load_state(str(folder))
+
+    loaded(folder, load)
 
 
 LAYOUTS = {WEIGHTS_FILE: "one process or DDP", FSDP_FULL_WEIGHTS: "FSDP with fsdp_state_dict_type FULL_STATE_DICT",

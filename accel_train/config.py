@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accel_train.errors import Parser, UserError, run_cli
+from accel_train.errors import Parser, UserError, first_line, run_cli
 from accel_train.model import ModelConfig
 from accel_train.optim import require_muon
 from accel_train.schedule import SCHEDULES
@@ -31,6 +31,7 @@ NONFINITE = ("stop", "skip")
 SWITCHES = ("auto", "on", "off")
 OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("match_rms_adamw", "original")
+INT64_MAX = 2**63 - 1  # torch holds integers in 64 bits
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -43,23 +44,25 @@ class TrainConfig:
     demo_data: bool = setting(False, "write the built-in demo corpus into data/demo if it holds no data, or an older "
                                      "version of it; any other missing data_dir is an error")
     out_dir: str = setting("out", "where metrics and checkpoints go")
-    seed: int = setting(1337, "initial weights and the data stream; same seed, same run")
+    seed: int = setting(1337, "initial weights and the data stream; same seed, same run. Below 2^31, so that numpy "
+                              "takes seed + each process's index", low=0, high=2**31 - 1)
     # hardware
     device: str = setting("auto", "auto: cuda when present", DEVICES)
     dtype: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU", DTYPES)
     # optimisation; max_iters and warmup_steps count optimizer steps, not micro-batches
     learning_rate: float = setting(1e-4, "peak learning rate")
-    min_lr: float = setting(1e-5, "the floor the schedule decays to; at most learning_rate")
-    max_iters: int = setting(150_000, "optimizer steps in all")
-    warmup_steps: int = setting(1_000, "optimizer steps of linear warmup from 0")
-    batch_size: int = setting(32, "sequences per micro-batch on each process")
-    block_size: int = setting(128, "tokens per sequence")
+    min_lr: float = setting(1e-5, "the floor the schedule decays to; at most learning_rate", low=0)
+    max_iters: int = setting(150_000, "optimizer steps in all", low=1)
+    warmup_steps: int = setting(1_000, "optimizer steps of linear warmup from 0", low=0)
+    batch_size: int = setting(32, "sequences per micro-batch on each process", low=1)
+    block_size: int = setting(128, "tokens per sequence", low=1)
     gradient_accumulation_steps: int = setting(32, "micro-batches per optimizer step on each process; effective "
-                                                   "batch = batch_size x this x processes")
-    weight_decay: float = setting(0.1, "AdamW's decoupled decay, of matrices only (Muon's matrices decay too)")
+                                                   "batch = batch_size x this x processes", low=1)
+    weight_decay: float = setting(0.1, "AdamW's decoupled decay, of matrices only (Muon's matrices decay too)",
+                                  low=0)
     beta1: float = setting(0.9, "AdamW's first-moment decay")
     beta2: float = setting(0.95, "AdamW's second-moment decay")
-    grad_clip: float = setting(0.5, "max gradient norm; 0 disables clipping")
+    grad_clip: float = setting(0.5, "max gradient norm; 0 disables clipping", low=0)
     lr_schedule: str = setting("cosine", "after warmup: cosine to min_lr, or wsd (warmup-stable-decay): constant, "
                                          "then a straight line to min_lr. A wsd run resumed in its constant phase "
                                          "with a larger max_iters goes on as if planned that long", SCHEDULES)
@@ -69,7 +72,8 @@ class TrainConfig:
                                       "for the attention and MLP matrices, AdamW for the embedding and norms. Muon "
                                       "refuses float16 loss scaling; a resume keeps the checkpoint's optimizer",
                              OPTIMIZERS)
-    muon_lr: float = setting(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion")
+    muon_lr: float = setting(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion",
+                             low=0)
     muon_momentum: float = setting(0.95, "Muon's Nesterov momentum")
     muon_adjust_lr: str = setting("match_rms_adamw", "Muon's update size: match_rms_adamw scales it to AdamW's "
                                                      "(0.2 x sqrt(max(rows, cols))), so that learning_rate suits "
@@ -78,7 +82,7 @@ class TrainConfig:
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
     micro_batch: int = setting(0, "sequences per forward pass; divides batch_size x gradient_accumulation_steps. "
                                   "0: batch_size on the CPU, the largest that fits on a GPU. The same windows reach "
-                                  "each optimizer step whatever it is")
+                                  "each optimizer step whatever it is", low=0)
     compile: str = setting("auto", "torch.compile the model and its loss; auto: on with CUDA, off on the CPU",
                            SWITCHES)
     compile_mode: str = setting("default", "torch.compile's mode: reduce-overhead uses CUDA graphs, max-autotune* "
@@ -90,15 +94,16 @@ class TrainConfig:
                                              "memory for about a third more compute")
     activation_memory_budget: float = setting(1.0, "compiled only: the share (0 to 1) of the activations the "
                                                    "backward pass keeps; inductor recomputes the cheapest of the "
-                                                   "rest. 0.5 halves activation memory (benchmarks/RESULTS.md)")
+                                                   "rest. 0.5 halves activation memory (benchmarks/RESULTS.md)",
+                                              low=0, high=1)
     peak_tflops: float = setting(0.0, "the device's peak for the mfu in metrics.jsonl; 0: NVIDIA's figure for the "
-                                      "GPU (no mfu on the CPU)")
+                                      "GPU (no mfu on the CPU)", low=0)
     # evaluation, logging and checkpoints
-    eval_interval: int = setting(500, "optimizer steps between evaluations")
-    eval_iters: int = setting(200, "batches per split per evaluation")
-    log_interval: int = setting(10, "optimizer steps between log rows")
-    checkpoint_interval: int = setting(1_000, "optimizer steps between checkpoints; 0: only the final one")
-    keep_last: int = setting(3, "newest checkpoints kept besides best/; 0 keeps all")
+    eval_interval: int = setting(500, "optimizer steps between evaluations", low=1)
+    eval_iters: int = setting(200, "batches per split per evaluation", low=1)
+    log_interval: int = setting(10, "optimizer steps between log rows", low=1)
+    checkpoint_interval: int = setting(1_000, "optimizer steps between checkpoints; 0: only the final one", low=0)
+    keep_last: int = setting(3, "newest checkpoints kept besides best/; 0 keeps all", low=0)
     nonfinite: str = setting("stop", "on a non-finite loss or gradient norm: stop the run, or skip the update and "
                                      "count it", NONFINITE)
     tracker: str = setting("none", "where metrics go besides metrics.jsonl", TRACKERS)
@@ -107,9 +112,10 @@ class TrainConfig:
     resume: str = setting("", "empty: a new run; auto: the newest checkpoint in out_dir; or a checkpoint folder")
     init_from: str = setting("", "a local HuggingFace Gemma 3 folder to start from; its config.json sets the model "
                                  "shape")
-    watch_interval: int = setting(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never")
+    watch_interval: int = setting(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never",
+                                  low=0)
     wandb_tags: str = setting("", "wandb: comma-separated tags")
-    sample_tokens: int = setting(200, "length of the sample printed at the end of a run; 0: none")
+    sample_tokens: int = setting(200, "length of the sample printed at the end of a run; 0: none", low=0)
     plot: bool = setting(True, "draw out_dir/metrics.png at the end of a run")
     model: ModelConfig = field(default_factory=ModelConfig,
                                metadata={"help": "the model's shape, as model.KEY (defaults: Gemma 3 270M with "
@@ -124,19 +130,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        _check_finite(self)
-        positive = ("max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
-                    "eval_iters", "log_interval")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"config key '{name}' must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_interval", "keep_last", "weight_decay", "grad_clip", "min_lr",
-                     "watch_interval", "sample_tokens", "micro_batch", "peak_tflops", "muon_lr"):
-            if getattr(self, name) < 0:
-                raise UserError(f"config key '{name}' must not be negative, got {getattr(self, name)}")
-        if not 0 <= self.activation_memory_budget <= 1:
-            raise UserError("config key 'activation_memory_budget' must lie in [0, 1], "
-                            f"got {self.activation_memory_budget}")
+        _check_numbers(self)
         if self.learning_rate <= 0:
             raise UserError(f"config key 'learning_rate' must be positive, got {self.learning_rate}")
         if self.weight_decay * self.learning_rate >= 1:
@@ -174,10 +168,6 @@ class TrainConfig:
         if self.block_size > m.max_position_embeddings:
             raise UserError(f"block_size ({self.block_size}) exceeds the model's context "
                             f"(model.max_position_embeddings = {m.max_position_embeddings})")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "sliding_window", "sliding_window_pattern"):
-            if getattr(m, name) < 1:
-                raise UserError(f"config key 'model.{name}' must be at least 1, got {getattr(m, name)}")
         if m.num_attention_heads % m.num_key_value_heads:
             raise UserError(f"model.num_attention_heads ({m.num_attention_heads}) must be a multiple of "
                             f"model.num_key_value_heads ({m.num_key_value_heads})")
@@ -207,14 +197,25 @@ class TrainConfig:
         return bool(self.checkpoint_interval and step % self.checkpoint_interval == 0) or step == self.max_iters
 
 
-def _check_finite(cfg: TrainConfig) -> None:
-    """Refuse nan and inf in any number: they pass every comparison-based check (nan < 0 is False) and only
-    surface later, as a diverged run."""
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Refuse nan and inf in any number (they pass every comparison-based check, as nan < 0 is False, and only
+    surface later, as a diverged run), a number outside its key's declared range, and an integer beyond torch's
+    64 bits."""
     for prefix, obj in (("", cfg), ("model.", cfg.model)):
         for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
+            key, value = prefix + f.name, getattr(obj, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
             if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"config key '{prefix}{f.name}' must be a finite number, got {value}")
+                raise UserError(f"config key '{key}' must be a finite number, got {value}")
+            declared = f.metadata.get("range", (None, None))
+            limit = INT64_MAX if isinstance(value, int) else math.inf
+            low, high = (-limit if declared[0] is None else declared[0]), min(limit, math.inf if declared[1] is None
+                                                                               else declared[1])
+            if not low <= value <= high:
+                span = (f"lie in [{low}, {high}]" if None not in declared else
+                        f"be at least {low}" if value < low else f"be at most {high}")
+                raise UserError(f"config key '{key}' must {span}, got {value}")
 
 
 def _type_name(tp) -> str:
@@ -287,13 +288,17 @@ def _build(values: dict) -> TrainConfig:
 def read_json(path: Path) -> dict:
     """A JSON object from a file; a syntax error names the file, line and column."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is fine
     except OSError as err:
         raise UserError(f"cannot read config file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:  # an integer of thousands of digits, arrays nested thousands deep
+        raise UserError(f"{path}: malformed JSON ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config must be a JSON object")
     return data

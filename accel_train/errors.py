@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from typing import Callable
@@ -48,7 +49,8 @@ def number(kind: type, low: float, high: float = math.inf, open_ends: bool = Fal
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run `main`, turning a UserError into `error: ...` on stderr and exit status 2.
+    """Run `main`, turning a UserError into `error: ...` on stderr and exit status 2, and output cut off by a
+    closed pipe into status 141, as for a program that SIGPIPE ended.
 
     Under `accelerate launch` every process hits the same error; only rank 0 prints it so the
     message appears once. The launcher stops every process as soon as one has ended, so the others
@@ -56,6 +58,9 @@ def run_cli(main: Callable[[], object]) -> None:
     """
     try:
         main()
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a program that SIGPIPE ends
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error flushing stdout at exit
+        sys.exit(128 + signal.SIGPIPE)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr, flush=True)

@@ -23,16 +23,17 @@ from accel_train.setting import setting
 class ModelConfig:
     """Shape of the model; the defaults are Gemma 3 270M with the GPT-2 vocabulary (the seed's)."""
 
-    vocab_size: int = setting(50257, "tokens in the vocabulary (the data's meta.json must fit in it)")
-    hidden_size: int = setting(640, "width of the residual stream")
-    intermediate_size: int = setting(2048, "width of each MLP's hidden layer")
-    num_hidden_layers: int = setting(18, "decoder layers")
-    num_attention_heads: int = setting(4, "query heads per layer")
+    vocab_size: int = setting(50257, "tokens in the vocabulary (the data's meta.json must fit in it); at most 2^32, "
+                                     "as token ids are stored in 32 bits", low=1, high=2**32)
+    hidden_size: int = setting(640, "width of the residual stream", low=1)
+    intermediate_size: int = setting(2048, "width of each MLP's hidden layer", low=1)
+    num_hidden_layers: int = setting(18, "decoder layers", low=1)
+    num_attention_heads: int = setting(4, "query heads per layer", low=1)
     num_key_value_heads: int = setting(1, "key and value heads per layer (grouped-query attention); divides the "
-                                          "query heads")
-    head_dim: int = setting(256, "width of each attention head; even, for RoPE")
-    sliding_window: int = setting(512, "keys a local layer attends to")
-    sliding_window_pattern: int = setting(6, "every Nth layer attends globally, the others locally")
+                                          "query heads", low=1)
+    head_dim: int = setting(256, "width of each attention head; even, for RoPE", low=1)
+    sliding_window: int = setting(512, "keys a local layer attends to", low=1)
+    sliding_window_pattern: int = setting(6, "every Nth layer attends globally, the others locally", low=1)
     rope_local_base_freq: float = setting(10_000.0, "RoPE base of the local layers")
     rope_theta: float = setting(1_000_000.0, "RoPE base of the global layers")
     query_pre_attn_scalar: float = setting(256.0, "attention scores are scaled by its inverse square root")

@@ -9,11 +9,12 @@ extra (`pip install -e ".[plot]"`) and draws off-screen (Agg), so it works on a 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from accel_train.errors import Parser, UserError, run_cli
-from accel_train.tracking import METRICS_FILE, read_metrics
+from accel_train.errors import Parser, UserError, first_line, run_cli
+from accel_train.tracking import METRICS_FILE
 
 PLOT_FILE = "metrics.png"
 
@@ -57,38 +58,92 @@ def draw(records: list[dict], title: str = ""):
     return fig
 
 
-def write_plot(out_dir, path=None) -> Path:
-    """Draw out_dir's metrics into `path` (default out_dir/metrics.png) and return it."""
-    out_dir = Path(out_dir)
-    if not (out_dir / METRICS_FILE).is_file():
+PLOTTED = ("loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_per_s")
+
+
+def read_rows(out_dir: Path) -> list[dict]:
+    """The rows of out_dir's metrics.jsonl, each an object with a numeric step (and numbers where it has the keys
+    drawn); a row that is not is a UserError naming its line. A torn last row (a run killed mid-write) is left out."""
+    path = out_dir / METRICS_FILE
+    if not path.is_file():
         raise UserError(f"{out_dir} holds no {METRICS_FILE}; point at a run's out_dir")
-    records = read_metrics(out_dir)
+    try:
+        lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.strip()]
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    rows = [_row(path, n, line, last=n == lines[-1][0]) for n, line in lines]
+    return [row for row in rows if row is not None]
+
+
+def _row(path: Path, n: int, line: bytes, last: bool) -> dict | None:
+    """Line `n` of a metrics file as a row; None for a torn last line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} line {n} is not UTF-8 text") from None
+    try:
+        row = json.loads(text)
+    except ValueError as err:
+        if last:
+            return None
+        raise UserError(f"{path} line {n} is not JSON: {first_line(err)}") from None
+    if not (isinstance(row, dict) and _is_number(row.get("step"))
+            and all(row.get(key) is None or _is_number(row[key]) for key in PLOTTED)):
+        raise UserError(f"{path} line {n} is not a metrics row (an object with a numeric step, and numbers for "
+                        f"{', '.join(PLOTTED)}): {text[:80]}")
+    return row
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def write_plot(out_dir, path=None) -> Path:
+    """Draw out_dir's metrics into `path` (default out_dir/metrics.png), exactly that file, and return it. Its
+    format follows its extension (PNG where it has none); a failed write leaves no partial file behind."""
+    out_dir = Path(out_dir)
+    records = read_rows(out_dir)
     if not records:
         raise UserError(f"{out_dir / METRICS_FILE} has no rows yet")
+    path = Path(path) if path else out_dir / PLOT_FILE
     try:
         fig = draw(records, title=str(out_dir))
     except ImportError:
         raise UserError("plots need matplotlib: pip install -e \".[plot]\"") from None
-    path = Path(path) if path else out_dir / PLOT_FILE
-    fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        save(fig, path)
+    finally:
+        plt.close(fig)
     return path
+
+
+def save(fig, path: Path) -> None:
+    """Write `fig` to exactly `path` (matplotlib alone would add .png to a name without an extension), through a
+    temporary file renamed into place."""
+    kinds = fig.canvas.get_supported_filetypes()
+    kind = path.suffix[1:].lower() or "png"
+    if kind not in kinds:
+        raise UserError(f"cannot write {path}: matplotlib writes {', '.join('.' + k for k in kinds)}, "
+                        f"not .{kind}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=100, format=kind)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="python -m accel_train.plot", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="a run's out_dir, holding metrics.jsonl")
-    parser.add_argument("--out", default=None, help=f"the PNG to write (default: OUT_DIR/{PLOT_FILE})")
+    parser.add_argument("--out", default=None,
+                        help=f"the image to write, in the format of its extension (default: OUT_DIR/{PLOT_FILE})")
     args = parser.parse_args(argv)
-    target = Path(args.out or Path(args.out_dir) / PLOT_FILE)
-    try:
-        print(f"wrote {write_plot(args.out_dir, target)}")
-    except json.JSONDecodeError as err:
-        raise UserError(f"{Path(args.out_dir) / METRICS_FILE} is not JSON Lines: {err.msg}") from None
-    except (OSError, ValueError) as err:  # unwritable, or a file type matplotlib does not know
-        raise UserError(f"cannot write {target}: {getattr(err, 'strerror', None) or err}") from None
+    print(f"wrote {write_plot(args.out_dir, args.out)}")
 
 
 if __name__ == "__main__":

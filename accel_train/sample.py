@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_weights,
+from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_weights, loaded,
                                     read_trainer_state, verified)
 from accel_train.config import TrainConfig, config_from_dict
-from accel_train.errors import Parser, UserError, number, run_cli
+from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.model import Gemma3, KVCache
 from accel_train.tokenizer import load_tokenizer
 
@@ -41,9 +41,12 @@ def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
     """The trained model (fp32, eval mode, on the CPU) and the run's config from a checkpoint."""
     folder = find_checkpoint(checkpoint)
     cfg = config_from_dict(read_trainer_state(folder)["config"])
-    model = Gemma3(cfg.model)
-    load_weights(model, folder)
-    return model.eval(), cfg
+    return loaded(folder, lambda: _weights(Gemma3(cfg.model), folder)), cfg
+
+
+def _weights(model: Gemma3, folder: Path) -> Gemma3:
+    load_weights(model, folder)  # any layout the run saved, lm_head re-tied
+    return model.eval()
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
@@ -85,6 +88,10 @@ def generate(model: Gemma3, ids: list[int], max_new_tokens: int, temperature: fl
 def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int = 50, seed: int = 0) -> str:
     """The prompt and its continuation as text."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # a shell passes bytes that are not UTF-8 on as lone surrogates
+        raise UserError(f"the prompt is not UTF-8 text (character {err.start}); pass it in UTF-8") from None
     tokenizer = load_tokenizer(data_dir)
     ids = [tokenizer.eot_token] + tokenizer.encode(prompt)
     if len(ids) >= model.config.max_position_embeddings:
@@ -94,6 +101,17 @@ def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int =
         raise UserError(f"temperature must be a finite number at least 0, got {temperature}")
     new = generate(model, ids, max_new_tokens, temperature, top_k, tokenizer.eot_token, seed)
     return prompt + tokenizer.decode(new)
+
+
+def usable_device(name: str) -> torch.device:
+    """The --device, checked by computing on it and reading the result back: a name torch does not know, a GPU
+    this machine lacks and `meta` (shapes without data) all fail here, in one line, before the slow load."""
+    try:
+        device = torch.device(name)
+        torch.ones(1, device=device).add(1).cpu()
+    except (RuntimeError, AssertionError, NotImplementedError, ValueError) as err:
+        raise UserError(f"cannot compute on --device {name!r}: {first_line(err)}") from None
+    return device
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,11 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    device = usable_device(args.device)
     model, cfg = load_model(args.checkpoint)
     try:
-        model.to(args.device)
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(f"cannot use --device {args.device}: {err}") from None
+        model.to(device)
+    except RuntimeError as err:  # e.g. out of GPU memory
+        raise UserError(f"cannot use --device {args.device}: {first_line(err)}") from None
     for i in range(args.num_samples):
         if i:
             print("-" * 40)

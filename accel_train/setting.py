@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import field
 
 
-def setting(default, help: str, choices: tuple[str, ...] = ()):
-    """A dataclass field whose metadata documents it: `help`, and `choices` for an enumerated key."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def setting(default, help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None):
+    """A dataclass field whose metadata documents it: `help`, `choices` for an enumerated key, and `low` and
+    `high` for the smallest and largest value a number may take (None: no bound but the code's own)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": (low, high)})

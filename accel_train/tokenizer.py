@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from accel_train.errors import UserError
+from accel_train.errors import UserError, first_line
 
 EOT_TEXT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"  # a `tokenizers` tokenizer (trained BPE or HuggingFace), beside the data it encoded
@@ -109,10 +109,13 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = encodable_vocab_size(tokenizer, eot_token)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._encode_many([text])[0]
 
-    def _encode_many(self, texts: list[str]):
-        return (e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False))
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        try:
+            return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        except Exception as err:  # tokenizers raises a bare Exception, e.g. for a word a WordLevel model lacks
+            raise UserError(f"the {self.name} tokenizer cannot encode the text: {first_line(err)}") from None
 
     def _decode_run(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -167,9 +170,13 @@ def train_bpe(texts, vocab_size: int, length: int | None = None) -> BpeTokenizer
     return BpeTokenizer(tokenizer)
 
 
-def _token_text(token) -> str | None:
-    """A special token as tokenizer_config.json writes it: a string, or an AddedToken's fields."""
-    return token.get("content") if isinstance(token, dict) else token
+def _token_text(token, where: Path) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken's fields ({"content": ...})."""
+    text = token.get("content") if isinstance(token, dict) else token
+    if text is not None and not isinstance(text, str):
+        raise UserError(f"eos_token in {where} must be a token's text or {{\"content\": text}}, got {token!r}; "
+                        "name the end-of-text token with --eot_token")
+    return text
 
 
 def hf_tokenizer(path, eot_token: str | None = None) -> HFTokenizer:
@@ -192,7 +199,7 @@ def hf_tokenizer(path, eot_token: str | None = None) -> HFTokenizer:
                 config.update(json.loads((file.parent / name).read_text(encoding="utf-8")))
             except (ValueError, TypeError) as err:
                 raise UserError(f"cannot read {file.parent / name}: {err}") from None
-    eot_text = eot_token or _token_text(config.get("eos_token"))
+    eot_text = eot_token or _token_text(config.get("eos_token"), file.parent)
     if not eot_text:
         raise UserError(f"the tokenizer {file} has no eos_token (in a {CONFIG_FILE} beside it); "
                         "name its end-of-text token with --eot_token")

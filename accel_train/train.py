@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -25,16 +26,17 @@ if __package__ in (None, ""):  # run as a path: make the package importable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, broadcast_object_list, set_seed
+from accelerate.utils import (DataLoaderConfiguration, TorchDynamoPlugin, broadcast_object_list, gather_object,
+                               set_seed)
 from torch._functorch import config as functorch_config
 from tqdm.auto import tqdm
 
 from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping, launch_layout,
-                                    list_checkpoints, prune, read_trainer_state, resolve_resume, save_checkpoint,
-                                    update_best)
+                                    list_checkpoints, load_state, prune, read_trainer_state, resolve_resume,
+                                    save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
-from accel_train.errors import UserError, run_cli
+from accel_train.errors import UserError, first_line, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
@@ -245,6 +247,20 @@ def on_main_process(accelerator: Accelerator, fn):
     return outcome[0]
 
 
+def on_every_process(accelerator: Accelerator, fn) -> None:
+    """fn() on every process; a UserError on any is raised by all, with the first failing process's message: only
+    rank 0 prints errors, and a process failing alone would leave the others waiting for it."""
+    try:
+        fn()
+        error = None
+    except UserError as err:
+        error = str(err)
+    errors = gather_object([error]) if accelerator.num_processes > 1 else [error]
+    failed = [message for message in errors if message is not None]
+    if failed:
+        raise UserError(failed[0])
+
+
 def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
     """Stop a diverged run. Checked only where the loss and gradient norm are fetched anyway: a
     non-finite update leaves non-finite weights, so they stay non-finite until the check. Under
@@ -269,6 +285,30 @@ def show_results(cfg: TrainConfig, model, sample: bool) -> None:
         except Exception as err:  # whatever it is: the checkpoint is saved, and an extra must not fail the run
             reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
             print(f"note: no {name}: {reason.strip().splitlines()[0]}", flush=True)
+
+
+class StartLock(RunLock):
+    """out_dir's lock, which also notes the folders out_dir held when it was taken: a start that fails (a refused
+    resume, a model too large for memory) removes the folders it made (checkpoints/, a tracker's), so that out_dir
+    is left as it was. Files stay: the only ones a start writes are the lock and the earlier rows it keeps aside."""
+
+    _before: set[Path] | None = None  # None where this process did not take the lock
+
+    def acquire(self) -> None:
+        super().acquire()
+        self._before = self._folders()
+
+    def _folders(self) -> set[Path]:
+        return {path for path in self.out_dir.iterdir() if path.is_dir() and not path.is_symlink()}
+
+    @contextlib.contextmanager
+    def undone_on_failure(self):
+        try:
+            yield
+        except BaseException:
+            for folder in self._folders() - self._before if self._before is not None else ():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 
 @dataclasses.dataclass
@@ -301,9 +341,10 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
     `after_step()`, if given, is called as soon as each optimizer step's work is queued, before any
     evaluation or checkpoint: a profiler's step, for the benchmark. The main process holds out_dir's
     lock from the start of the run to its end."""
-    lock = RunLock(cfg.out_dir)
+    lock = StartLock(cfg.out_dir)
     try:
-        run = build_run(cfg, lock)
+        with lock.undone_on_failure():
+            run = build_run(cfg, lock)
         step = run_loop(run, after_step)
         return finish(run, step)
     finally:
@@ -324,7 +365,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     settings = resolve_settings(cfg, accelerator)
     accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
-    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
+    model = new_model(cfg)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
@@ -355,13 +396,23 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                tokens_per_byte=val_tokens_per_byte(cfg.data_dir))
 
 
+def new_model(cfg: TrainConfig) -> Gemma3:
+    """The model to train, initialized; a shape too large for memory is a UserError rather than the allocator's
+    traceback (valid shapes have no other upper bound: that depends on the machine)."""
+    try:
+        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
+    except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
+        raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
+                        "choose a smaller model") from None
+
+
 def start_from(cfg: TrainConfig, accelerator: Accelerator, optimizer: Optimizers, resume_from: Path | None,
                step: int) -> None:
     """Load the checkpoint being resumed into the prepared objects; or, starting afresh, seed the evaluation
     batches per process."""
     if resume_from:
         settings = group_settings(optimizer)
-        accelerator.load_state(str(resume_from))
+        on_every_process(accelerator, lambda: load_state(accelerator, resume_from))
         restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's;
         # the rate is this config's schedule at `step`: the schedulers loaded their step count alone
         accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
