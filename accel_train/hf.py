@@ -123,13 +123,14 @@ def weight_files(hf_dir) -> list[Path]:
         raise UserError(f"init_from {hf_dir} holds neither {SAFE_WEIGHTS_NAME} nor {SAFE_WEIGHTS_INDEX_NAME}; "
                         "accel_train reads HuggingFace weights in safetensors files")
     try:
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = [folder / name for name in sorted(set(weight_map.values()))]
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not a map of names to files
         raise UserError(f"cannot read the weight map of {index}: {first_line(err)}") from None
-    missing = [name for name in shards if not (folder / name).is_file()]
+    missing = [shard.name for shard in shards if not shard.is_file()]
     if missing:
         raise UserError(f"{index} names {', '.join(missing)}, missing from {hf_dir}")
-    return [folder / name for name in shards]
+    return shards
 
 
 def weight_shapes(hf_dir) -> dict[str, list[int]]:
