@@ -110,12 +110,17 @@ def baseline_loop(cfg: TrainConfig, settings: Settings, device: torch.device, op
             "micro_batch": cfg.batch_size, "loss": loss.item() * accum, "peak_memory_gib": peak_memory_gib(device)}
 
 
+def has_data(cfg: TrainConfig) -> bool:
+    """Whether training finds data in the config's data_dir (or writes the demo corpus there itself)."""
+    return (Path(cfg.data_dir) / "train.bin").exists() or (cfg.demo_data and is_demo_folder(cfg.data_dir))
+
+
 def bench_config(cfg: TrainConfig, steps: int, work: Path, profile_steps: int = 0) -> TrainConfig:
     """A new config, `cfg` as the benchmark runs it: 2 x steps optimizer steps into a scratch folder (and the
     profiled ones after them), one row per `steps`, one evaluation batch at the end of the timed steps
     and at the end of the run, one checkpoint at the end, nothing drawn or sampled."""
     data_dir = cfg.data_dir
-    if not (Path(data_dir) / "train.bin").exists() and not (cfg.demo_data and is_demo_folder(data_dir)):
+    if not has_data(cfg):
         print(f"bench: no data in {data_dir}: using the built-in demo corpus")
         data_dir = str(work / "data")
         write_demo_data(data_dir)
@@ -208,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1 or args.baseline_steps < 1 or args.profile_steps < 0:
         raise UserError("--steps and --baseline_steps must be at least 1, --profile_steps at least 0")
     cfg = load_config(["--config", args.config, *config_args])
+    if "--data_dir" in (arg.split("=")[0] for arg in config_args) and not has_data(cfg):  # typed, so not a fallback
+        raise UserError(f"--data_dir {cfg.data_dir} holds no train.bin; prepare data there, or leave --data_dir out "
+                        "to time the built-in demo corpus")
     json_path = Path(args.json or f"out/bench/{Path(args.config).stem}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="accel_train_bench_") as work:

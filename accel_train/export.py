@@ -10,39 +10,58 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from safetensors import SafetensorError
 
+from accel_train.data import open_split
 from accel_train.errors import Parser, UserError, run_cli
-from accel_train.hf import save_tokenizer, to_hf, transformers_module
+from accel_train.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
 from accel_train.tokenizer import load_tokenizer
 
 
-def find_tokenizer(data_dir):
-    """The run's tokenizer, or None (with a note) where its data folder or files are gone."""
-    try:
+SAMPLE_TOKENS = 4096  # of the validation split, decoded to check the exported tokenizer on the data's own text
+
+
+def find_tokenizer(data_dir, run_data_dir):
+    """The tokenizer of `data_dir` as the user gave it (a mistake there is an error), or else of the run's data
+    folder, or None (with a note) where that folder or its files are gone."""
+    if data_dir is not None:
         return load_tokenizer(data_dir)
+    try:
+        return load_tokenizer(run_data_dir)
     except UserError as err:
         print(f"note: writing no tokenizer files ({err})")
         return None
 
 
+def data_sample(tokenizer, data_dir) -> list[str]:
+    """The documents at the start of the data's validation split as text (none where the split is gone)."""
+    try:
+        tokens = np.asarray(open_split(str(data_dir), "val").tokens()[:SAMPLE_TOKENS])
+    except UserError:  # the check still has its fixed probe
+        return []
+    documents = np.split(tokens, np.flatnonzero(tokens == tokenizer.eot_token))
+    return [text for text in (tokenizer.decode(doc[doc != tokenizer.eot_token]) for doc in documents) if text]
+
+
 def export(checkpoint, out, data_dir=None) -> Path:
-    """Write the HuggingFace folder `out`, new or empty (staged first, so it holds files only when complete)."""
+    """Write the HuggingFace folder `out`, new or empty (staged first, so it holds files only when complete and
+    its tokenizer encodes as the data's did)."""
     from accel_train.prepare import check_out_dir, staged
     from accel_train.sample import load_model
 
     out, hint = Path(out).resolve(), "choose another --out"
     check_out_dir(out, False, hint)  # before the slow load
     model, cfg = load_model(checkpoint)
-    tokenizer = find_tokenizer(data_dir or cfg.data_dir)
+    tokenizer = find_tokenizer(data_dir, cfg.data_dir)
     transformers_module().utils.logging.disable_progress_bar()  # stderr is for errors
     with staged(out, False, hint) as tmp:
         try:
             to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
         except SafetensorError as err:  # a failed write (disk full) of the weights
             raise OSError(str(err)) from None
-        if tokenizer:
-            save_tokenizer(tokenizer, tmp)
+        if tokenizer and save_tokenizer(tokenizer, tmp):
+            check_tokenizer_files(tokenizer, tmp, data_sample(tokenizer, data_dir or cfg.data_dir))
     return out
 
 

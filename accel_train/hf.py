@@ -9,16 +9,21 @@ bases. `--init_from HF_DIR` in training reads a folder the other way. transforme
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from accel_train.errors import UserError, first_line
-from accel_train.model import ModelConfig
-from accel_train.tokenizer import EOT_TEXT, BpeTokenizer, ByteTokenizer, HFTokenizer
+from accel_train.model import Gemma3, ModelConfig
+from accel_train.tokenizer import EOT_TEXT, PROBE, BpeTokenizer, ByteTokenizer, HFTokenizer
 
 HF_PREFIX = "model."  # HuggingFace keeps the decoder under `model.` and lm_head beside it
 SLIDING, FULL = "sliding_attention", "full_attention"
+GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # reads tokenizer.json as it is, in transformers 4 and 5
 
 
 def transformers_module():
@@ -94,31 +99,108 @@ def _local_folder(hf_dir) -> str:
 
 
 def hf_model_config(hf_dir) -> ModelConfig:
-    """The model shape of a local HuggingFace Gemma 3 folder (its config.json)."""
+    """The model shape of a local HuggingFace Gemma 3 folder (its config.json), checked against the names and
+    shapes of the folder's weights: a folder that cannot fill every weight is refused before a run starts."""
     hf_dir = _local_folder(hf_dir)
     try:
         hf = transformers_module().AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read a HuggingFace config from {hf_dir}: {first_line(err)}") from None
-    return model_config_from_hf(hf)
+    cfg = model_config_from_hf(hf)
+    check_weights(hf_dir, cfg, weight_shapes(hf_dir))
+    return cfg
+
+
+def weight_files(hf_dir) -> list[Path]:
+    """The safetensors files of a folder: model.safetensors, or the shards its index names."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+    folder = Path(hf_dir)
+    if (folder / SAFE_WEIGHTS_NAME).is_file():
+        return [folder / SAFE_WEIGHTS_NAME]
+    index = folder / SAFE_WEIGHTS_INDEX_NAME
+    if not index.is_file():
+        raise UserError(f"init_from {hf_dir} holds neither {SAFE_WEIGHTS_NAME} nor {SAFE_WEIGHTS_INDEX_NAME}; "
+                        "accel_train reads HuggingFace weights in safetensors files")
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = [folder / name for name in sorted(set(weight_map.values()))]
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not a map of names to files
+        raise UserError(f"cannot read the weight map of {index}: {first_line(err)}") from None
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise UserError(f"{index} names {', '.join(missing)}, missing from {hf_dir}")
+    return shards
+
+
+def weight_shapes(hf_dir) -> dict[str, list[int]]:
+    """{HuggingFace name: shape} of every tensor in the folder's weights, read from the file headers alone."""
+    shapes = {}
+    for file in weight_files(hf_dir):
+        try:
+            with safe_open(str(file), framework="pt") as tensors:
+                shapes.update({name: tensors.get_slice(name).get_shape() for name in tensors.keys()})
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"cannot read the weights {file}: {first_line(err)}") from None
+    return shapes
+
+
+def hf_name(name: str) -> str:
+    """HuggingFace's name of one of our weights: the decoder's under `model.`, lm_head beside it."""
+    return name if name.startswith("lm_head.") else HF_PREFIX + name
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, list[int]]:
+    """{HuggingFace name: shape} of every weight our model of `cfg` loads (a tied lm_head is the embedding)."""
+    with torch.device("meta"):  # shapes only, no memory
+        state = Gemma3(cfg).state_dict()
+    if cfg.tie_word_embeddings:
+        del state["lm_head.weight"]
+    return {hf_name(name): list(tensor.shape) for name, tensor in state.items()}
+
+
+def listed(names, shown: int = 3) -> str:
+    """A few names of a sorted list and how many more: one error line, however many weights are wrong."""
+    names = sorted(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def check_weights(hf_dir, cfg: ModelConfig, found: dict[str, list[int]]) -> None:
+    """Refuse weights that would leave a weight of the model unloaded (transformers fills those with random
+    values), that the model has no place for, or whose shapes config.json contradicts: one line naming them."""
+    expected = expected_shapes(cfg)
+    missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
+    resized = [f"{name} is {found[name]} but config.json makes it {shape}"
+               for name, shape in sorted(expected.items()) if name in found and found[name] != shape]
+    problems = ([f"missing {listed(missing)}"] if missing else []) + (
+        [f"unexpected {listed(unexpected)}"] if unexpected else []) + resized[:3]
+    if problems:
+        tied = " (which ties lm_head to the embedding)" if "lm_head.weight" in unexpected else ""
+        raise UserError(f"the weights of init_from {hf_dir} do not fit its config.json{tied}: {'; '.join(problems)}")
 
 
 def hf_state_dict(hf_dir) -> dict[str, torch.Tensor]:
-    """The weights of a local HuggingFace Gemma 3 folder under our names, in fp32."""
-    hf_dir = _local_folder(hf_dir)
-    try:
-        hf = transformers_module().AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
-                                                                  local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a HuggingFace model from {hf_dir}: {first_line(err)}") from None
-    return {k.removeprefix(HF_PREFIX): v for k, v in hf.state_dict().items()}
+    """The weights of a local HuggingFace Gemma 3 folder under our names, in fp32; every weight of the model
+    comes from the folder (checked first), a tied lm_head being the embedding itself."""
+    cfg = hf_model_config(hf_dir)
+    state = {}
+    for file in weight_files(hf_dir):
+        try:
+            state.update(load_file(str(file)))
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"cannot read the weights {file}: {first_line(err)}") from None
+    state = {name.removeprefix(HF_PREFIX): tensor.float() for name, tensor in state.items()}
+    if cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    return state
 
 
 def to_hf(model, eot_token: int | None = None):
     """A transformers Gemma3ForCausalLM holding a copy of our model's weights."""
     transformers = transformers_module()
     hf = transformers.Gemma3ForCausalLM(hf_config(model.config, eot_token))
-    state = {(k if k.startswith("lm_head.") else HF_PREFIX + k): v for k, v in model.state_dict().items()}
+    state = {hf_name(k): v for k, v in model.state_dict().items()}
     hf.load_state_dict(state, strict=True)
     return hf.eval()
 
@@ -145,20 +227,51 @@ def tiktoken_backend(encoding):
     return converter.converted()
 
 
-def save_tokenizer(tokenizer, out: Path) -> None:
-    """Write tokenizer files that transformers' AutoTokenizer loads."""
+def save_tokenizer(tokenizer, out: Path) -> bool:
+    """Write tokenizer files that transformers' AutoTokenizer loads; False where it writes none."""
     transformers = transformers_module()
     if isinstance(tokenizer, BpeTokenizer):
         backend = tokenizer.tokenizer
     elif isinstance(tokenizer, HFTokenizer):
-        tokenizer.save(out)  # a HuggingFace tokenizer's own files, eos_token set to end-of-text
-        return
+        # A tokenizer_config.json that names no class would load as the model type's (GemmaTokenizer), which
+        # rebuilds a tokenizer of its own from the vocabulary instead of reading tokenizer.json as it is.
+        exported = copy.copy(tokenizer)
+        exported.config = {"tokenizer_class": GENERIC_TOKENIZER_CLASS, **(tokenizer.config or {})}
+        exported.save(out)  # a HuggingFace tokenizer's own files, eos_token set to end-of-text
+        return True
     elif isinstance(tokenizer, ByteTokenizer):
         backend = byte_level_backend()
     else:
         backend = tiktoken_backend(tokenizer.encoding)
     if backend.token_to_id(EOT_TEXT) != tokenizer.eot_token:  # special tokens are numbered after the vocabulary
         print(f"note: writing no tokenizer files: {tokenizer.name}'s end-of-text id does not follow its vocabulary")
-        return
+        return False
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT_TEXT, bos_token=EOT_TEXT)
     fast.save_pretrained(str(out))
+    return True
+
+
+def auto_tokenizer_ids(folder: Path, texts: list[str]) -> tuple[str, list[str], list[list[int]]]:
+    """(class, texts, ids): how transformers' AutoTokenizer loads `folder` and encodes each text. Special tokens
+    written in a text are left out of it: ours read them as text, transformers' as the token."""
+    try:
+        theirs = transformers_module().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        for special in theirs.all_special_tokens:
+            texts = [text.replace(special, "") for text in texts]
+        return type(theirs).__name__, texts, theirs(texts, add_special_tokens=False)["input_ids"]
+    except Exception as err:  # transformers and tokenizers raise many kinds (a bare Exception too) for such files
+        raise UserError(f"transformers cannot use the exported tokenizer: {first_line(err)}") from None
+
+
+def check_tokenizer_files(tokenizer, folder: Path, texts: list[str]) -> None:
+    """AutoTokenizer on `folder` (config.json and tokenizer files) must give `tokenizer`'s ids for a fixed probe
+    and each text, or the exported model would be fed other tokens than it was trained on."""
+    name, texts, ids = auto_tokenizer_ids(folder, [PROBE, *texts])
+    for text, got in zip(texts, ids):
+        expected = tokenizer.encode(text)
+        if got != expected:
+            start = next((i for i, pair in enumerate(zip(expected, got)) if pair[0] != pair[1]),
+                         min(len(expected), len(got)))
+            raise UserError(f"transformers loads the exported tokenizer as {name}, which encodes {text[:30]!r}... "
+                            f"as {got[start:start + 4]} from token {start} on, where the data's {tokenizer.name} "
+                            f"tokenizer gives {expected[start:start + 4]}")

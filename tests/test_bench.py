@@ -174,3 +174,12 @@ def test_activation_memory_budget_makes_the_compiled_model_keep_less_for_the_sam
         kept[budget], grads[budget] = saved_bytes_and_grads(compiled, idx)
     torch.testing.assert_close(grads[0.2], grads[1.0], rtol=1e-4, atol=1e-6)
     assert kept[0.2] < kept[1.0] / 2
+
+
+def test_bench_refuses_a_data_dir_typed_wrong(tmp_path):
+    """A --data_dir on the command line that holds no data is a mistake, not a reason to time the demo corpus."""
+    from accel_train import bench
+
+    with pytest.raises(UserError, match=f"--data_dir {tmp_path / 'dta'} holds no train.bin"):
+        bench.main(["--data_dir", str(tmp_path / "dta"), "--steps", "1", "--json", str(tmp_path / "b.json")])
+    assert not list(tmp_path.iterdir())

@@ -1,7 +1,9 @@
 """HuggingFace export and import: transformers loads the export with the same logits, the tokenizer
 comes along, weights survive the round trip, and `--init_from` continues pretraining from it."""
 
+import json
 import math
+import shutil
 import sys
 
 import pytest
@@ -14,13 +16,56 @@ from accel_train.model import ModelConfig
 from accel_train.sample import find_checkpoint, load_model
 from accel_train.tokenizer import ByteTokenizer
 from accel_train.tracking import read_metrics
-from helpers import run, tinystories, train
+from helpers import assert_one_error_line, run, run_side_by_side, tinystories, train
 
 transformers = pytest.importorskip("transformers")  # the `hf` extra
 
 
 def export_cli(*args):
     return run([sys.executable, "-m", "accel_train.export", *args])
+
+
+def export_command(checkpoint, out, data_dir) -> list[str]:
+    return [sys.executable, "-m", "accel_train.export", "--checkpoint", str(checkpoint), "--out", str(out),
+            "--data_dir", str(data_dir)]
+
+
+STORIES = [f"{name} and {friend} went to the {place}. The sun was warm; {name} said: \"Look, a {thing}!\""
+           for name, friend, place, thing in zip(["Tom", "Lily", "Sam", "Mia"] * 6, ["Ben", "Sue", "Max"] * 8,
+                                                 ["park", "lake", "shop", "hill", "zoo"] * 5, ["dog", "ball"] * 12)]
+
+
+def trained_tokenizer_json(path, special_tokens):
+    """A byte-level BPE made with the `tokenizers` library alone, as a user brings one to prepare --tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(STORIES, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special_tokens, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory):
+    """{name: data folder} of the stories prepared with a trained BPE, and with a tokenizer.json whose folder
+    names no tokenizer_class (with an <unk> token and a tokenizer_config.json beside it, or alone)."""
+    from accel_train.prepare import write_dataset
+    from accel_train.tokenizer import EOT_TEXT, hf_tokenizer, train_bpe
+
+    root = tmp_path_factory.mktemp("tokenized")
+    with_unk = trained_tokenizer_json(root / "unk" / "tokenizer.json", [EOT_TEXT, "<unk>"])
+    (with_unk.parent / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOT_TEXT, "unk_token": "<unk>"}))
+    tokenizers = {"bpe": train_bpe(STORIES, 300), "with unk": hf_tokenizer(with_unk.parent),
+                  "alone": hf_tokenizer(trained_tokenizer_json(root / "plain.json", [EOT_TEXT]), EOT_TEXT)}
+    for name, tokenizer in tokenizers.items():
+        write_dataset(root / name, STORIES * 4, tokenizer, source={"input": "stories"}, val_fraction=0.3,
+                      block_size=16)
+    return {name: root / name for name in tokenizers}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +127,42 @@ def test_init_from_continues_pretraining(exported, demo_data_dir, tmp_path):
     assert abs(first_loss - source_val) < 0.3
     _, cfg = load_model(out)
     assert cfg.model == hf_model_config(hf_dir)
+
+
+def test_the_exported_tokenizer_gives_the_datas_ids(exported, tokenized, tmp_path):
+    """Whatever tokenizer made the data, AutoTokenizer on the export encodes as it did: a tokenizer_config.json
+    without a tokenizer_class used to load as GemmaTokenizer, whose spaces are <unk> (or which raises without one)."""
+    from accel_train.tokenizer import load_tokenizer
+
+    checkpoint, _ = exported
+    results = run_side_by_side([(name, export_command(checkpoint, tmp_path / name, data), [])
+                                for name, data in tokenized.items()])
+    texts = STORIES + ["Tom and Lily went to the zoo. The sun was warm; Ça va? ☃"]
+    for name, data in tokenized.items():
+        status, stderr, _ = results[name]
+        assert status == 0, (name, stderr)
+        theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
+        ours = load_tokenizer(data)
+        assert theirs(texts, add_special_tokens=False)["input_ids"] == [ours.encode(text) for text in texts]
+        assert theirs.eos_token_id == ours.eot_token
+
+
+def test_export_refuses_a_tokenizer_transformers_reads_otherwise(exported, tokenized, tmp_path):
+    """A data folder whose tokenizer_config.json names a class that rebuilds the tokenizer differently, or a
+    --data_dir that does not exist: one error line, and no export folder (an existing empty one stays empty)."""
+    checkpoint, _ = exported
+    gemma_class = tmp_path / "gemma class"
+    shutil.copytree(tokenized["with unk"], gemma_class)
+    config = json.loads((gemma_class / "tokenizer_config.json").read_text())
+    (gemma_class / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GemmaTokenizer"}))
+    (tmp_path / "empty").mkdir()
+    cases = [("new", export_command(checkpoint, tmp_path / "new", gemma_class), ["as GemmaTokenizer", "encodes"]),
+             ("empty", export_command(checkpoint, tmp_path / "empty", gemma_class), ["as GemmaTokenizer"]),
+             ("typo", export_command(checkpoint, tmp_path / "typo", tmp_path / "dta"), [f"{tmp_path}/dta not found"])]
+    for status, stderr, words in run_side_by_side(cases).values():
+        assert_one_error_line(status, stderr, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "gemma class"]
+    assert not list((tmp_path / "empty").iterdir())
 
 
 def test_export_keeps_an_existing_folder(trained_run, tmp_path):
