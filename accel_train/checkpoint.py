@@ -246,10 +246,10 @@ def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
 
     Runs when a run resumes from `newest`, so that a kill between a save and its bookkeeping leaves
     nothing behind once the next run starts (a finished run resumed has no later save to do it)."""
-    if newest.resolve().parent == checkpoints_root(out_dir).resolve():
+    if newest.resolve() in [folder.resolve() for folder in list_checkpoints(out_dir)]:
         update_best(out_dir, newest, read_trainer_state(newest).get("val_loss"))
         prune(out_dir, keep_last, newest)  # removes the leftovers too
-    else:
+    else:  # best/, or a checkpoint elsewhere: the run's next save prunes
         remove_leftovers(out_dir)
 
 
@@ -294,13 +294,41 @@ def resolve_resume(resume: str, out_dir) -> Path | None:
         return None
     if resume == "auto":
         return latest_checkpoint(out_dir)
-    folder = verified(Path(resume), "resume from")
-    step = read_trainer_state(folder)["step"]
-    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > step and verify(p, checksums=False) is None]
+    folder = verified(_named_checkpoint(Path(resume)), "resume from")
+    state = read_trainer_state(folder)
+    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > state["step"] and verify(p, checksums=False) is None]
     if newer:
         raise UserError(f"{out_dir} holds checkpoints newer than {folder} (the newest is {newer[-1].name}); "
                         "move them away or resume into another --out_dir")
+    _check_same_run(out_dir, folder, state.get("run_id"))
     return folder
+
+
+def _check_same_run(out_dir, folder: Path, run_id: str | None) -> None:
+    """Refuse to continue `folder` (of run `run_id`) into an out_dir holding another run's checkpoints: their
+    steps, best/ and metrics rows would mix. Checkpoints without a run id (or unreadable) say nothing."""
+    for other in [*list_checkpoints(out_dir), checkpoints_root(out_dir) / BEST]:
+        try:
+            theirs = json.loads((other / STATE_FILE).read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if run_id and theirs and theirs != run_id:
+            raise UserError(f"{out_dir} holds checkpoints of another run ({other.name} is of run {theirs}, {folder} "
+                            f"of run {run_id}); resume it into its own out_dir or an empty --out_dir")
+
+
+def _named_checkpoint(path: Path) -> Path:
+    """`path` unless it is plainly not a checkpoint to resume: a file, a run's out_dir, or the temporary folder
+    of a save or deletion cut short (complete or not, the next run's clean-up would delete it from under us)."""
+    if path.is_file():
+        raise UserError(f"cannot resume from {path}: it is a file; name a checkpoint folder (step_<N>/ or best/)")
+    if path.name.startswith((".tmp_", ".deleting_")):
+        raise UserError(f"cannot resume from {path}: it is the temporary folder of a save or deletion that was cut "
+                        "short; name a step_<N>/ or best/ folder, or use --resume auto")
+    if checkpoints_root(path).is_dir() and not (path / MANIFEST_FILE).exists():
+        raise UserError(f"cannot resume from {path}: it is a run's out_dir, not a checkpoint; use --out_dir {path} "
+                        "--resume auto, or name one of its checkpoints/ folders")
+    return path
 
 
 def loaded(folder: Path, load: Callable[[], T]) -> T:

@@ -104,3 +104,32 @@ def test_best_follows_the_lowest_validation_loss_and_survives_pruning(tmp_path):
     assert verify(best) is None
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_4"]
     assert latest_checkpoint(tmp_path).name == "step_4"  # best/ is not a step to resume by default
+
+
+def test_resume_path_refuses_what_is_not_a_checkpoint_to_continue(tmp_path):
+    """A file, the temporary folder of a save cut short (complete or not), a run's out_dir instead of one of
+    its checkpoints: each is one error naming the path; none is touched."""
+    run = tmp_path / "run"
+    step = make_checkpoint(run, "step_4", 4)
+    leftover = make_checkpoint(run, ".tmp_step_8", 8)  # complete, killed before the rename
+    cases = {step / "model.safetensors": "is a file", leftover: "temporary folder",
+             checkpoints_root(run) / ".deleting_step_2": "temporary folder", run: "--resume auto"}
+    for path, words in cases.items():
+        with pytest.raises(UserError, match=f"cannot resume from {path}.*{words}"):
+            resolve_resume(str(path), run)
+    assert verify(leftover) is None and verify(step) is None
+
+
+def test_resume_path_into_an_out_dir_of_another_run_is_refused(tmp_path):
+    """Continuing a checkpoint into an out_dir with another run's checkpoints would mix their steps and best/;
+    its own run's out_dir (or a copy) and an empty one are fine."""
+    mine = make_checkpoint(tmp_path / "a", "step_8", 8)
+    (mine / STATE_FILE).write_text(json.dumps({"step": 8, "run_id": "mine"}))
+    write_manifest(mine)
+    theirs = make_checkpoint(tmp_path / "b", "best", 4)
+    (theirs / STATE_FILE).write_text(json.dumps({"step": 4, "run_id": "theirs"}))
+    write_manifest(theirs)
+    with pytest.raises(UserError, match="another run .*best is of run theirs"):
+        resolve_resume(str(mine), tmp_path / "b")
+    assert resolve_resume(str(mine), tmp_path / "a") == mine
+    assert resolve_resume(str(mine), tmp_path / "empty") == mine
