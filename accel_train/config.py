@@ -110,6 +110,10 @@ class TrainConfig:
     wandb_project: str = setting("accel_train", "wandb: the project")
     run_name: str = setting("", "the tracker's run name")
     resume: str = setting("", "empty: a new run; auto: the newest checkpoint in out_dir; or a checkpoint folder")
+    accept_data_change: bool = setting(False, "resume even though the data differs from the data the checkpoint "
+                                              "records (token counts, sampled chunks, meta.json's dtype, "
+                                              "vocab_size, tokenizer): the data stream then continues in the new "
+                                              "data")
     init_from: str = setting("", "a local HuggingFace Gemma 3 folder to start from; its config.json sets the model "
                                  "shape")
     watch_interval: int = setting(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never",

@@ -4,15 +4,22 @@ The model's shape must match the checkpoint's weights, and the optimizer its opt
 and Muon's differ). The data stream must continue as it was: global batch b is drawn from (seed, b)
 alone and an optimizer step takes gradient_accumulation_steps x processes of them, so processes may be
 traded for accumulation and micro_batch may regroup a step's sequences, but batch_size, block_size, seed
-and their product may not change.
+and their product may not change. Nor may the data itself: a checkpoint records what identifies it (see
+`data_identity`), and a resume on other data is refused unless accept_data_change says it is meant.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from accel_train.config import TrainConfig
+from accel_train.data import SPLIT_FILES, open_split
 from accel_train.errors import UserError
+
+SAMPLED_CHUNKS = 16  # chunks of each split hashed, spread evenly from its first byte to its last
+CHUNK_BYTES = 4096
+META_KEYS = ("dtype", "vocab_size", "tokenizer", "eot_token")  # what meta.json says the token ids mean
 
 
 def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
@@ -57,3 +64,59 @@ def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: i
                         f"{saved_batches * saved['batch_size']} sequences of {saved['block_size']} tokens per "
                         f"optimizer step, this run would take {accum * processes * cfg.batch_size} sequences of "
                         f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
+
+
+def data_identity(data_dir, meta: dict) -> dict:
+    """What identifies the data in `data_dir`, and not where it lies: each split's token count and a hash of
+    a few chunks at fixed places in it (a whole-file hash would read terabytes at every start), and what
+    meta.json says the ids mean. `meta` is the folder's checked meta.json."""
+    identity = {"meta": {key: meta.get(key) for key in META_KEYS}}
+    for split in SPLIT_FILES:
+        tokens = open_split(str(data_dir), split)
+        identity[split] = {"tokens": tokens.num_tokens, "sampled_sha256": _sampled_sha256(tokens.path)}
+    return identity
+
+
+def _sampled_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        last_start = max(f.seek(0, 2) - CHUNK_BYTES, 0)
+        for i in range(SAMPLED_CHUNKS):
+            f.seek(last_start * i // (SAMPLED_CHUNKS - 1))
+            digest.update(f.read(CHUNK_BYTES))
+    return digest.hexdigest()
+
+
+def check_same_data(folder: Path, state: dict, identity: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume `folder` (its trainer `state`) on data other than the data it was trained on: the data
+    stream's positions would point into other text. accept_data_change continues on purpose; a checkpoint
+    from before the record was kept cannot be checked, so it is resumed with a note."""
+    saved = state.get("data")
+    if saved is None:
+        print(f"note: {folder} does not record which data it was trained on (it predates that record); "
+              f"taking {cfg.data_dir} as that data")
+        return
+    changed = _differences(saved, identity)
+    if not changed:
+        return
+    if cfg.accept_data_change:
+        print(f"note: the data in {cfg.data_dir} is not what {folder} was trained on ({'; '.join(changed)}); "
+              "continuing on it, as accept_data_change asks")
+        return
+    raise UserError(f"the data in {cfg.data_dir} is not what {folder} was trained on ({'; '.join(changed)}), so the "
+                    "resumed data stream would point into other text; point --data_dir at that data (it was in "
+                    f"{state['config']['data_dir']}), set --accept_data_change true to continue on this data on "
+                    "purpose, or start a new out_dir")
+
+
+def _differences(saved: dict, identity: dict) -> list[str]:
+    was_meta = saved.get("meta", {})
+    changed = [f"meta.json's {key} is {was_meta.get(key)} there, {value} here"
+               for key, value in identity["meta"].items() if was_meta.get(key) != value]
+    for split in SPLIT_FILES:
+        was, now = saved.get(split, {}), identity[split]
+        if was.get("tokens") != now["tokens"]:
+            changed.append(f"{split}: {was.get('tokens')} tokens there, {now['tokens']} here")
+        elif was.get("sampled_sha256") != now["sampled_sha256"]:
+            changed.append(f"{split}: as many tokens, but other ones")
+    return changed

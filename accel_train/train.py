@@ -48,7 +48,7 @@ from accel_train.optim import (Optimizers, build_optimizers, group_settings, opt
                                restore_group_settings)
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
-from accel_train.resume import check_resumable
+from accel_train.resume import check_resumable, check_same_data, data_identity
 from accel_train.schedule import Schedule, check_saved
 from accel_train.sample import sample_text
 from accel_train.run_lock import RunLock
@@ -217,15 +217,15 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
     happens here, before anything but the lock is written."""
     lock.acquire()
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
-    if resume_from is None:
-        state = fresh_state(cfg, processes)
-    else:
-        state = read_trainer_state(resume_from)
+    state = fresh_state(cfg, processes) if resume_from is None else read_trainer_state(resume_from)
+    if resume_from is not None:
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
         check_saved(resume_from, optimizer_count(cfg.optimizer))
-        state.update(config=cfg.to_dict(), processes=processes)  # the next checkpoint is this run's
-    check_data(cfg)
+    data = data_identity(cfg.data_dir, check_data(cfg))
+    if resume_from is not None:
+        check_same_data(resume_from, state, data, cfg)
+    state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
     prepare_out_dir(cfg, resuming=resume_from is not None)
     if resume_from is not None:
         finish_bookkeeping(cfg.out_dir, cfg.keep_last, resume_from)
@@ -333,6 +333,7 @@ class Run:
     flops_per_token: float
     peak_tflops: float | None
     tokens_per_byte: float | None
+    lock: RunLock  # held by the main process: confirmed before each write to out_dir
 
 
 def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
@@ -393,7 +394,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
-               tokens_per_byte=val_tokens_per_byte(cfg.data_dir))
+               tokens_per_byte=val_tokens_per_byte(cfg.data_dir), lock=lock)
 
 
 def new_model(cfg: TrainConfig) -> Gemma3:
@@ -454,7 +455,7 @@ def run_loop(run: Run, after_step) -> int:
             if cfg.eval_due(step) and not evaluate_into(run, record, stop, report):
                 stopping = True  # the signal came during the evaluation, which the checkpoint redoes on resume
             if cfg.log_due(step):
-                on_main_process(accelerator, lambda: run.metrics.write(record))
+                write_row(run, record)
                 accelerator.log(record, step=step)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             if cfg.save_due(step) or stopping:
@@ -490,7 +491,16 @@ def finish_pending_evaluation(run: Run, stop: StopSignals, report) -> None:
     else:
         report(f"stopping at step {run.start_step} on {stop.received or 'a signal to another process'}, again in "
                f"its evaluation: {run.resume_from} still holds it; continue with --resume auto")
-    on_main_process(run.accelerator, lambda: run.metrics.write(run.redo))
+    write_row(run, run.redo)
+
+
+def write_row(run: Run, record: dict) -> None:
+    """Append a metrics row on the main process, once sure that out_dir is still the folder this run locked."""
+    def confirmed_write() -> None:
+        run.lock.confirm()
+        run.metrics.write(record)
+
+    on_main_process(run.accelerator, confirmed_write)
 
 
 def evaluate_into(run: Run, record: dict, stop: StopSignals, report) -> bool:
@@ -522,6 +532,7 @@ def checkpoint(run: Run, step: int, val_loss: float | None) -> Path:
     state, cfg = run.state, run.cfg
     state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
                  val_loss=val_loss)
+    on_main_process(run.accelerator, run.lock.confirm)  # never save into a folder that replaced out_dir
     folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
     if run.accelerator.is_main_process:
         update_best(cfg.out_dir, folder, val_loss)

@@ -7,15 +7,17 @@ import signal
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.checkpoint import list_checkpoints, verify
+from accel_train.checkpoint import list_checkpoints, verify, write_manifest
 from accel_train.config import load_config
 from accel_train.errors import UserError
 from accel_train.schedule import lr_at
 from accel_train.tracking import read_metrics
-from helpers import REPO, TINY_MODEL, TRAIN, command, max_difference, snapshot, subprocess_env, train
+from helpers import (REPO, TINY_MODEL, TRAIN, assert_one_error_line, command, max_difference, run_side_by_side,
+                     snapshot, subprocess_env, train)
 from interrupt import kill_all, reached_step, start, wait_until
 
 RUN = ["--demo_data", "false", "--warmup_steps", "2", "--batch_size", "4", "--block_size", "32",
@@ -195,3 +197,97 @@ def test_resuming_on_a_full_disk_is_one_error_line_and_changes_nothing(demo_data
     line = error_line(limited_file_size(1, command(TRAIN, args(demo_data_dir, out, *run, "--resume", "auto"))))
     assert str(out) in line and ("disk full" in line or "File too large" in line)
     assert snapshot(out) == before
+
+
+def test_resuming_from_best_in_its_own_out_dir_continues_the_run(demo_data_dir, tmp_path):
+    """best/ is a verified checkpoint: naming it continues the run (the last save was the best, so nothing is
+    newer), and the next save's bookkeeping treats it as any other. A leftover of a save is refused untouched."""
+    out = tmp_path / "out"
+    assert train(args(demo_data_dir, out, "--max_iters", "4")).returncode == 0
+    root = out / "checkpoints"
+    shutil.copytree(root / "step_4", root / ".tmp_step_8")  # as a save killed before its rename leaves it
+    before = snapshot(out)
+    line = error_line(train(args(demo_data_dir, out, "--max_iters", "8", "--resume", str(root / ".tmp_step_8"))))
+    assert ".tmp_step_8" in line and "temporary" in line
+    assert snapshot(out) == before
+
+    resumed = train(args(demo_data_dir, out, "--max_iters", "6", "--keep_last", "1", "--resume", str(root / "best")))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {root / 'best'} at step 4" in resumed.stdout
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
+    assert sorted(p.name for p in root.iterdir()) == ["best", "step_6"]  # pruned to keep_last, leftover cleaned
+
+
+def changed_copy(source, target, split_file, change):
+    """A copy of data folder `source` whose `split_file` holds `change(tokens)`, meta.json's count kept true."""
+    shutil.copytree(source, target)
+    tokens = change(np.fromfile(target / split_file, dtype=np.uint16))
+    tokens.tofile(target / split_file)
+    meta = json.loads((target / "meta.json").read_text())
+    meta["tokens"][split_file.removesuffix(".bin")] = len(tokens)
+    (target / "meta.json").write_text(json.dumps(meta))
+    return target
+
+
+def test_a_resume_on_other_data_is_refused_unless_accepted_and_a_moved_copy_is_the_same_data(demo_data_dir,
+                                                                                              tmp_path):
+    """The checkpoint records what identifies its data, not where it lay: the same tokens in a moved folder
+    resume, other tokens (same size, or another size) are refused with nothing touched, until
+    accept_data_change says so; a checkpoint from before the record resumes with a note."""
+    out = tmp_path / "out"
+    assert train(args(demo_data_dir, out, "--max_iters", "4")).returncode == 0
+    moved = shutil.copytree(demo_data_dir, tmp_path / "moved")
+    shuffled = changed_copy(demo_data_dir, tmp_path / "shuffled", "train.bin", lambda t: t[::-1])
+    shorter = changed_copy(demo_data_dir, tmp_path / "shorter", "val.bin", lambda t: t[:-1000])
+    outs = {name: shutil.copytree(out, tmp_path / f"out_{name}")
+            for name in ("moved", "shuffled", "shorter", "old", "accepted")}
+    old_state = outs["old"] / "checkpoints" / "step_4" / "trainer_state.json"
+    old_state.write_text(json.dumps({k: v for k, v in json.loads(old_state.read_text()).items() if k != "data"}))
+    write_manifest(old_state.parent)
+    before = {name: snapshot(folder) for name, folder in outs.items()}
+    resume = ["--max_iters", "6", "--resume", "auto"]
+    results = run_side_by_side([
+        ("moved", command(TRAIN, args(moved, outs["moved"], *resume)), []),
+        ("shuffled", command(TRAIN, args(shuffled, outs["shuffled"], *resume)),
+         ["train: as many tokens, but other ones", "--accept_data_change true", str(demo_data_dir)]),
+        ("shorter", command(TRAIN, args(shorter, outs["shorter"], *resume)), ["val:", "--accept_data_change"]),
+        ("old", command(TRAIN, args(demo_data_dir, outs["old"], *resume)), []),
+        ("accepted", command(TRAIN, args(shuffled, outs["accepted"], *resume, "--accept_data_change", "true")), [])])
+    for name in ("shuffled", "shorter"):
+        status, stderr, words = results[name]
+        assert_one_error_line(status, stderr, *words)
+        assert snapshot(outs[name]) == before[name]
+    for name in ("moved", "old", "accepted"):
+        assert results[name][0] == 0, results[name][1][-2000:]
+        assert verify(outs[name] / "checkpoints" / "step_6") is None
+    recorded = [json.loads((outs[name] / "checkpoints" / "step_6" / "trainer_state.json").read_text())["data"]
+                for name in ("accepted", "old")]  # the data each run went on with: the next resume checks that
+    assert recorded[0]["train"] != recorded[1]["train"] and recorded[0]["val"] == recorded[1]["val"]
+
+
+def test_the_lock_holds_when_train_lock_is_deleted_or_replaced_and_a_replaced_out_dir_stops_the_run(demo_data_dir,
+                                                                                                    tmp_path):
+    """A SIGKILLed run leaves train.lock behind, so users delete it: the lock is on out_dir itself too, and the
+    refusal still names the live run. A folder moved away and recreated under its name (rm -rf and a new run)
+    stops the live run at its next write, with one error line and nothing written into the new folder."""
+    out = tmp_path / "out"
+    running = start(args(demo_data_dir, out, "--max_iters", "100000", "--checkpoint_interval", "2"), 1,
+                    tmp_path / "first.log")
+    try:
+        assert wait_until(running, lambda: len(list_checkpoints(out)) >= 1)
+        for replace in (lambda lock: lock.unlink(), lambda lock: lock.write_text('{"host": "elsewhere"}\n')):
+            replace(out / "train.lock")
+            line = error_line(train(args(demo_data_dir, out, "--max_iters", "100000", "--resume", "auto")))
+            assert "in use" in line and socket.gethostname() in line and f"process {running.pid}," in line
+            assert "since" in line and running.poll() is None
+        # just after an odd step's row: its save (at even steps) is done and the next write is a row
+        assert wait_until(running, lambda: reached_step(out) % 2 == 1)
+        out.rename(tmp_path / "moved")
+        out.mkdir()
+        assert running.wait(timeout=300) == 2
+    finally:
+        kill_all(running)
+    errors = [line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(out) in errors[0] and "removed, moved or replaced" in errors[0]
+    assert list(out.iterdir()) == []
+    assert verify(list_checkpoints(tmp_path / "moved")[-1]) is None
