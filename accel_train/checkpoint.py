@@ -187,7 +187,7 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
     if best.is_dir():
         try:
             best_loss = json.loads((best / STATE_FILE).read_text()).get("val_loss")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: JSON, but not an object
             best_loss = None  # unreadable: replace it
         if best_loss is not None and best_loss <= val_loss:
             return False
@@ -331,23 +331,27 @@ def _named_checkpoint(path: Path) -> Path:
     return path
 
 
-def loaded(folder: Path, load: Callable[[], T]) -> T:
-    """`load()` reading the checkpoint `folder`, or a one-line UserError. The manifest catches accidents to the
-    files, not files that were damaged (or made by other code) before it was written: a library's loader then
+def loaded(path: Path, load: Callable[[], T]) -> T:
+    """`load()` reading `path` (a checkpoint, or one of its files), or a one-line UserError. The manifest catches
+    accidents to the files, not files damaged (or made by other code) before it was written: a library's loader then
     raises whatever the bytes lead it to (any type, even an IndexError), so every reader loads through here."""
     try:
         return load()
     except UserError:
         raise
     except Exception as err:  # whatever the loader raised, the checkpoint cannot be loaded
-        raise UserError(f"cannot load checkpoint {folder}: {type(err).__name__}: {first_line(err)}; it matches its "
-                        f"{MANIFEST_FILE}, so it was damaged before it was written or by other code: use another "
-                        "checkpoint") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        why = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "Error(s) in loading ...:" says little
+        raise UserError(f"cannot load checkpoint {path}: {type(err).__name__}: "
+                        f"{why if len(why) <= 200 else why[:200] + '...'} (its files match {MANIFEST_FILE}, so they "
+                        "were damaged before it was written, or written by other code); use another checkpoint"
+                        ) from None
 
 
 def read_trainer_state(folder: Path) -> dict:
     """trainer_state.json: an object with the step reached and the run's config, which every reader needs."""
-    return loaded(folder, lambda: _checked_state(json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))))
+    path = folder / STATE_FILE
+    return loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
 
 
 def _checked_state(state) -> dict:
@@ -365,12 +369,13 @@ def load_state(accelerator, folder: Path) -> None:
 
     rng = folder / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl"
 
-    def load() -> None:
-        if rng.exists() and not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(torch_load(rng)):
-            raise ValueError(f"{rng.name} does not hold the random states")
-        accelerator.load_state(str(folder))
+    def check_rng() -> None:
+        if not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(torch_load(rng)):
+            raise ValueError("it does not hold the random states")
 
-    loaded(folder, load)
+    if rng.exists():
+        loaded(rng, check_rng)
+    loaded(folder, lambda: accelerator.load_state(str(folder)))
 
 
 LAYOUTS = {WEIGHTS_FILE: "one process or DDP", FSDP_FULL_WEIGHTS: "FSDP with fsdp_state_dict_type FULL_STATE_DICT",

@@ -326,9 +326,10 @@ class _Key(argparse.Action):
 
 
 def _describe(f: dataclasses.Field) -> str:
-    """A key's meaning, with its choices where it has them."""
-    choices = f.metadata.get("choices")
-    return f.metadata["help"] + (f"; one of {', '.join(f'`{c}`' for c in choices)}" if choices else "")
+    """A key's meaning, with its choices or its declared range where it has them."""
+    choices, (low, high) = f.metadata.get("choices"), f.metadata.get("range", (None, None))
+    span = (f"; at least {low}" if high is None else f"; {low} to {high}") if low is not None else ""
+    return f.metadata["help"] + (f"; one of {', '.join(f'`{c}`' for c in choices)}" if choices else span)
 
 
 class _Formatter(argparse.HelpFormatter):

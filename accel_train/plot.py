@@ -8,6 +8,7 @@ extra (`pip install -e ".[plot]"`) and draws off-screen (Agg), so it works on a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -134,7 +135,8 @@ def save(fig, path: Path) -> None:
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone after the rename, or never made (under a file, say)
+            tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
     """The trained model (fp32, eval mode, on the CPU) and the run's config from a checkpoint."""
     folder = find_checkpoint(checkpoint)
     cfg = config_from_dict(read_trainer_state(folder)["config"])
-    return loaded(folder, lambda: _weights(Gemma3(cfg.model), folder)), cfg
+    return loaded(folder / WEIGHTS_FILE, lambda: _weights(Gemma3(cfg.model), folder)), cfg
 
 
 def _weights(model: Gemma3, folder: Path) -> Gemma3:

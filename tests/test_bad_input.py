@@ -50,6 +50,10 @@ def setup_cases(root):
     string_int.write_text('{"max_iters": "10"}')
     a_file = root / "a_file"
     a_file.write_text("not a folder")
+    latin1 = root / "latin1.json"
+    latin1.write_bytes('{"run_name": "café"}'.encode("latin-1"))
+    (root / "out_huge").mkdir()
+    (root / "out_huge" / "notes.txt").write_text("an earlier file in out_dir stays as it is")
     return [
         ("missing data folder", run_with(root / "nowhere"), ["nowhere", "does not exist"]),
         ("missing split", run_with(no_val), ["no val split"]),
@@ -65,6 +69,14 @@ def setup_cases(root):
         ("unwritable out_dir", run_with(good, "a_file/out"), ["out_dir", "a_file"]),
         ("resume from nothing", run_with(good, "out_resume", "--resume", str(root / "no_checkpoint")),
          ["no_checkpoint", "no such folder"]),
+        ("seed beyond numpy's", run_with(good, "out_seed", "--seed", str(2**32)), ["seed", str(2**32)]),
+        ("negative seed", run_with(good, "out_negative_seed", "--seed", "-1"), ["seed", "-1"]),
+        ("vocabulary beyond 32-bit ids", run_with(good, "out_vocab", "--model.vocab_size", "100000000000"),
+         ["model.vocab_size", "100000000000"]),
+        ("config not UTF-8", ["--config", str(latin1)], ["latin1.json", "not UTF-8"]),
+        # 2^52 parameters: beyond any machine's address space, so the allocation fails wherever the test runs
+        ("model too large for memory", run_with(good, "out_huge", "--model.vocab_size", str(2**32),
+                                                "--model.hidden_size", str(2**20)), ["allocate", "smaller model"]),
     ]
 
 
@@ -72,14 +84,19 @@ def setup_cases(root):
 def outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     cases = setup_cases(root)
-    before = snapshot(root)
+    before = snapshot(root), folders(root)
     results = run_side_by_side([(name, command(TRAIN, args), words) for name, args, words in cases])
-    return results, before, snapshot(root)
+    return results, before, (snapshot(root), folders(root))
+
+
+def folders(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
 
 
 CASES = ["missing data folder", "missing split", "empty .bin", "odd-sized .bin", "meta.json token count",
          "meta.json dtype", "meta.json vocabulary", "malformed JSON", "unknown key", "ill-typed key",
-         "ill-typed JSON key", "unwritable out_dir", "resume from nothing"]
+         "ill-typed JSON key", "unwritable out_dir", "resume from nothing", "seed beyond numpy's", "negative seed",
+         "vocabulary beyond 32-bit ids", "config not UTF-8", "model too large for memory"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -89,6 +106,7 @@ def test_mistake_ends_with_one_error_line_and_status_2(outcomes, name):
 
 
 def test_no_mistake_touches_existing_files(outcomes):
-    _, before, after = outcomes
+    _, (before, folders_before), (after, folders_after) = outcomes
     assert {k: v for k, v in after.items() if k in before} == before
     assert not [name for name in after if name not in before]  # nor writes any
+    assert folders_after == folders_before  # nor leaves a folder it made (an out_dir, its checkpoints/)

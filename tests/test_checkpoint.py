@@ -17,7 +17,7 @@ def make_checkpoint(out_dir, name, step, val_loss=None, payload=b"weights"):
     folder = checkpoints_root(out_dir) / name
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(payload * 100 + str(step).encode())
-    (folder / STATE_FILE).write_text(json.dumps({"step": step, "val_loss": val_loss}))
+    (folder / STATE_FILE).write_text(json.dumps({"step": step, "val_loss": val_loss, "config": {}}))
     write_manifest(folder)
     return folder
 

@@ -168,3 +168,80 @@ def test_the_trainer_names_its_own_remedy_when_the_demo_corpus_cannot_go_into_da
     result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert_one_error_line(result.returncode, result.stderr, "data/demo", "--data_dir")
     assert "--overwrite" not in result.stderr and [p.name for p in data.iterdir()] == ["NOTES.md"]
+
+
+def word_level_tokenizer(folder, eos_token):
+    """A WordLevel tokenizer of three words and no unknown token: it cannot encode any other word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel(vocab={"once": 0, "upon": 1, "<eos>": 2}))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder.mkdir()
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos_token}))
+    return folder
+
+
+def test_tokenizers_prepare_cannot_use_are_one_error_line_and_leave_nothing(tmp_path):
+    """An eos_token that is no token's text (a number, a list), and a tokenizer that cannot encode the text."""
+    (tmp_path / "raw.txt").write_text(SEP.join(stories(20)))
+    prep = ["prepare", "--input", tmp_path / "raw.txt", "--separator", SEP, "--val_fraction", "0.2",
+            "--block_size", "4", "--workers", "2"]
+    cases = {"number": 2, "list": ["<eos>"], "cannot encode": {"content": "<eos>"}}
+    folders = {name: word_level_tokenizer(tmp_path / name.replace(" ", "_"), eos) for name, eos in cases.items()}
+    before = snapshot(tmp_path)
+    outcomes = run_all({name: [*prep, "--tokenizer", folder, "--out", tmp_path / f"out_{folder.name}"]
+                        for name, folder in folders.items()})
+    assert_one_error_line(*outcomes["number"], "eos_token", "2", "--eot_token")
+    assert_one_error_line(*outcomes["list"], "eos_token", "['<eos>']", "--eot_token")
+    assert_one_error_line(*outcomes["cannot encode"], "cannot encode", "Missing [UNK] token")
+    assert snapshot(tmp_path) == before and not leftovers(tmp_path)
+    assert not list(tmp_path.glob("out_*"))
+
+
+def test_sample_refuses_devices_that_cannot_compute_and_prompts_that_are_not_utf8(trained_run):
+    checkpoint = ["sample", "--checkpoint", trained_run[0], "--max_new_tokens", "5"]
+    outcomes = run_all({
+        "meta": [*checkpoint, "--device", "meta"],
+        "nonsense": [*checkpoint, "--device", "toaster"],
+        "empty": [*checkpoint, "--device", ""],
+        "absent GPU": [*checkpoint, "--device", f"cuda:{torch.cuda.device_count()}"],  # one past the last GPU
+        "prompt": [*checkpoint, "--prompt", "Once \udcff"],  # the byte 0xff, as a shell passes it from argv
+    })
+    for name in ("meta", "nonsense", "empty", "absent GPU"):
+        assert_one_error_line(*outcomes[name], "--device")
+    assert_one_error_line(*outcomes["prompt"], "prompt", "not UTF-8")
+
+
+def test_output_cut_off_by_a_closed_pipe_ends_quietly(trained_run):
+    """`sample ... | head`: the reader is gone before the first line; status 141, as SIGPIPE would end it."""
+    proc = subprocess.Popen(command("sample", "--checkpoint", trained_run[0], "--max_new_tokens", "5"), cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 141 and stderr == "", stderr
+
+
+def test_plot_writes_exactly_the_file_it_names(trained_run, tmp_path):
+    outcomes = run_all({"no extension": ["plot", trained_run[0], "--out", tmp_path / "curves"],
+                        "svg": ["plot", trained_run[0], "--out", tmp_path / "curves.svg"]})
+    assert outcomes["no extension"][0] == 0 and outcomes["svg"][0] == 0, outcomes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves", "curves.svg"]
+    assert (tmp_path / "curves").read_bytes().startswith(b"\x89PNG")
+    assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:1000]
+
+
+@pytest.mark.parametrize("row, words", [
+    (b"[1, 2]", ["not a metrics row"]),
+    (b'{"loss": 1.0}', ["not a metrics row"]),
+    (b'{"step": "3", "loss": 1.0}', ["not a metrics row"]),
+    (b'{"step": 3, "loss": [1.0]}', ["not a metrics row"]),
+    (b'{"step": 3, "loss": 1.0, "note": "\xff"}', ["not UTF-8"]),
+])
+def test_plot_names_the_line_of_a_metrics_row_it_cannot_draw(tmp_path, row, words):
+    good = json.dumps({"step": 1, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 100.0}).encode()
+    (tmp_path / "metrics.jsonl").write_bytes(good + b"\n" + row + b"\n" + good + b"\n")
+    result = subprocess.run(command("plot", tmp_path), cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert_one_error_line(result.returncode, result.stderr, "metrics.jsonl line 2", *words)
+    assert not (tmp_path / "metrics.png").exists()

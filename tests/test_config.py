@@ -48,6 +48,11 @@ def test_config_file_and_seed_keys(tmp_path):
     (["--compile_mode", "fastest"], "config key 'compile_mode' must be one of"),
     (["--activation_memory_budget", "1.5"], "'activation_memory_budget' must lie in [0, 1], got 1.5"),
     (["--batch_size", "0"], "'batch_size' must be at least 1"),
+    (["--seed", "-1"], "'seed' must lie in [0, 2147483647], got -1"),  # numpy seeds with seed + each process's rank
+    (["--seed", str(2**32)], "'seed' must lie in [0, 2147483647]"),
+    (["--model.vocab_size", "100000000000"], "'model.vocab_size' must lie in [1, 4294967296]"),  # 32-bit token ids
+    (["--model.hidden_size", "0"], "'model.hidden_size' must be at least 1, got 0"),
+    (["--max_iters", str(2**63)], "'max_iters' must be at most 9223372036854775807"),  # beyond torch's int64
     (["--model.num_attention_heads", "3", "--model.num_key_value_heads", "2"], "must be a multiple of"),
     (["--max_iters"], "--max_iters needs a value"),
     (["stray"], "unexpected argument 'stray'"),
@@ -73,6 +78,18 @@ def test_malformed_json_names_file_and_line(tmp_path):
     path.write_text('{\n  "max_iters": 10,\n  "batch_size": ,\n}\n')
     with pytest.raises(UserError, match=r"broken.json line 3 column 17: malformed JSON"):
         load_config(["--config", str(path)])
+
+
+def test_config_files_must_be_utf8_json_a_byte_order_mark_is_fine(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"run_name": "caf\u00e9"}).encode())  # as Notepad saves it
+    assert load_config(["--config", str(path)]).run_name == "caf\u00e9"
+    for text, message in (('{"run_name": "caf\u00e9"}'.encode("latin-1"), "is not UTF-8 text"),
+                          (b'{"seed": ' + b"9" * 5000 + b"}", "malformed JSON"),
+                          (b'{"seed": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "malformed JSON")):
+        path.write_bytes(text)
+        with pytest.raises(UserError, match=message):
+            load_config(["--config", str(path)])
 
 
 def test_precision_resolution_on_this_cpu():
