@@ -124,10 +124,10 @@ def test_resume_path_into_an_out_dir_of_another_run_is_refused(tmp_path):
     """Continuing a checkpoint into an out_dir with another run's checkpoints would mix their steps and best/;
     its own run's out_dir (or a copy) and an empty one are fine."""
     mine = make_checkpoint(tmp_path / "a", "step_8", 8)
-    (mine / STATE_FILE).write_text(json.dumps({"step": 8, "run_id": "mine"}))
+    (mine / STATE_FILE).write_text(json.dumps({"step": 8, "run_id": "mine", "config": {}}))
     write_manifest(mine)
     theirs = make_checkpoint(tmp_path / "b", "best", 4)
-    (theirs / STATE_FILE).write_text(json.dumps({"step": 4, "run_id": "theirs"}))
+    (theirs / STATE_FILE).write_text(json.dumps({"step": 4, "run_id": "theirs", "config": {}}))
     write_manifest(theirs)
     with pytest.raises(UserError, match="another run .*best is of run theirs"):
         resolve_resume(str(mine), tmp_path / "b")
