@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import time
 import warnings
@@ -27,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
-from accel_train.errors import UserError, first_line
+from accel_train.errors import UserError
 
 T = TypeVar("T")
 
@@ -407,11 +406,11 @@ def check_layout(folder: Path, layout: str) -> None:
 def load_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load a checkpoint's weights into a plain model in this one process, whichever way the run saved them:
     model.safetensors (one process, DDP), or under FSDP the file rank 0 gathered or the sharded folder, read
-    whole without a process group. Sampling and export need no launcher and no consolidation step."""
-    from torch.distributed.checkpoint import CheckpointException
-
+    whole without a process group. Sampling and export need no launcher and no consolidation step. Anything
+    unreadable is one line, through `loaded`."""
     source = folder / weights_layout(folder)
-    try:
+
+    def load() -> None:
         if source.name == WEIGHTS_FILE:
             load_safetensors(model, source)  # also re-ties lm_head, whose copy Accelerate leaves out of the file
             return
@@ -419,9 +418,8 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
                  else torch.load(source, map_location="cpu", weights_only=True))
         _check_shared_equal(model, state, source)
         model.load_state_dict(state)  # copies into the parameters, so tied ones stay one parameter
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, CheckpointException) as err:
-        raise UserError(f"{source} does not hold the model its trainer_state.json describes: "
-                        f"{first_line(err)}") from None
+
+    loaded(source, load)
 
 
 def _read_sharded(model: torch.nn.Module, path: Path) -> dict:

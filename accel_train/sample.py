@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_weights, loaded,
+from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_weights,
                                     read_trainer_state, verified)
 from accel_train.config import TrainConfig, config_from_dict
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
@@ -41,12 +41,9 @@ def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
     """The trained model (fp32, eval mode, on the CPU) and the run's config from a checkpoint."""
     folder = find_checkpoint(checkpoint)
     cfg = config_from_dict(read_trainer_state(folder)["config"])
-    return loaded(folder / WEIGHTS_FILE, lambda: _weights(Gemma3(cfg.model), folder)), cfg
-
-
-def _weights(model: Gemma3, folder: Path) -> Gemma3:
-    load_weights(model, folder)  # any layout the run saved, lm_head re-tied
-    return model.eval()
+    model = Gemma3(cfg.model)
+    load_weights(model, folder)  # any layout the run saved, lm_head re-tied; anything unreadable is one line
+    return model.eval(), cfg
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
