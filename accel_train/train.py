@@ -32,7 +32,7 @@ from accel_train.evaluation.validation import estimate_loss
 from accel_train.models.flops import mfu
 from accel_train.plot import write_plot
 from accel_train.sample import sample_text
-from accel_train.training.start import PENDING, Run, build_run
+from accel_train.training.start import Run, build_run
 
 
 def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
@@ -108,17 +108,20 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
 
 
 def run_loop(run: Run, after_step) -> int:
-    """Optimizer steps up to max_iters, each followed, when due, by a metrics row, an evaluation and a
+    """Optimizer steps up to max_iters, each followed, when due, by a metrics row, the step's evaluations and a
     checkpoint; a stop signal saves a checkpoint and ends the loop. Returns the step reached."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     step, last_saved = run.start_step, run.resume_from
+    if state["evaluation_owed"] is None and step >= cfg.max_iters:
+        accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
+        return step
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
-        if run.redo is not None:
-            finish_pending_evaluation(run, stop, report)
-        while step < cfg.max_iters and PENDING not in state:
+        if state["evaluation_owed"] is not None and not pay_owed_evaluations(run, stop, report):
+            return step  # stopped again in them: the checkpoint still owes them
+        while step < cfg.max_iters:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
                                                   itertools.islice(run.batches, run.settings.micro_steps),
@@ -135,14 +138,18 @@ def run_loop(run: Run, after_step) -> int:
             record = metrics_row(run, step, lr, loss, grad_norm, window_start, window_steps)
             if cfg.nonfinite != "skip":
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
-            if cfg.eval_due(step) and not evaluate_into(run, record, stop, report):
-                stopping = True  # the signal came during the evaluation, which the checkpoint redoes on resume
+            if cfg.eval_due(step):
+                evaluations = evaluate(run, step, stop, report)
+                if evaluations is None:  # a stop signal cut them short: the checkpoint owes them, done on resume
+                    state["evaluation_owed"], stopping = record, True
+                else:
+                    record.update(evaluations)
             if cfg.log_due(step):
                 write_row(run, record)
                 accelerator.log(record, step=step)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             if cfg.save_due(step) or stopping:
-                last_saved = checkpoint(run, step, record.get("val_loss"))
+                last_saved = save_run(run, step, record.get("val_loss"))
             if stopping:
                 report(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
                        f"saved {last_saved}; continue with --resume auto")
@@ -166,15 +173,21 @@ def metrics_row(run: Run, step: int, lr: float, loss, grad_norm, window_start: f
     return record
 
 
-def finish_pending_evaluation(run: Run, stop: StopSignals, report) -> None:
-    """Evaluate the step a stop signal cut short before anything else, and write its row, evaluated or (stopped
-    again) as the stopped run left it."""
-    if evaluate_into(run, run.redo, stop, report):
-        run.accelerator.log(run.redo, step=run.start_step)
+def pay_owed_evaluations(run: Run, stop: StopSignals, report) -> bool:
+    """Do first the evaluations that a stop signal cut short at the checkpoint's step, and write that step's row
+    (the stopped run wrote it without them; the start dropped that copy). False if a stop signal cuts them short
+    again: the row goes back as it was, and the checkpoint, unchanged, still owes them."""
+    row = run.state["evaluation_owed"]
+    evaluations = evaluate(run, row["step"], stop, report)
+    if evaluations is None:
+        report(f"stopping at step {row['step']} on {stop.received or 'a signal to another process'}, again in "
+               f"its evaluations: {run.resume_from} still owes them; continue with --resume auto")
     else:
-        report(f"stopping at step {run.start_step} on {stop.received or 'a signal to another process'}, again in "
-               f"its evaluation: {run.resume_from} still holds it; continue with --resume auto")
-    write_row(run, run.redo)
+        row.update(evaluations)
+        run.state["evaluation_owed"] = None
+        run.accelerator.log(row, step=row["step"])
+    write_row(run, row)
+    return evaluations is not None
 
 
 def write_row(run: Run, record: dict) -> None:
@@ -186,31 +199,29 @@ def write_row(run: Run, record: dict) -> None:
     on_main_process(run.accelerator, confirmed_write)
 
 
-def evaluate_into(run: Run, record: dict, stop: StopSignals, report) -> bool:
-    """Add this step's evaluation to `record`; True if it ran to the end. A stop signal cuts it short (every
-    process agrees, batch by batch): then the record waits in the trainer state and the RNG that draws evaluation
-    batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
-    run makes. The prepared model autocasts by itself, so no extra context is needed."""
+def evaluate(run: Run, step: int, stop: StopSignals, report) -> dict | None:
+    """The evaluations of step `step`, as metrics to add to its row; None if a stop signal cut them short (every
+    process agrees, batch by batch). They are one unit: cut short, all of them are owed, and the CPU generator
+    that draws their batches is rewound to where they began, so that the checkpoint saved next redoes exactly
+    the evaluations an uninterrupted run makes. The prepared model autocasts by itself: no extra context."""
     cfg, state, device = run.cfg, run.state, run.accelerator.device
-    rng = torch.get_rng_state()  # get_batch draws from the CPU generator
+    rng = torch.get_rng_state()
     losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
                            device, device.type, data_dir=cfg.data_dir,
                            stop_requested=lambda: any_process(stop.received is not None))
     if losses is None:
         torch.set_rng_state(rng)
-        state[PENDING] = record
-        return False
-    state.pop(PENDING, None)
-    record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
+        return None
+    evaluations = {"val_loss": losses["val"], "train_eval_loss": losses["train"]}
     if run.tokens_per_byte:
-        record["val_bpb"] = losses["val"] / math.log(2) * run.tokens_per_byte
+        evaluations["val_bpb"] = losses["val"] / math.log(2) * run.tokens_per_byte
     if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
         state["best_val_loss"] = losses["val"]
-    report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
-    return True
+    report(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+    return evaluations
 
 
-def checkpoint(run: Run, step: int, val_loss: float | None) -> Path:
+def save_run(run: Run, step: int, val_loss: float | None) -> Path:
     """Save the run at `step`, with the data stream's position, then update best/ and drop old checkpoints."""
     state, cfg = run.state, run.cfg
     state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
@@ -229,8 +240,6 @@ def finish(run: Run, step: int) -> tuple[dict, torch.nn.Module]:
     plain_model = accelerator.unwrap_model(run.model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
     if accelerator.is_main_process and run.start_step < step == cfg.max_iters:
         show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
-    if step == run.start_step and run.redo is None:
-        accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
     accelerator.end_training()
     return run.state, plain_model
 

@@ -43,9 +43,6 @@ from accel_train.training.schedule import Schedule, check_saved
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
 
-PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
-
-
 @dataclasses.dataclass
 class Run:
     """What the loop needs, built by `build_run`: the prepared objects, the trainer state it advances and saves,
@@ -59,7 +56,6 @@ class Run:
     batches: Iterator
     state: dict
     resume_from: Path | None
-    redo: dict | None  # the record of a step whose evaluation a stop signal cut short: evaluated first
     metrics: MetricsLog
     start_step: int
     first_batch: int
@@ -102,14 +98,14 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     start_from(cfg, accelerator, optimizer, resume_from, state["step"])
     on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state["run_id"]))
     watch_model(accelerator, model, cfg)
-    redo = state.get(PENDING)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
-    if resume_from:
-        on_main_process(accelerator, lambda: metrics.keep_until(state["step"] - (redo is not None)))
+    if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
+        last_kept = state["step"] if state["evaluation_owed"] is None else state["step"] - 1
+        on_main_process(accelerator, lambda: metrics.keep_until(last_kept))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
                       f"in {settings.micro_steps} micro-batch(es) of {settings.micro_batch} per process")
-    return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from, redo,
+    return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from,
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
@@ -165,8 +161,11 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
 
 
 def fresh_state(cfg: TrainConfig, processes: int) -> dict:
+    """The trainer state of a new run, which each checkpoint saves. `evaluation_owed` is None, or the metrics row
+    of the checkpoint's step when a stop signal cut that step's evaluations short: the resumed run does them
+    first."""
     return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
-            "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
+            "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
 def check_data(cfg: TrainConfig) -> dict:
