@@ -40,6 +40,7 @@ class _TiedHeadNote(logging.Filter):
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
+FORMAT_VERSION = 1  # what a checkpoint holds and how: raise it with any change that this version's readers cannot take
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
 FSDP_MODEL_NAME = "pytorch_model_fsdp"  # accelerate.utils.constants.FSDP_MODEL_NAME (importing accelerate is slow)
@@ -169,7 +170,7 @@ def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree)
 
 
 def _finish_save(tmp: Path, trainer_state: dict) -> None:
-    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "format_version": FORMAT_VERSION}, indent=1))
     write_manifest(tmp)
 
 
@@ -348,9 +349,17 @@ def loaded(path: Path, load: Callable[[], T]) -> T:
 
 
 def read_trainer_state(folder: Path) -> dict:
-    """trainer_state.json: an object with the step reached and the run's config, which every reader needs."""
+    """trainer_state.json: an object with the step reached and the run's config, which every reader needs, of a
+    checkpoint in the format this version writes. There is one format: a checkpoint in another is refused in one
+    line, not read half right."""
     path = folder / STATE_FILE
-    return loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
+    state = loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
+    found = state.get("format_version")
+    if found != FORMAT_VERSION:
+        written = f"format_version {found}" if found is not None else "no format_version (it predates them)"
+        raise UserError(f"cannot read checkpoint {folder}: it has {written}, and this accel_train reads format_version "
+                        f"{FORMAT_VERSION} only; use the accel_train version that wrote it, or start a new out_dir")
+    return state
 
 
 def _checked_state(state) -> dict:

@@ -37,9 +37,8 @@ from accel_train.models.flops import flops_per_token, peak_tflops
 from accel_train.models.gemma3 import Gemma3
 from accel_train.models.hf import hf_model_config, hf_state_dict
 from accel_train.training.hardware import Settings, resolve_hardware, resolve_settings, switch_on
-from accel_train.training.optim import (Optimizers, build_optimizers, group_settings, optimizer_count,
-                                        restore_group_settings)
-from accel_train.training.schedule import Schedule, check_saved
+from accel_train.training.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
+from accel_train.training.schedule import Schedule
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
 
@@ -77,7 +76,6 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
                                                                          launch_layout(accelerator)))
-    state.setdefault("skipped_steps", 0)
     settings = resolve_settings(cfg, accelerator)
     accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
@@ -149,7 +147,6 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
     if resume_from is not None:
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
-        check_saved(resume_from, optimizer_count(cfg.optimizer))
     data = data_identity(cfg.data_dir, check_data(cfg))
     if resume_from is not None:
         check_same_data(resume_from, state, data, cfg)
