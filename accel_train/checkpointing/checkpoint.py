@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
+from accel_train.atomic import fsync, install_folder, remove_folder
 from accel_train.errors import UserError
 
 T = TypeVar("T")
@@ -64,23 +65,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(folder: Path) -> None:
     """Record size and sha256 of every file, fsyncing each, then the manifest itself."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        _fsync(path)
+        fsync(path)
         files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = folder / MANIFEST_FILE
     manifest.write_text(json.dumps({"files": files}, indent=1))
-    _fsync(manifest)
+    fsync(manifest)
 
 
 def verify(folder: Path, checksums: bool = True) -> str | None:
@@ -113,26 +106,17 @@ def verified(folder: Path, use: str) -> Path:
     return folder
 
 
-def _remove(folder: Path) -> None:
-    """Delete a folder so that it vanishes at once: rename it to a hidden name, then remove that."""
-    doomed = folder.with_name(f".deleting_{folder.name}")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(folder, doomed)
-    shutil.rmtree(doomed)
-
-
 def _install(tmp: Path, final: Path) -> None:
     """Rename a complete folder into place. A folder already there (an earlier run's checkpoint of the
     same step, or an older best/) is replaced; one that fails verification is kept, renamed, for inspection."""
     if final.exists():
         if verify(final) is None:
-            _remove(final)
+            remove_folder(final)
         else:
             kept = final.with_name(f"{final.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(final, kept)
             warnings.warn(f"{final} failed verification; kept it as {kept}", stacklevel=3)
-    os.replace(tmp, final)
-    _fsync(final.parent)
+    install_folder(tmp, final)
 
 
 def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
@@ -208,7 +192,7 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
 
 def _copy_synced(src, dst) -> None:
     shutil.copy2(src, dst)
-    _fsync(Path(dst))
+    fsync(Path(dst))
 
 
 def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
@@ -229,7 +213,7 @@ def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
         if kept < keep_last:
             kept += verify(folder, checksums=False) is None
             continue
-        _remove(folder)
+        remove_folder(folder)
         deleted.append(folder)
     return deleted
 
