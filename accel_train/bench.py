@@ -15,7 +15,6 @@ data_dir, both read the built-in demo corpus (speed does not depend on the text)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -23,19 +22,21 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.autograd import DeviceType
 
-from accel_train.config import DEFAULT_CONFIG, TrainConfig, load_config
+from accel_train.config import TrainConfig, read_command_line
 from accel_train.data import read_meta, split_path
 from accel_train.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.errors import UserError, run_cli
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import Settings, resolve_settings
 from accel_train.model import Gemma3
+from accel_train.setting import setting
 from accel_train.tracking import read_metrics
 from accel_train.train import make_accelerator, train
 
@@ -198,25 +199,24 @@ def describe(name: str, r: dict) -> str:
             f"micro-batch {r['micro_batch']}  {memory}  loss {r['loss']:.4f}")
 
 
+@dataclass
+class BenchOptions:
+    """The benchmark's own keys, declared as the config's are: parsed, checked and listed by the same code."""
+    steps: int = setting(10, "warm-up optimizer steps, then as many timed ones", low=1)
+    baseline_steps: int = setting(2, "timed optimizer steps of the nanoGPT-style baseline", low=1)
+    baseline: str = setting("on", "time the baseline too", ("on", "off"))
+    profile_steps: int = setting(0, "optimizer steps to profile after the timed ones", low=0)
+    json: str = setting("", "where to write the results (empty: out/bench/<config>.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--steps", type=int, default=10, help="warm-up optimizer steps, then as many timed ones")
-    parser.add_argument("--baseline_steps", type=int, default=2,
-                        help="timed optimizer steps of the nanoGPT-style baseline")
-    parser.add_argument("--baseline", choices=("on", "off"), default="on", help="time the baseline too")
-    parser.add_argument("--profile_steps", type=int, default=0, help="optimizer steps to profile after the timed ones")
-    parser.add_argument("--json", default="", help="where to write the results (default out/bench/<config>.json)")
     argv = sys.argv[1:] if argv is None else argv
-    args, config_args = parser.parse_known_args(argv)
-    if args.steps < 1 or args.baseline_steps < 1 or args.profile_steps < 0:
-        raise UserError("--steps and --baseline_steps must be at least 1, --profile_steps at least 0")
-    cfg = load_config(["--config", args.config, *config_args])
-    if "--data_dir" in (arg.split("=")[0] for arg in config_args) and not has_data(cfg):  # typed, so not a fallback
+    command = read_command_line(argv, BenchOptions, "python -m accel_train.bench", __doc__)
+    cfg, args = command.config, command.options
+    if "data_dir" in command.typed and not has_data(cfg):  # typed, so not a fallback
         raise UserError(f"--data_dir {cfg.data_dir} holds no train.bin; prepare data there, or leave --data_dir out "
                         "to time the built-in demo corpus")
-    json_path = Path(args.json or f"out/bench/{Path(args.config).stem}.json")
+    json_path = Path(args.json or f"out/bench/{command.config_file.stem}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="accel_train_bench_") as work:
         result = run_bench(bench_config(cfg, args.steps, Path(work), args.profile_steps), args.steps,
