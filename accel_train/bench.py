@@ -34,7 +34,7 @@ from accel_train.data import read_meta, split_path
 from accel_train.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.errors import UserError, run_cli
 from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import Settings, resolve_settings
+from accel_train.micro_batch import StepPlan, plan_step
 from accel_train.model import Gemma3
 from accel_train.setting import setting
 from accel_train.tracking import read_metrics
@@ -68,9 +68,9 @@ def reset_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def baseline_loop(cfg: TrainConfig, settings: Settings, device: torch.device, optimizer_steps: int) -> dict:
+def baseline_loop(cfg: TrainConfig, plan: StepPlan, device: torch.device, optimizer_steps: int) -> dict:
     """The nanoGPT-style baseline loop for one warm-up and `optimizer_steps` timed optimizer steps."""
-    mixed_precision = settings.mixed_precision
+    mixed_precision = plan.mixed_precision
     ctx = (torch.autocast(device.type, dtype=AUTOCAST[mixed_precision]) if mixed_precision in AUTOCAST
            else contextlib.nullcontext())
     torch.manual_seed(cfg.seed)
@@ -164,15 +164,15 @@ def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: 
     if accelerator.num_processes > 1:
         raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
     device = accelerator.device
-    settings = resolve_settings(cfg, accelerator)
-    cfg = dataclasses.replace(cfg, micro_batch=settings.micro_batch)  # train() takes it as given: no second search
+    plan = plan_step(cfg, accelerator)
+    cfg = dataclasses.replace(cfg, micro_batch=plan.micro_batch)  # train() takes it as given: no second search
     flops_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(device, cfg.peak_tflops)
     result = {"date": datetime.date.today().isoformat(), "command": command,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "flops_per_token": flops_tok, "peak_tflops": peak}
     if with_baseline:
         reset_memory(device)
-        baseline = baseline_loop(cfg, settings, device, baseline_steps)
+        baseline = baseline_loop(cfg, plan, device, baseline_steps)
         baseline["mfu"] = mfu(baseline["tokens_per_s"], flops_tok, peak) if peak else None
         result["baseline"] = baseline
     reset_memory(device)
@@ -183,9 +183,9 @@ def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: 
     row = next(r for r in read_metrics(cfg.out_dir) if r["step"] == 2 * steps)  # the timed window's row
     result["config"] = cfg.to_dict()
     result["ours"] = {"tokens_per_s": row["tokens_per_s"], "mfu": row.get("mfu"),
-                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": settings.micro_batch,
-                      "micro_steps": settings.micro_steps, "compile": settings.compile,
-                      "fused_adamw": settings.fused_adamw, "fused_loss": cfg.fused_loss, "loss": row["loss"],
+                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": plan.micro_batch,
+                      "micro_steps": plan.micro_steps, "compile": plan.compile,
+                      "fused_adamw": plan.fused_adamw, "fused_loss": cfg.fused_loss, "loss": row["loss"],
                       "peak_memory_gib": peak_memory_gib(device)}
     if with_baseline:
         result["speedup"] = result["ours"]["tokens_per_s"] / result["baseline"]["tokens_per_s"]

@@ -221,7 +221,7 @@ def _coerce(key: str, value, tp, from_cli: bool, noun: str = "config key"):
 
 
 def _keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[dataclasses.Field, type]]:
-    """Every key of a dataclass of settings (a nested one's as `prefix.KEY`, as the model's are `model.KEY`)
+    """Every key of a dataclass of `setting()` fields (a nested one's as `prefix.KEY`, as the model's are `model.KEY`)
     with its field and type, in the order they are declared."""
     keys, hints = {}, typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -248,7 +248,7 @@ def _flatten(data: dict) -> dict:
     keys, values = _keys(), {}
     for key, value in data.items():
         if key == "model" and not isinstance(value, dict):
-            raise UserError("config key 'model' must be an object of model settings")
+            raise UserError("config key 'model' must be an object of model keys")
         for name, item in ([(f"model.{k}", v) for k, v in value.items()] if key == "model" else [(key, value)]):
             if name not in keys:
                 raise _unknown_key(name, list(keys))

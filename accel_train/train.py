@@ -40,12 +40,13 @@ from accel_train.errors import UserError, first_line, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
+from accel_train.hardware import resolve_hardware, switch_on
+from accel_train.micro_batch import StepPlan, plan_step
 from accel_train.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                   die_with_launcher, outlive_lost_output)
 from accel_train.model import Gemma3
-from accel_train.optim import (Optimizers, build_optimizers, group_settings, optimizer_count,
-                               restore_group_settings)
+from accel_train.optim import (Optimizers, build_optimizers, group_hyperparameters, optimizer_count,
+                               restore_group_hyperparameters)
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
 from accel_train.resume import check_resumable, check_same_data, data_identity
@@ -317,7 +318,7 @@ class Run:
     and the per-run constants its metrics rows and checkpoints are made of."""
     cfg: TrainConfig
     accelerator: Accelerator
-    settings: Settings
+    plan: StepPlan
     model: torch.nn.Module
     optimizer: Optimizers
     schedulers: list  # one per optimizer, each prepared: the rate of the coming step
@@ -353,7 +354,7 @@ def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
 
 
 def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
-    """Everything before the first step: the Accelerator, out_dir taken and checked, the automatic settings,
+    """Everything before the first step: the Accelerator, out_dir taken and checked, the step plan,
     the model and optimizers (loaded from the checkpoint when resuming), the data stream and the trackers."""
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
@@ -363,20 +364,20 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
                                                                          launch_layout(accelerator)))
     state.setdefault("skipped_steps", 0)
-    settings = resolve_settings(cfg, accelerator)
-    accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step
+    plan = plan_step(cfg, accelerator)
+    accelerator.gradient_accumulation_steps = plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = new_model(cfg)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, cfg, fused=settings.fused_adamw, mixed_precision=accelerator.mixed_precision)
+    optimizers = build_optimizers(model, cfg, fused=plan.fused_adamw, mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
+                          first_batch=first_batch, pin_memory=not plan.cpu, micro_batch=plan.micro_batch)
     schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
@@ -389,8 +390,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         on_main_process(accelerator, lambda: metrics.keep_until(state["step"] - (redo is not None)))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
-                      f"in {settings.micro_steps} micro-batch(es) of {settings.micro_batch} per process")
-    return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from, redo,
+                      f"in {plan.micro_steps} micro-batch(es) of {plan.micro_batch} per process")
+    return Run(cfg, accelerator, plan, model, optimizer, schedulers, iter(loader), state, resume_from, redo,
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
@@ -412,9 +413,10 @@ def start_from(cfg: TrainConfig, accelerator: Accelerator, optimizer: Optimizers
     """Load the checkpoint being resumed into the prepared objects; or, starting afresh, seed the evaluation
     batches per process."""
     if resume_from:
-        settings = group_settings(optimizer)
+        hyperparameters = group_hyperparameters(optimizer)
         on_every_process(accelerator, lambda: load_state(accelerator, resume_from))
-        restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's;
+        restore_group_hyperparameters(optimizer, hyperparameters)  # this config's weight decay and betas, not the
+        # checkpoint's;
         # the rate is this config's schedule at `step`: the schedulers loaded their step count alone
         accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
         accelerator.print(f"resuming from {resume_from} at step {step}")
@@ -438,7 +440,7 @@ def run_loop(run: Run, after_step) -> int:
         while step < cfg.max_iters and PENDING not in state:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
-                                                  itertools.islice(run.batches, run.settings.micro_steps),
+                                                  itertools.islice(run.batches, run.plan.micro_steps),
                                                   cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip")
             if after_step is not None:
                 after_step()

@@ -98,7 +98,8 @@ def shown_defaults(*args) -> dict:
 
 
 def flat(config: dict) -> dict:
-    return {**{k: v for k, v in config.items() if k != "model"}, **{f"model.{k}": v for k, v in config["model"].items()}}
+    model = {f"model.{k}": v for k, v in config["model"].items()}
+    return {**{k: v for k, v in config.items() if k != "model"}, **model}
 
 
 def test_help_of_a_bare_run_shows_the_values_a_bare_run_uses(tmp_path):
@@ -124,13 +125,13 @@ def test_help_of_a_bare_run_shows_the_values_a_bare_run_uses(tmp_path):
 
 def test_help_with_a_config_file_shows_that_files_values(tmp_path):
     config = tmp_path / "run.json"
-    config.write_text(json.dumps({"max_iters": 77, "warmup_steps": 7, "learning_rate": 0.25, "model": {"hidden_size": 96}}))
+    config.write_text(json.dumps({"max_iters": 77, "warmup_steps": 7, "learning_rate": 0.25,
+                                  "model": {"hidden_size": 96}}))
     shown = shown_defaults("--config", str(config))
     assert (shown["max_iters"], shown["learning_rate"], shown["model.hidden_size"]) == (77, 0.25, 96)
     cfg = load_config(["--config", str(config)])
     assert shown == flat(cfg.to_dict())  # the keys the file leaves out: the fields' own, as the run gets them
-    for bad, words in ((tmp_path / "nowhere.json", ["nowhere.json"]), (tmp_path / "typo.json", ["max_iter", "max_iters"])):
-        if bad.name == "typo.json":
-            bad.write_text('{"max_iter": 5}')
-        result = run([sys.executable, TRAIN, "--config", str(bad), "--help"])
+    (tmp_path / "typo.json").write_text('{"max_iter": 5}')
+    for bad, words in (("nowhere.json", ["nowhere.json"]), ("typo.json", ["max_iter", "did you mean 'max_iters'"])):
+        result = run([sys.executable, TRAIN, "--config", str(tmp_path / bad), "--help"])
         assert_one_error_line(result.returncode, result.stderr, *words)
