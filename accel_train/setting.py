@@ -26,15 +26,6 @@ class Rule:
     broken: Callable[[str, Any, Any], str | None]
 
 
-def setting(default, help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None,
-            above: float | None = None, below: float | None = None, rules: tuple[Rule, ...] = ()):
-    """A dataclass field whose metadata documents and constrains it: `help`, `choices` for an enumerated key,
-    the smallest and largest value a number may take (`low`/`high`, or `above`/`below` for bounds it must not
-    reach; None: no bound but the code's own), and `rules` that tie it to other keys."""
-    return field(default=default, metadata={"help": help, "choices": choices, "rules": rules,
-                                            "range": Range(low, high, above, below)})
-
-
 @dataclass(frozen=True)
 class Range:
     """A number's allowed interval; each end inclusive (low, high), exclusive (above, below) or open (None)."""
@@ -45,18 +36,30 @@ class Range:
 
     def describe(self) -> str:
         """`at least 1`, `positive`, `in [0, 1)`, ...; empty when the key has no declared bound."""
-        bottom = f"[{self.low}" if self.low is not None else f"({self.above}" if self.above is not None else None
-        top = f"{self.high}]" if self.high is not None else f"{self.below})" if self.below is not None else None
+        bottom = f"[{self.low}" if self.low is not None else f"({self.above}" if self.above is not None else ""
+        top = f"{self.high}]" if self.high is not None else f"{self.below})" if self.below is not None else ""
         if bottom and top:
             return f"in {bottom}, {top}"
-        if bottom:
-            return f"at least {self.low}" if self.low is not None else "positive" if self.above == 0 else \
-                f"above {self.above}"
-        return (f"at most {self.high}" if self.high is not None else f"below {self.below}") if top else ""
+        if self.low is not None:
+            return f"at least {self.low}"
+        if self.above is not None:
+            return "positive" if self.above == 0 else f"above {self.above}"
+        if self.high is not None:
+            return f"at most {self.high}"
+        return f"below {self.below}" if self.below is not None else ""
 
     def holds(self, value) -> bool:
         return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
                 and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
+
+def setting(default, help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None,
+            above: float | None = None, below: float | None = None, rules: tuple[Rule, ...] = ()):
+    """A dataclass field whose metadata documents and constrains it: `help`, `choices` for an enumerated key,
+    the smallest and largest value a number may take (`low`/`high`, or `above`/`below` for bounds it must not
+    reach; None: no bound but the code's own), and `rules` that tie it to other keys."""
+    return field(default=default, metadata={"help": help, "choices": choices, "rules": rules,
+                                            "range": Range(low, high, above, below)})
 
 
 def _value_error(value, declared: Range) -> str | None:
