@@ -31,32 +31,32 @@ from accelerate.utils import (DataLoaderConfiguration, TorchDynamoPlugin, broadc
 from torch._functorch import config as functorch_config
 from tqdm.auto import tqdm
 
-from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping, launch_layout,
-                                    list_checkpoints, load_state, prune, read_trainer_state, resolve_resume,
-                                    save_checkpoint, update_best)
+from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping,
+                                                  launch_layout, list_checkpoints, load_state, prune,
+                                                  read_trainer_state, resolve_resume, save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
-from accel_train.data import open_split, read_meta, split_path, train_loader
+from accel_train.data.tokens import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, first_line, run_cli
-from accel_train.evaluate import estimate_loss
-from accel_train.hf import hf_model_config, hf_state_dict
-from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import resolve_hardware, switch_on
-from accel_train.micro_batch import StepPlan, plan_step
-from accel_train.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
-                                  die_with_launcher, outlive_lost_output)
-from accel_train.model import Gemma3
-from accel_train.optim import (Optimizers, build_optimizers, group_hyperparameters, optimizer_count,
-                               restore_group_hyperparameters)
+from accel_train.evaluation.validation import estimate_loss
+from accel_train.models.hf import hf_model_config, hf_state_dict
+from accel_train.models.flops import flops_per_token, mfu, peak_tflops
+from accel_train.training.hardware import resolve_hardware, switch_on
+from accel_train.training.micro_batch import StepPlan, plan_step
+from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
+                                              die_with_launcher, outlive_lost_output)
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.optim import (Optimizers, build_optimizers, group_hyperparameters, optimizer_count,
+                                        restore_group_hyperparameters)
 from accel_train.plot import write_plot
-from accel_train.preemption import StopSignals, any_process
-from accel_train.resume import check_resumable, check_same_data, data_identity
-from accel_train.schedule import Schedule, check_saved
+from accel_train.distributed.preemption import StopSignals, any_process
+from accel_train.checkpointing.resume import check_resumable, check_same_data, data_identity
+from accel_train.training.schedule import Schedule, check_saved
 from accel_train.sample import sample_text
-from accel_train.run_lock import RunLock
-from accel_train.token_scan import largest_id
-from accel_train.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
-from accel_train.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
-                                  start_tracker, watch_model)
+from accel_train.checkpointing.run_lock import RunLock
+from accel_train.data.token_scan import largest_id
+from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
+from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
+                                           start_tracker, watch_model)
 
 
 PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
@@ -152,7 +152,7 @@ def check_data(cfg: TrainConfig) -> dict:
     token id: one beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
     data_dir = Path(cfg.data_dir)
     if cfg.demo_data:
-        from accel_train.demo_corpus import ensure_demo_data
+        from accel_train.data.demo_corpus import ensure_demo_data
 
         ensure_demo_data(data_dir)
     split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
