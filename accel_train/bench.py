@@ -15,7 +15,6 @@ data_dir, both read the built-in demo corpus (speed does not depend on the text)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -23,19 +22,21 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.autograd import DeviceType
 
-from accel_train.config import DEFAULT_CONFIG, TrainConfig, load_config
+from accel_train.config import TrainConfig, read_command_line
 from accel_train.data.tokens import read_meta, split_path
 from accel_train.data.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.errors import UserError, run_cli
 from accel_train.models.flops import flops_per_token, mfu, peak_tflops
-from accel_train.training.hardware import Settings, resolve_settings
+from accel_train.training.micro_batch import StepPlan, plan_step
 from accel_train.models.gemma3 import Gemma3
+from accel_train.setting import setting
 from accel_train.training.tracking import read_metrics
 from accel_train.train import train
 from accel_train.training.start import make_accelerator
@@ -68,9 +69,9 @@ def reset_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def baseline_loop(cfg: TrainConfig, settings: Settings, device: torch.device, optimizer_steps: int) -> dict:
+def baseline_loop(cfg: TrainConfig, plan: StepPlan, device: torch.device, optimizer_steps: int) -> dict:
     """The nanoGPT-style baseline loop for one warm-up and `optimizer_steps` timed optimizer steps."""
-    mixed_precision = settings.mixed_precision
+    mixed_precision = plan.mixed_precision
     ctx = (torch.autocast(device.type, dtype=AUTOCAST[mixed_precision]) if mixed_precision in AUTOCAST
            else contextlib.nullcontext())
     torch.manual_seed(cfg.seed)
@@ -164,15 +165,15 @@ def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: 
     if accelerator.num_processes > 1:
         raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
     device = accelerator.device
-    settings = resolve_settings(cfg, accelerator)
-    cfg = dataclasses.replace(cfg, micro_batch=settings.micro_batch)  # train() takes it as given: no second search
+    plan = plan_step(cfg, accelerator)
+    cfg = dataclasses.replace(cfg, micro_batch=plan.micro_batch)  # train() takes it as given: no second search
     flops_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(device, cfg.peak_tflops)
     result = {"date": datetime.date.today().isoformat(), "command": command,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "flops_per_token": flops_tok, "peak_tflops": peak}
     if with_baseline:
         reset_memory(device)
-        baseline = baseline_loop(cfg, settings, device, baseline_steps)
+        baseline = baseline_loop(cfg, plan, device, baseline_steps)
         baseline["mfu"] = mfu(baseline["tokens_per_s"], flops_tok, peak) if peak else None
         result["baseline"] = baseline
     reset_memory(device)
@@ -183,9 +184,9 @@ def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: 
     row = next(r for r in read_metrics(cfg.out_dir) if r["step"] == 2 * steps)  # the timed window's row
     result["config"] = cfg.to_dict()
     result["ours"] = {"tokens_per_s": row["tokens_per_s"], "mfu": row.get("mfu"),
-                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": settings.micro_batch,
-                      "micro_steps": settings.micro_steps, "compile": settings.compile,
-                      "fused_adamw": settings.fused_adamw, "fused_loss": cfg.fused_loss, "loss": row["loss"],
+                      "step_time_s": cfg.tokens_per_step / row["tokens_per_s"], "micro_batch": plan.micro_batch,
+                      "micro_steps": plan.micro_steps, "compile": plan.compile,
+                      "fused_adamw": plan.fused_adamw, "fused_loss": cfg.fused_loss, "loss": row["loss"],
                       "peak_memory_gib": peak_memory_gib(device)}
     if with_baseline:
         result["speedup"] = result["ours"]["tokens_per_s"] / result["baseline"]["tokens_per_s"]
@@ -199,25 +200,24 @@ def describe(name: str, r: dict) -> str:
             f"micro-batch {r['micro_batch']}  {memory}  loss {r['loss']:.4f}")
 
 
+@dataclass
+class BenchOptions:
+    """The benchmark's own keys, declared as the config's are: parsed, checked and listed by the same code."""
+    steps: int = setting(10, "warm-up optimizer steps, then as many timed ones", low=1)
+    baseline_steps: int = setting(2, "timed optimizer steps of the nanoGPT-style baseline", low=1)
+    baseline: str = setting("on", "time the baseline too", ("on", "off"))
+    profile_steps: int = setting(0, "optimizer steps to profile after the timed ones", low=0)
+    json: str = setting("", "where to write the results (empty: out/bench/<config>.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m accel_train.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--steps", type=int, default=10, help="warm-up optimizer steps, then as many timed ones")
-    parser.add_argument("--baseline_steps", type=int, default=2,
-                        help="timed optimizer steps of the nanoGPT-style baseline")
-    parser.add_argument("--baseline", choices=("on", "off"), default="on", help="time the baseline too")
-    parser.add_argument("--profile_steps", type=int, default=0, help="optimizer steps to profile after the timed ones")
-    parser.add_argument("--json", default="", help="where to write the results (default out/bench/<config>.json)")
     argv = sys.argv[1:] if argv is None else argv
-    args, config_args = parser.parse_known_args(argv)
-    if args.steps < 1 or args.baseline_steps < 1 or args.profile_steps < 0:
-        raise UserError("--steps and --baseline_steps must be at least 1, --profile_steps at least 0")
-    cfg = load_config(["--config", args.config, *config_args])
-    if "--data_dir" in (arg.split("=")[0] for arg in config_args) and not has_data(cfg):  # typed, so not a fallback
+    command = read_command_line(argv, BenchOptions, "python -m accel_train.bench", __doc__)
+    cfg, args = command.config, command.options
+    if "data_dir" in command.typed and not has_data(cfg):  # typed, so not a fallback
         raise UserError(f"--data_dir {cfg.data_dir} holds no train.bin; prepare data there, or leave --data_dir out "
                         "to time the built-in demo corpus")
-    json_path = Path(args.json or f"out/bench/{Path(args.config).stem}.json")
+    json_path = Path(args.json or f"out/bench/{command.config_file.stem}.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="accel_train_bench_") as work:
         result = run_bench(bench_config(cfg, args.steps, Path(work), args.profile_steps), args.steps,

@@ -1,7 +1,15 @@
 """Run configuration: a typed object loaded from JSON, overridable from the command line.
 
 Replaces the seed's module-level globals. Every key can be set in the JSON file or as
-`--key value` (`--model.key value` for the model's shape); a mistake is a UserError.
+`--key value` (`--model.key value` for the model's shape); a mistake is a UserError. Each key's
+meaning and constraints are declared beside its field (setting.py), and `validate()` only checks them.
+
+One tier of defaults: `--help` shows the values the command would run with, that is the config
+file's (configs/demo.json when no `--config` is given), and the field's own default for a key the
+file leaves out. The fields' defaults stay the seed's run (Gemma 3 270M, its schedule) rather than
+the demo's: every config file builds on them, and turning them into the demo's toy values would
+quietly change what every existing config that leaves a key out trains. So a newcomer reads one
+number, in `--help` or the table of docs/configuration.md, and that number is what the run uses.
 """
 
 from __future__ import annotations
@@ -10,8 +18,8 @@ import argparse
 import dataclasses
 import difflib
 import json
-import math
 import re
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +28,7 @@ from accel_train.errors import Parser, UserError, first_line, run_cli
 from accel_train.models.gemma3 import ModelConfig
 from accel_train.training.optim import require_muon
 from accel_train.training.schedule import SCHEDULES
-from accel_train.setting import setting
+from accel_train.setting import Rule, at_most, below, check, describe, divides, setting, times_below
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
@@ -31,13 +39,24 @@ NONFINITE = ("stop", "skip")
 SWITCHES = ("auto", "on", "off")
 OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("match_rms_adamw", "original")
-INT64_MAX = 2**63 - 1  # torch holds integers in 64 bits
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SHRINKS_PAST_ZERO = "each step would shrink the weights past zero"
+
+
+def _warmup_in_wsd_decay(key: str, warmup: int, cfg: TrainConfig) -> str | None:
+    if cfg.lr_schedule != "wsd" or warmup <= cfg.max_iters * (1 - cfg.decay_fraction):
+        return None
+    return (f"{key} ({warmup}) run into the decay, the last decay_fraction ({cfg.decay_fraction}) of max_iters "
+            f"({cfg.max_iters}); lower one of them")
+
+
+WARMUP_BEFORE_WSD_DECAY = Rule("with wsd, at most max_iters x (1 - decay_fraction), where the decay starts",
+                               _warmup_in_wsd_decay)
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run; each field's `setting(default, help, choices)` is its one description."""
+    """Every setting of a run; each field's `setting(...)` is its one description: meaning, range, choices, rules."""
 
     # data and outputs
     data_dir: str = setting("data/demo", "folder with train.bin, val.bin (or validation.bin) and meta.json")
@@ -50,39 +69,49 @@ class TrainConfig:
     device: str = setting("auto", "auto: cuda when present", DEVICES)
     dtype: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU", DTYPES)
     # optimisation; max_iters and warmup_steps count optimizer steps, not micro-batches
-    learning_rate: float = setting(1e-4, "peak learning rate")
-    min_lr: float = setting(1e-5, "the floor the schedule decays to; at most learning_rate", low=0)
+    learning_rate: float = setting(1e-4, "peak learning rate", above=0)
+    min_lr: float = setting(1e-5, "the floor the schedule decays to", low=0,
+                            rules=(at_most("learning_rate", ": the decay would raise the rate"),))
     max_iters: int = setting(150_000, "optimizer steps in all", low=1)
-    warmup_steps: int = setting(1_000, "optimizer steps of linear warmup from 0", low=0)
-    batch_size: int = setting(32, "sequences per micro-batch on each process", low=1)
-    block_size: int = setting(128, "tokens per sequence", low=1)
-    gradient_accumulation_steps: int = setting(32, "micro-batches per optimizer step on each process; effective "
-                                                   "batch = batch_size x this x processes", low=1)
+    warmup_steps: int = setting(1_000, "optimizer steps of linear warmup from 0", low=0,
+                                rules=(below("max_iters"), WARMUP_BEFORE_WSD_DECAY))
+    # The data stream draws `batch_size` sequences at a time (a stream batch); a forward pass takes `micro_batch`.
+    batch_size: int = setting(32, "sequences per stream batch: the unit the data stream draws (and a resume "
+                                  "counts) on each process; micro_batch sets how many go through one forward pass",
+                              low=1)
+    block_size: int = setting(128, "tokens per sequence", low=1,
+                              rules=(at_most("model.max_position_embeddings", ", the model's longest context"),))
+    gradient_accumulation_steps: int = setting(32, "stream batches per optimizer step on each process, their "
+                                                   "gradients summed however micro_batch cuts them into forward "
+                                                   "passes; effective batch = batch_size x this x processes", low=1)
     weight_decay: float = setting(0.1, "AdamW's decoupled decay, of matrices only (Muon's matrices decay too)",
-                                  low=0)
-    beta1: float = setting(0.9, "AdamW's first-moment decay")
-    beta2: float = setting(0.95, "AdamW's second-moment decay")
+                                  low=0, rules=(times_below("learning_rate", 1, SHRINKS_PAST_ZERO),
+                                                times_below("muon_lr", 1, SHRINKS_PAST_ZERO)))
+    beta1: float = setting(0.9, "AdamW's first-moment decay", low=0, below=1)
+    beta2: float = setting(0.95, "AdamW's second-moment decay", low=0, below=1)
     grad_clip: float = setting(0.5, "max gradient norm; 0 disables clipping", low=0)
     lr_schedule: str = setting("cosine", "after warmup: cosine to min_lr, or wsd (warmup-stable-decay): constant, "
                                          "then a straight line to min_lr. A wsd run resumed in its constant phase "
                                          "with a larger max_iters goes on as if planned that long", SCHEDULES)
     decay_fraction: float = setting(0.2, "wsd: the share of max_iters, at its end, over which the rate falls to "
-                                         "min_lr")
+                                         "min_lr", above=0, high=1)
     optimizer: str = setting("adamw", "adamw for every weight, or muon: torch.optim.Muon (PyTorch 2.9 or later) "
                                       "for the attention and MLP matrices, AdamW for the embedding and norms. Muon "
                                       "refuses float16 loss scaling; a resume keeps the checkpoint's optimizer",
                              OPTIMIZERS)
     muon_lr: float = setting(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion",
                              low=0)
-    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum")
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", low=0, below=1)
     muon_adjust_lr: str = setting("match_rms_adamw", "Muon's update size: match_rms_adamw scales it to AdamW's "
                                                      "(0.2 x sqrt(max(rows, cols))), so that learning_rate suits "
                                                      "both; original (Keller Jordan's) is several times smaller and "
                                                      "wants a muon_lr of about 0.02", MUON_ADJUST_LR)
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
-    micro_batch: int = setting(0, "sequences per forward pass; divides batch_size x gradient_accumulation_steps. "
-                                  "0: batch_size on the CPU, the largest that fits on a GPU. The same windows reach "
-                                  "each optimizer step whatever it is", low=0)
+    micro_batch: int = setting(0, "sequences per forward pass (a micro-batch). 0: batch_size on the CPU, the "
+                                  "largest that fits on a GPU. The same windows reach each optimizer step whatever "
+                                  "it is", low=0,
+                               rules=(divides("sequences_per_step", "batch_size x gradient_accumulation_steps",
+                                              ", the sequences of an optimizer step on each process", True),))
     compile: str = setting("auto", "torch.compile the model and its loss; auto: on with CUDA, off on the CPU",
                            SWITCHES)
     compile_mode: str = setting("default", "torch.compile's mode: reduce-overhead uses CUDA graphs, max-autotune* "
@@ -134,53 +163,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        _check_numbers(self)
-        if self.learning_rate <= 0:
-            raise UserError(f"config key 'learning_rate' must be positive, got {self.learning_rate}")
-        if self.weight_decay * self.learning_rate >= 1:
-            raise UserError(f"weight_decay x learning_rate is {self.weight_decay * self.learning_rate:g}; at 1 or more "
-                            "each step would shrink the weights past zero: lower weight_decay or learning_rate")
-        if self.weight_decay * self.muon_lr >= 1:
-            raise UserError(f"weight_decay x muon_lr is {self.weight_decay * self.muon_lr:g}; at 1 or more each step "
-                            "would shrink the weights past zero: lower weight_decay or muon_lr")
-        if not 0 <= self.muon_momentum < 1:
-            raise UserError(f"config key 'muon_momentum' must lie in [0, 1), got {self.muon_momentum}")
-        if not 0 < self.decay_fraction <= 1:
-            raise UserError(f"config key 'decay_fraction' must lie in (0, 1], got {self.decay_fraction}")
-        if self.lr_schedule == "wsd" and self.warmup_steps > self.max_iters * (1 - self.decay_fraction):
-            raise UserError(f"warmup_steps ({self.warmup_steps}) run into the decay, the last decay_fraction "
-                            f"({self.decay_fraction}) of max_iters ({self.max_iters}); lower one of them")
-        if self.min_lr > self.learning_rate:
-            raise UserError(f"min_lr ({self.min_lr}) is above learning_rate ({self.learning_rate}): "
-                            "the cosine decay would raise the rate; set min_lr <= learning_rate")
-        if self.warmup_steps >= self.max_iters:
-            raise UserError(f"warmup_steps ({self.warmup_steps}) must be below max_iters ({self.max_iters})")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise UserError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        for f in dataclasses.fields(self):
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, f.name) not in allowed:
-                raise UserError(f"config key '{f.name}' must be one of {', '.join(allowed)}; "
-                                f"got '{getattr(self, f.name)}'")
+        """This config, once every key is within its declared constraints (setting.py) and Muon, if asked for,
+        is installed."""
+        check(self)
         if self.optimizer == "muon":
             require_muon()
-        if self.micro_batch and self.sequences_per_step % self.micro_batch:
-            raise UserError(f"micro_batch ({self.micro_batch}) must divide batch_size x gradient_accumulation_steps "
-                            f"({self.sequences_per_step}), the sequences of an optimizer "
-                            "step on each process")
-        m = self.model
-        if self.block_size > m.max_position_embeddings:
-            raise UserError(f"block_size ({self.block_size}) exceeds the model's context "
-                            f"(model.max_position_embeddings = {m.max_position_embeddings})")
-        if m.num_attention_heads % m.num_key_value_heads:
-            raise UserError(f"model.num_attention_heads ({m.num_attention_heads}) must be a multiple of "
-                            f"model.num_key_value_heads ({m.num_key_value_heads})")
-        for name in ("rope_local_base_freq", "rope_theta", "query_pre_attn_scalar", "rms_norm_eps",
-                     "initializer_range"):
-            if getattr(m, name) <= 0:
-                raise UserError(f"config key 'model.{name}' must be positive, got {getattr(m, name)}")
-        if m.head_dim % 2:
-            raise UserError(f"model.head_dim must be even for RoPE, got {m.head_dim}")
         return self
 
     @property
@@ -201,32 +188,11 @@ class TrainConfig:
         return bool(self.checkpoint_interval and step % self.checkpoint_interval == 0) or step == self.max_iters
 
 
-def _check_numbers(cfg: TrainConfig) -> None:
-    """Refuse nan and inf in any number (they pass every comparison-based check, as nan < 0 is False, and only
-    surface later, as a diverged run), a number outside its key's declared range, and an integer beyond torch's
-    64 bits."""
-    for prefix, obj in (("", cfg), ("model.", cfg.model)):
-        for f in dataclasses.fields(obj):
-            key, value = prefix + f.name, getattr(obj, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"config key '{key}' must be a finite number, got {value}")
-            declared = f.metadata.get("range", (None, None))
-            limit = INT64_MAX if isinstance(value, int) else math.inf
-            low, high = (-limit if declared[0] is None else declared[0]), min(limit, math.inf if declared[1] is None
-                                                                               else declared[1])
-            if not low <= value <= high:
-                span = (f"lie in [{low}, {high}]" if None not in declared else
-                        f"be at least {low}" if value < low else f"be at most {high}")
-                raise UserError(f"config key '{key}' must {span}, got {value}")
-
-
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(key: str, value, tp, from_cli: bool):
+def _coerce(key: str, value, tp, from_cli: bool, noun: str = "config key"):
     """Check a JSON value, or parse a command-line string, against the field's type."""
     if tp is bool:
         if from_cli and value.lower() in ("true", "1", "yes", "false", "0", "no"):
@@ -251,23 +217,30 @@ def _coerce(key: str, value, tp, from_cli: bool):
             return float(value)
     elif tp is str and isinstance(value, str):
         return value
-    raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    raise UserError(f"{noun} '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
-def _keys() -> dict[str, tuple[dataclasses.Field, type]]:
-    """Every config key (the model's as `model.KEY`) with its field and type, in the order they are declared."""
-    keys = {}
-    for prefix, cls in (("", TrainConfig), ("model.", ModelConfig)):
-        hints = typing.get_type_hints(cls)
-        keys.update({prefix + f.name: (f, hints[f.name]) for f in dataclasses.fields(cls) if hints[f.name] in
-                     (bool, int, float, str)})
+def _keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[dataclasses.Field, type]]:
+    """Every key of a dataclass of `setting()` fields (a nested one's as `prefix.KEY`, as the model's are `model.KEY`)
+    with its field and type, in the order they are declared."""
+    keys, hints = {}, typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.update(_keys(hints[f.name], f"{prefix}{f.name}."))
+        elif hints[f.name] in (bool, int, float, str):
+            keys[prefix + f.name] = f, hints[f.name]
     return keys
 
 
-def _unknown_key(key: str, known: list[str]) -> UserError:
+def _unknown_key(key: str, known: list[str], noun: str = "config key") -> UserError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return UserError(f"unknown config key '{key}'{hint}")
+    return UserError(f"unknown {noun} '{key}'{hint}")
+
+
+def _defaults(cls: type) -> dict:
+    """The fields' own defaults, by key."""
+    return {key: f.default for key, (f, _) in _keys(cls).items()}
 
 
 def _flatten(data: dict) -> dict:
@@ -275,7 +248,7 @@ def _flatten(data: dict) -> dict:
     keys, values = _keys(), {}
     for key, value in data.items():
         if key == "model" and not isinstance(value, dict):
-            raise UserError("config key 'model' must be an object of model settings")
+            raise UserError("config key 'model' must be an object of model keys")
         for name, item in ([(f"model.{k}", v) for k, v in value.items()] if key == "model" else [(key, value)]):
             if name not in keys:
                 raise _unknown_key(name, list(keys))
@@ -315,70 +288,129 @@ def config_from_dict(data: dict) -> TrainConfig:
 class _Key(argparse.Action):
     """`--key value`, parsed by the field's type here so that a mistake is one config error, not argparse's usage."""
 
-    def __init__(self, *args, tp=None, **kwargs):
+    def __init__(self, *args, tp=None, noun="config key", **kwargs):
         super().__init__(*args, nargs="?", **kwargs)
-        self.tp = tp
+        self.tp, self.noun = tp, noun
 
     def __call__(self, parser, namespace, value, option_string=None):
         if value is None:
             raise UserError(f"{option_string} needs a value")
-        setattr(namespace, self.dest, Path(value) if self.tp is None else _coerce(self.dest, value, self.tp, True))
+        setattr(namespace, self.dest, Path(value) if self.tp is None else
+                _coerce(self.dest, value, self.tp, True, self.noun))
 
 
-def _describe(f: dataclasses.Field) -> str:
-    """A key's meaning, with its choices or its declared range where it has them."""
-    choices, (low, high) = f.metadata.get("choices"), f.metadata.get("range", (None, None))
-    span = (f"; at least {low}" if high is None else f"; {low} to {high}") if low is not None else ""
-    return f.metadata["help"] + (f"; one of {', '.join(f'`{c}`' for c in choices)}" if choices else span)
-
-
-class _Formatter(argparse.HelpFormatter):
+class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Shows `--key int`, not `--key [int]`: every key needs its value (`_Key` takes it optionally to say so)."""
 
     def _format_args(self, action, default_metavar):
         return self._metavar_formatter(action, default_metavar)(1)[0]
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line of the trainer, generated from the config's fields: what `--help` prints."""
-    p = Parser(usage="%(prog)s [-h] [--config FILE] [--KEY VALUE ...]", formatter_class=_Formatter,
-               description="Pretrain a language model. Every key can be set in the --config file or as --key value "
-                           "(or --key=value); the command line overrides the file. Bool keys take true/false, "
-                           "1/0 or yes/no. The defaults shown are TrainConfig's; the config file (configs/demo.json "
-                           "unless --config names another) replaces many of them.",
-               argument_default=argparse.SUPPRESS, allow_abbrev=False)
+TRAIN_DESCRIPTION = textwrap.fill(
+    "Pretrain a language model. Every key can be set in the --config file or as --key value (or --key=value); the "
+    "command line overrides the file. Bool keys take true/false, 1/0 or yes/no. The defaults shown are the values "
+    "this command runs with: the config file's, and TrainConfig's own for a key the file leaves out. After each "
+    "key's meaning come its constraints.", width=100)
+
+
+def _config_file(argv: list[str]) -> Path:
+    """The `--config` of a command line (the last, as argparse takes it), read before the parser is built so that
+    `--help` can show its values; configs/demo.json when there is none."""
+    found = DEFAULT_CONFIG
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config":
+            if i + 1 == len(argv) or argv[i + 1].startswith("-"):
+                raise UserError("--config needs a value")
+            found = Path(argv[i + 1])
+        elif arg.startswith("--config="):
+            found = Path(arg.partition("=")[2])
+    return found
+
+
+def _shown_name(path: Path) -> str:
+    return str(DEFAULT_CONFIG.relative_to(REPO_ROOT) if path == DEFAULT_CONFIG else path)
+
+
+def parser(shown: dict | None = None, config_file: Path = DEFAULT_CONFIG, options: type | None = None,
+           prog: str | None = None, description: str = TRAIN_DESCRIPTION) -> argparse.ArgumentParser:
+    """The command line generated from the config's fields (and a tool's `options` dataclass, as bench's): what
+    `--help` prints. Each key shows its meaning, its constraints and, as its default, its value in `shown` (the
+    config file's over the fields'; by default the bare run's, from configs/demo.json)."""
+    shown = {**_defaults(TrainConfig), **_flatten(read_json(config_file))} if shown is None else shown
+    p = Parser(prog=prog, usage="%(prog)s [-h] [--config FILE] [--KEY VALUE ...]", formatter_class=_Formatter,
+               description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
     # a value like -1e-3 is a number, not an option (Python 3.13's argparse knows this; 3.11's does not)
     p._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
     p.add_argument("--config", action=_Key, metavar="FILE",
-                   help=f"a JSON config, read first (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    groups = {"": p.add_argument_group("training keys"), "model.": p.add_argument_group("model keys (its shape)")}
-    for key, (f, tp) in _keys().items():
+                   help=f"a JSON config, read first (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)}); the "
+                        f"defaults below are {_shown_name(config_file)}'s")
+    entries = []
+    if options is not None:  # the tool's own keys first
+        tool = p.prog.rpartition(".")[2]
+        own = p.add_argument_group(f"{tool} keys")
+        entries = [(own, key, f, tp, f"{tool} option") for key, (f, tp) in _keys(options).items()]
+        shown = {**_defaults(options), **shown}
+    sections = {"": p.add_argument_group("training keys"), "model.": p.add_argument_group("model keys (its shape)")}
+    entries += [(sections[key[:key.find(".") + 1]], key, f, tp, "config key") for key, (f, tp) in _keys().items()]
+    for group, key, f, tp, noun in entries:
         choices = f.metadata.get("choices")
-        help = f"{f.metadata['help']} (default: {json.dumps(f.default)})".replace("%", "%%")
-        groups["model." if key.startswith("model.") else ""].add_argument(
-            f"--{key}", action=_Key, tp=tp, metavar="{" + ",".join(choices) + "}" if choices else _type_name(tp),
-            help=help)
+        group.add_argument(f"--{key}", action=_Key, tp=tp, noun=noun, help=f"{describe(f)} (default: "
+                           f"{json.dumps(shown[key])})".replace("%", "%%"),
+                           metavar="{" + ",".join(choices) + "}" if choices else _type_name(tp))
     return p
+
+
+@dataclass
+class CommandLine:
+    """What a command line asked for: the validated config, the file it started from, which keys were typed and
+    the tool's own options (a checked instance of its dataclass, or None)."""
+    config: TrainConfig
+    config_file: Path
+    typed: set[str]
+    options: typing.Any = None
+
+
+def read_command_line(argv: list[str], options: type | None = None, prog: str | None = None,
+                      description: str = TRAIN_DESCRIPTION) -> CommandLine:
+    """`--config FILE` (default configs/demo.json) and `--key value` overrides, and a tool's own `options` keys:
+    every mistake is one line, an unknown key's with the closest known one."""
+    config_file = _config_file(argv)
+    from_file = _flatten(read_json(config_file))  # before --help, which shows its values: a bad file is one line
+    shown = {**_defaults(TrainConfig), **from_file}
+    args, extras = parser(shown, config_file, options, prog, description).parse_known_args(argv)
+    tool_keys = list(_keys(options)) if options else []
+    tool = (prog or "").rpartition(".")[2]  # `bench` of `python -m accel_train.bench`
+    if extras:
+        if extras[0].startswith("--") and extras[0] != "--":
+            raise _unknown_key(extras[0][2:].partition("=")[0], tool_keys + list(_keys()),
+                               f"{tool} option or config key" if options else "config key")
+        raise UserError(f"unexpected argument '{extras[0]}'; use --key value")
+    typed = vars(args)
+    typed.pop("config", None)
+    chosen = None
+    if options:
+        chosen = options(**{key: typed.pop(key) for key in tool_keys if key in typed})
+        check(chosen, f"{tool} option")
+    return CommandLine(_build({**shown, **typed}).validate(), config_file, set(typed), chosen)
 
 
 def load_config(argv: list[str]) -> TrainConfig:
     """The validated config from `--config FILE` (default configs/demo.json) and `--key value` overrides."""
-    args, extras = parser().parse_known_args(argv)
-    if extras:
-        if extras[0].startswith("--") and extras[0] != "--":
-            raise _unknown_key(extras[0][2:].partition("=")[0], list(_keys()))
-        raise UserError(f"unexpected argument '{extras[0]}'; use --key value")
-    overrides = vars(args)
-    config_path = overrides.pop("config", DEFAULT_CONFIG)
-    return _build({**_flatten(read_json(config_path)), **overrides}).validate()
+    return read_command_line(argv).config
 
 
 def markdown_table() -> str:
-    """The README's table of every key, from the same fields as `--help`, so the two cannot drift apart."""
-    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    """docs/configuration.md's table of every key, from the same fields as `--help`, so the two cannot drift
+    apart: the value a bare run uses (configs/demo.json's, as `--help` shows), the field's own (what a config
+    file that leaves the key out gets) and the meaning with every constraint."""
+    bare_run = {**_defaults(TrainConfig), **_flatten(read_json(DEFAULT_CONFIG))}
+    rows = ["| key | type | bare run | if a file leaves it out | meaning and constraints |",
+            "| --- | --- | --- | --- | --- |"]
     for key, (f, tp) in _keys().items():
-        rows.append(f"| `{key}` | {_type_name(tp)} | `{json.dumps(f.default)}` | "
-                    f"{_describe(f).replace('|', chr(92) + '|')} |")
+        rows.append(f"| `{key}` | {_type_name(tp)} | `{json.dumps(bare_run[key])}` | `{json.dumps(f.default)}` | "
+                    f"{describe(f, lambda c: f'`{c}`').replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
 
 

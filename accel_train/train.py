@@ -124,7 +124,7 @@ def run_loop(run: Run, after_step) -> int:
         while step < cfg.max_iters:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
-                                                  itertools.islice(run.batches, run.settings.micro_steps),
+                                                  itertools.islice(run.batches, run.plan.micro_steps),
                                                   cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip")
             if after_step is not None:
                 after_step()

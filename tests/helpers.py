@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,11 @@ def bf16_losses_and_grads(model_config, idx):
         loss.backward()
         results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
     return results
+
+
+def help_by_key(cmd: list[str]) -> dict[str, str]:
+    """{key: its --help entry on one line} of each `--key` that `cmd --help` lists (argparse wraps long ones)."""
+    result = run([*cmd, "--help"])
+    assert result.returncode == 0, result.stderr
+    entries = re.split(r"\n(?=  --)|\n\n", result.stdout)
+    return {entry.split()[0][2:]: " ".join(entry.split()) for entry in entries if entry.startswith("  --")}

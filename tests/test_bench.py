@@ -18,7 +18,7 @@ from accel_train.models.gemma3 import Gemma3
 from accel_train.training.tracking import read_metrics
 from accel_train.train import train
 from accel_train.training.start import make_accelerator
-from helpers import TINY_MODEL, run
+from helpers import TINY_MODEL, assert_one_error_line, help_by_key, run, run_side_by_side
 
 SMALL_RUN = ["--batch_size", "4", "--gradient_accumulation_steps", "4", "--warmup_steps", "1", "--eval_iters", "1",
              "--sample_tokens", "0", "--plot", "false", *TINY_MODEL]
@@ -76,6 +76,23 @@ def test_palm_flops_match_the_matmuls_a_training_step_runs():
         loss.backward()
     norm_params = sum(p.numel() for p in model.parameters() if p.dim() == 1)
     assert counter.get_total_flops() == (flops_per_token(cfg.model, T) - 6 * norm_params) * batch * T
+
+
+def test_bench_mistakes_are_one_line_with_the_closest_key():
+    """bench's own keys are declared and parsed as the config's are: one error line, the closest key named, and
+    --help stating each key's constraints."""
+    bench = [sys.executable, "-m", "accel_train.bench"]
+    outcomes = run_side_by_side([
+        ("typo", [*bench, "--stepz", "3"], ["unknown", "'stepz'", "did you mean 'steps'?"]),
+        ("config typo", [*bench, "--max_iter", "3"], ["did you mean 'max_iters'?"]),
+        ("not a number", [*bench, "--steps", "ten"], ["'steps'", "int", "'ten'"]),
+        ("below its range", [*bench, "--baseline_steps", "0"], ["'baseline_steps'", "at least 1", "got 0"]),
+        ("not a choice", [*bench, "--baseline", "maybe"], ["'baseline'", "on, off", "maybe"]),
+    ])
+    for status, stderr, words in outcomes.values():
+        assert_one_error_line(status, stderr, *words)
+    shown = help_by_key(bench)
+    assert "at least 1" in shown["steps"] and "one of on, off" in shown["baseline"] and "max_iters" in shown
 
 
 def test_micro_batch_must_divide_a_step():

@@ -3,16 +3,19 @@
 The CLI cases run as real processes, as users type them.
 """
 
+import json
 import re
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 
 import pytest
 
 from accel_train.config import TrainConfig, _keys, load_config, markdown_table
 from accel_train.errors import UserError
-from helpers import REPO, TRAIN, run
+from helpers import REPO, TRAIN, assert_one_error_line, help_by_key, run, subprocess_env
 
 MARKERS = re.compile(r"<!-- config-table:start -->\n(.*?)\n<!-- config-table:end -->", re.S)
 
@@ -25,7 +28,6 @@ def test_help_lists_every_key_with_type_default_and_meaning(cmd):
     for key, (field, tp) in _keys().items():
         assert f"--{key} " in text
         assert " ".join(field.metadata["help"].split()) in text, key
-    assert "--max_iters int optimizer steps in all (default: 150000)" in text
     assert "--dtype {auto,float32,bfloat16,float16}" in text
     assert "--model.tie_word_embeddings bool" in text and "--config FILE" in text
 
@@ -37,7 +39,7 @@ def test_readme_table_is_the_generated_one():
     assert blocks == [markdown_table()]
     printed = run([sys.executable, "-m", "accel_train.config", "--markdown"])
     assert printed.returncode == 0 and printed.stdout == markdown_table() + "\n"
-    assert "| `model.hidden_size` | int | `640` |" in blocks[0]
+    assert "| `model.hidden_size` | int | `128` | `640` |" in blocks[0]  # the demo's, then the field's
     assert "one of `auto`, `float32`, `bfloat16`, `float16`" in blocks[0]
 
 
@@ -85,3 +87,51 @@ def test_console_script_mistake_is_one_error_line():
     result = run([sys.executable, "-c", code])
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: unknown config key 'max_iter'; did you mean 'max_iters'?"]
+
+
+def shown_defaults(*args) -> dict:
+    """{key: value} of each key's `(default: ...)` in the trainer's --help with these arguments."""
+    entries = help_by_key([sys.executable, TRAIN, *args])
+    entries.pop("config")
+    assert set(entries) == set(_keys()), set(_keys()) ^ set(entries)
+    return {key: json.loads(re.search(r"\(default: (.*)\)$", entry).group(1)) for key, entry in entries.items()}
+
+
+def flat(config: dict) -> dict:
+    model = {f"model.{k}": v for k, v in config["model"].items()}
+    return {**{k: v for k, v in config.items() if k != "model"}, **model}
+
+
+def test_help_of_a_bare_run_shows_the_values_a_bare_run_uses(tmp_path):
+    """A bare `python accel_train/train.py`, stopped after its first steps: the config its checkpoint records is,
+    key by key, what --help showed."""
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, TRAIN], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    try:
+        shown = shown_defaults()
+        while not re.search(r"\b1/\d+ ", log.read_text()) and proc.poll() is None:  # a step done: signals are caught
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # stops after the step in hand, with a checkpoint
+        assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
+    finally:
+        proc.kill()
+    state = next((tmp_path / "out" / "demo" / "checkpoints").glob("step_*/trainer_state.json"))
+    used = flat(json.loads(state.read_text())["config"])
+    assert shown == used
+    assert shown["max_iters"] != TrainConfig().max_iters  # the demo's, not the field's
+
+
+def test_help_with_a_config_file_shows_that_files_values(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"max_iters": 77, "warmup_steps": 7, "learning_rate": 0.25,
+                                  "model": {"hidden_size": 96}}))
+    shown = shown_defaults("--config", str(config))
+    assert (shown["max_iters"], shown["learning_rate"], shown["model.hidden_size"]) == (77, 0.25, 96)
+    cfg = load_config(["--config", str(config)])
+    assert shown == flat(cfg.to_dict())  # the keys the file leaves out: the fields' own, as the run gets them
+    (tmp_path / "typo.json").write_text('{"max_iter": 5}')
+    for bad, words in (("nowhere.json", ["nowhere.json"]), ("typo.json", ["max_iter", "did you mean 'max_iters'"])):
+        result = run([sys.executable, TRAIN, "--config", str(tmp_path / bad), "--help"])
+        assert_one_error_line(result.returncode, result.stderr, *words)

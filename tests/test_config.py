@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from accel_train.config import DEFAULT_CONFIG, load_config
+from accel_train.config import DEFAULT_CONFIG, _keys, load_config
 from accel_train.errors import UserError
 from accel_train.training.hardware import resolve_hardware
 from accel_train.training.start import make_accelerator
-from helpers import TRAIN, run
+from helpers import TRAIN, help_by_key, run
 
 
 def test_default_config_is_demo_and_overrides_apply():
@@ -42,7 +42,7 @@ def test_config_file_and_seed_keys(tmp_path):
     (["--min_lr", "1e-2", "--learning_rate", "1e-3"], "min_lr (0.01) is above learning_rate (0.001)"),
     (["--warmup_steps", "300", "--max_iters", "300"], "warmup_steps (300) must be below max_iters (300)"),
     (["--block_size", "1024", "--model.max_position_embeddings", "512"],
-     "block_size (1024) exceeds the model's context"),
+     "block_size (1024) is above model.max_position_embeddings (512), the model's longest context"),
     (["--dtype", "float8"], "config key 'dtype' must be one of"),
     (["--tracker", "mlflow"], "config key 'tracker' must be one of"),
     (["--compile_mode", "fastest"], "config key 'compile_mode' must be one of"),
@@ -54,6 +54,9 @@ def test_config_file_and_seed_keys(tmp_path):
     (["--model.hidden_size", "0"], "'model.hidden_size' must be at least 1, got 0"),
     (["--max_iters", str(2**63)], "'max_iters' must be at most 9223372036854775807"),  # beyond torch's int64
     (["--model.num_attention_heads", "3", "--model.num_key_value_heads", "2"], "must be a multiple of"),
+    (["--beta2", "1"], "config key 'beta2' must lie in [0, 1), got 1.0"),
+    (["--decay_fraction", "0"], "config key 'decay_fraction' must lie in (0, 1], got 0.0"),
+    (["--model.rms_norm_eps", "0"], "config key 'model.rms_norm_eps' must be positive, got 0.0"),
     (["--max_iters"], "--max_iters needs a value"),
     (["stray"], "unexpected argument 'stray'"),
 ])
@@ -115,3 +118,33 @@ def test_cli_error_is_one_line_and_exit_2():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown config key 'learning_rat'; did you mean 'learning_rate'?"]
+
+
+# One command line per declared rule between keys, (key, what the rule says), breaking that rule alone.
+BREAKS_ONE_RULE = {
+    ("min_lr", "at most learning_rate"): ["--min_lr", "1e-2", "--learning_rate", "1e-3"],
+    ("warmup_steps", "below max_iters"): ["--warmup_steps", "40", "--max_iters", "40"],
+    ("warmup_steps", "with wsd, at most max_iters x (1 - decay_fraction), where the decay starts"):
+        ["--lr_schedule", "wsd", "--warmup_steps", "450", "--max_iters", "500", "--decay_fraction", "0.2"],
+    ("block_size", "at most model.max_position_embeddings"): ["--block_size", "1024"],
+    ("weight_decay", "times learning_rate below 1"): ["--weight_decay", "600"],
+    ("weight_decay", "times muon_lr below 1"): ["--weight_decay", "5", "--muon_lr", "0.3"],
+    ("micro_batch", "divides batch_size x gradient_accumulation_steps"): ["--micro_batch", "3"],
+    ("model.num_attention_heads", "a multiple of num_key_value_heads"): ["--model.num_key_value_heads", "3"],
+    ("model.head_dim", "even, for RoPE"): ["--model.head_dim", "33"],
+}
+
+
+def test_every_declared_rule_refuses_in_one_line_and_is_stated_in_help_and_docs():
+    """A rule between keys is declared beside its key; each one refuses in one line naming the key, and --help and
+    docs/configuration.md state it on that key's line. A rule added without a case here fails the first assert."""
+    declared = {(key, rule.says) for key, (f, _) in _keys().items() for rule in f.metadata["rules"]}
+    assert declared == set(BREAKS_ONE_RULE)
+    help_text = help_by_key([sys.executable, TRAIN])
+    doc = (DEFAULT_CONFIG.parent.parent / "docs" / "configuration.md").read_text()
+    for (key, says), args in BREAKS_ONE_RULE.items():
+        with pytest.raises(UserError) as err:
+            load_config(args)
+        assert key in str(err.value) and "\n" not in str(err.value), (key, str(err.value))
+        assert says in help_text[key], key
+        assert says in next(line for line in doc.splitlines() if line.startswith(f"| `{key}` |")), key

@@ -16,7 +16,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from accel_train.models.losses import linear_cross_entropy
-from accel_train.setting import setting
+from accel_train.setting import even, multiple_of, setting
 
 
 @dataclass
@@ -28,19 +28,18 @@ class ModelConfig:
     hidden_size: int = setting(640, "width of the residual stream", low=1)
     intermediate_size: int = setting(2048, "width of each MLP's hidden layer", low=1)
     num_hidden_layers: int = setting(18, "decoder layers", low=1)
-    num_attention_heads: int = setting(4, "query heads per layer", low=1)
-    num_key_value_heads: int = setting(1, "key and value heads per layer (grouped-query attention); divides the "
-                                          "query heads", low=1)
-    head_dim: int = setting(256, "width of each attention head; even, for RoPE", low=1)
+    num_attention_heads: int = setting(4, "query heads per layer", low=1, rules=(multiple_of("num_key_value_heads"),))
+    num_key_value_heads: int = setting(1, "key and value heads per layer (grouped-query attention)", low=1)
+    head_dim: int = setting(256, "width of each attention head", low=1, rules=(even(" for RoPE"),))
     sliding_window: int = setting(512, "keys a local layer attends to", low=1)
     sliding_window_pattern: int = setting(6, "every Nth layer attends globally, the others locally", low=1)
-    rope_local_base_freq: float = setting(10_000.0, "RoPE base of the local layers")
-    rope_theta: float = setting(1_000_000.0, "RoPE base of the global layers")
-    query_pre_attn_scalar: float = setting(256.0, "attention scores are scaled by its inverse square root")
-    max_position_embeddings: int = setting(32_768, "the longest context; block_size must not exceed it")
-    rms_norm_eps: float = setting(1e-6, "added to the mean square in each RMSNorm")
+    rope_local_base_freq: float = setting(10_000.0, "RoPE base of the local layers", above=0)
+    rope_theta: float = setting(1_000_000.0, "RoPE base of the global layers", above=0)
+    query_pre_attn_scalar: float = setting(256.0, "attention scores are scaled by its inverse square root", above=0)
+    max_position_embeddings: int = setting(32_768, "the longest context (block_size is at most this)")
+    rms_norm_eps: float = setting(1e-6, "added to the mean square in each RMSNorm", above=0)
     tie_word_embeddings: bool = setting(True, "the output head shares the embedding's weights")
-    initializer_range: float = setting(0.02, "standard deviation of the initial weights")
+    initializer_range: float = setting(0.02, "standard deviation of the initial weights", above=0)
 
     def is_sliding(self, layer_idx: int) -> bool:
         return (layer_idx + 1) % self.sliding_window_pattern != 0

@@ -1,7 +1,8 @@
-"""How many sequences each forward pass takes, leaving the effective batch as the config asks.
+"""How each optimizer step runs on this machine: its micro-batch (searched for on a GPU) and speed switches.
 
-Training means batch_size x gradient_accumulation_steps x processes sequences per optimizer step;
-how a process cuts its share into forward passes is only a matter of speed. A GPU runs fastest
+The data stream draws stream batches of batch_size sequences; an optimizer step takes
+gradient_accumulation_steps of them on each process. How a process cuts those sequences into
+micro-batches, the sequences of one forward pass, is only a matter of speed. A GPU runs fastest
 with the largest micro-batch that fits, so `micro_batch: 0` on a GPU tries the divisors of the
 process's share, largest first, one training step each on a throwaway model. The data loader
 regroups the same windows (data.RandomWindowBatches), so every optimizer step sees the same data.
@@ -9,11 +10,15 @@ regroups the same windows (data.RandomWindowBatches), so every optimizer step se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from accelerate.utils import DynamoBackend
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 from accel_train.config import TrainConfig
 from accel_train.models.gemma3 import Gemma3
+from accel_train.training.hardware import switch_on
 from accel_train.training.optim import build_optimizer
 
 HEADROOM = 0.9  # a size whose trial step peaks above this share of the GPU's memory does not count as fitting
@@ -54,8 +59,8 @@ def trial_step_fits(cfg: TrainConfig, accelerator, size: int, fused_adamw: bool)
 
 
 def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool) -> int:
-    """The config's micro_batch; or, when 0, batch_size off a GPU and the largest that fits on one
-    (the smallest any process found, so all processes agree)."""
+    """The config's micro_batch; or, when 0, one stream batch (batch_size) off a GPU and the largest that fits on
+    one (the smallest any process found, so all processes agree)."""
     if cfg.micro_batch:
         return cfg.micro_batch
     if accelerator.device.type != "cuda":
@@ -64,3 +69,26 @@ def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool) -> int
                            lambda s: trial_step_fits(cfg, accelerator, s, fused_adamw))
     torch.cuda.reset_peak_memory_stats(accelerator.device)  # the peak that counts is training's
     return int(accelerator.gather(torch.tensor([size], device=accelerator.device)).min().item())
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How this machine runs each optimizer step of a config: worked out once, by `plan_step`, so that the
+    trainer and the benchmark report and use the same choices."""
+    cpu: bool
+    mixed_precision: str  # Accelerate's: "no", "bf16" or "fp16"
+    compile: bool
+    fused_adamw: bool
+    micro_batch: int  # sequences per forward pass
+    micro_steps: int  # forward passes (micro-batches) per optimizer step on one process
+
+
+def plan_step(cfg: TrainConfig, accelerator) -> StepPlan:
+    """The choices the Accelerator made (device, precision, compile), and those that need its device: fused
+    AdamW and, when the config leaves it at 0, the micro-batch (a search on a GPU)."""
+    cuda = accelerator.device.type == "cuda"
+    fused_adamw = switch_on(cfg.fused_adamw, cuda)
+    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)
+    return StepPlan(cpu=not cuda, mixed_precision=accelerator.mixed_precision,
+                    compile=accelerator.state.dynamo_plugin.backend != DynamoBackend.NO, fused_adamw=fused_adamw,
+                    micro_batch=micro_batch, micro_steps=cfg.sequences_per_step // micro_batch)

@@ -82,15 +82,15 @@ class Optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
 
 
-def group_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
-    """Every parameter group's settings (weight decay, betas, ...) without its parameters, nor its rate: that
-    is its scheduler's, which sets it when it loads its step count."""
+def group_hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Every parameter group's hyperparameters (weight decay, betas, ...) without its parameters, nor its rate:
+    that is its scheduler's, which sets it when it loads its step count."""
     return [{key: value for key, value in group.items() if key not in ("params", "lr")}
             for group in optimizer.param_groups]
 
 
-def restore_group_settings(optimizer: torch.optim.Optimizer, settings: list[dict]) -> None:
-    """Put back settings taken by `group_settings`. Loading an optimizer's state also loads the settings
-    it was saved with; after a resume, this run's config must win over the checkpoint's."""
-    for group, wanted in zip(optimizer.param_groups, settings, strict=True):
+def restore_group_hyperparameters(optimizer: torch.optim.Optimizer, hyperparameters: list[dict]) -> None:
+    """Put back hyperparameters taken by `group_hyperparameters`. Loading an optimizer's state also loads the
+    hyperparameters it was saved with; after a resume, this run's config must win over the checkpoint's."""
+    for group, wanted in zip(optimizer.param_groups, hyperparameters, strict=True):
         group.update(wanted)

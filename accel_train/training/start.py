@@ -36,8 +36,10 @@ from accel_train.errors import UserError, first_line
 from accel_train.models.flops import flops_per_token, peak_tflops
 from accel_train.models.gemma3 import Gemma3
 from accel_train.models.hf import hf_model_config, hf_state_dict
-from accel_train.training.hardware import Settings, resolve_hardware, resolve_settings, switch_on
-from accel_train.training.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
+from accel_train.training.hardware import resolve_hardware, switch_on
+from accel_train.training.micro_batch import StepPlan, plan_step
+from accel_train.training.optim import (Optimizers, build_optimizers, group_hyperparameters,
+                                        restore_group_hyperparameters)
 from accel_train.training.schedule import Schedule
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
@@ -48,7 +50,7 @@ class Run:
     and the per-run constants its metrics rows and checkpoints are made of."""
     cfg: TrainConfig
     accelerator: Accelerator
-    settings: Settings
+    plan: StepPlan
     model: torch.nn.Module
     optimizer: Optimizers
     schedulers: list  # one per optimizer, each prepared: the rate of the coming step
@@ -67,7 +69,7 @@ class Run:
 
 
 def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
-    """Everything before the first step: the Accelerator, out_dir taken and checked, the automatic settings,
+    """Everything before the first step: the Accelerator, out_dir taken and checked, the step plan,
     the model and optimizers (loaded from the checkpoint when resuming), the data stream and the trackers."""
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
@@ -76,20 +78,20 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
                                                                          launch_layout(accelerator)))
-    settings = resolve_settings(cfg, accelerator)
-    accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step
+    plan = plan_step(cfg, accelerator)
+    accelerator.gradient_accumulation_steps = plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = new_model(cfg)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, cfg, fused=settings.fused_adamw, mixed_precision=accelerator.mixed_precision)
+    optimizers = build_optimizers(model, cfg, fused=plan.fused_adamw, mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
+                          first_batch=first_batch, pin_memory=not plan.cpu, micro_batch=plan.micro_batch)
     schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
@@ -102,8 +104,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         on_main_process(accelerator, lambda: metrics.keep_until(last_kept))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
-                      f"in {settings.micro_steps} micro-batch(es) of {settings.micro_batch} per process")
-    return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from,
+                      f"in {plan.micro_steps} micro-batch(es) of {plan.micro_batch} per process")
+    return Run(cfg, accelerator, plan, model, optimizer, schedulers, iter(loader), state, resume_from,
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
@@ -268,10 +270,11 @@ def start_from(cfg: TrainConfig, accelerator: Accelerator, optimizer: Optimizers
     """Load the checkpoint being resumed into the prepared objects; or, starting afresh, seed the evaluation
     batches per process."""
     if resume_from:
-        settings = group_settings(optimizer)
+        hyperparameters = group_hyperparameters(optimizer)
         on_every_process(accelerator, lambda: load_state(accelerator, resume_from))
-        restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's;
-        # the rate is this config's schedule at `step`: the schedulers loaded their step count alone
+        # this config's weight decay and betas, not the checkpoint's; the rate is this config's schedule at `step`:
+        # the schedulers loaded their step count alone
+        restore_group_hyperparameters(optimizer, hyperparameters)
         accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
         accelerator.print(f"resuming from {resume_from} at step {step}")
     else:
