@@ -17,7 +17,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accel_train.errors import UserError
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.optim import Optimizers, build_optimizers
-from accel_train.training.schedule import lr_at
+from accel_train.training.schedule import LrSchedule, lr_at
 from accel_train.train import train_step
 from accel_train.training.start import make_accelerator, start_from
 from helpers import TRAIN, run, snapshot, train
@@ -154,7 +154,7 @@ def test_a_resume_loads_muons_momentum_but_takes_its_settings_and_rates_from_its
     assert optimizers[0].param_groups[0]["weight_decay"] == 0.05
     loaded = list(optimizers[1].optimizer.state_dict()["state"][0].values())
     assert all(torch.equal(a, b) for a, b in zip(loaded, momentum, strict=True))
-    rate = lr_at(2, **{k.replace("lr_schedule", "schedule"): v for k, v in schedule.items()})
+    rate = lr_at(2, LrSchedule(**{k.replace("lr_schedule", "shape"): v for k, v in schedule.items()}))
     assert [s.state_dict() for s in schedulers] == [{"last_epoch": 1}] * 2
     assert [[g["lr"] for g in o.param_groups] for o in optimizers] == [[rate, rate], [rate * 5.0]]
     assert [s.get_last_lr() for s in schedulers] == [[rate, rate], [rate * 5.0]]

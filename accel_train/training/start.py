@@ -38,7 +38,7 @@ from accel_train.models.gemma3 import Gemma3
 from accel_train.models.hf import hf_model_config, hf_state_dict
 from accel_train.training.hardware import Settings, resolve_hardware, resolve_settings, switch_on
 from accel_train.training.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
-from accel_train.training.schedule import Schedule
+from accel_train.training.schedule import LrSchedule, Schedule
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
 
@@ -90,7 +90,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
-    schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
+    schedule = LrSchedule.of(cfg)
+    schedulers = [Schedule(optimizer, schedule) for optimizer in optimizers]  # one each: Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
     start_from(cfg, accelerator, optimizer, resume_from, state["step"])
