@@ -16,7 +16,7 @@ from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.errors import UserError
 from accel_train.models.gemma3 import Gemma3
-from accel_train.training.optim import Optimizers, build_optimizers
+from accel_train.training.optim import Optimizers, OptimizerSettings, build_optimizers
 from accel_train.training.schedule import LrSchedule, lr_at
 from accel_train.train import train_step
 from accel_train.training.start import make_accelerator, start_from
@@ -34,7 +34,7 @@ def build(cfg):
     """Model, [AdamW, Muon] as train() builds them, from the same initial weights every time."""
     torch.manual_seed(0)
     model = Gemma3(cfg.model)
-    return model, build_optimizers(model, cfg)
+    return model, build_optimizers(model, OptimizerSettings.of(cfg))
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tmp_path):
@@ -163,8 +163,9 @@ def test_a_resume_loads_muons_momentum_but_takes_its_settings_and_rates_from_its
 def test_muon_under_fp16_loss_scaling_is_refused(tmp_path):
     model = Gemma3(config(tmp_path).model)
     with pytest.raises(UserError, match="float16"):
-        build_optimizers(model, config(tmp_path, **MUON), mixed_precision="fp16")
-    assert len(build_optimizers(model, config(tmp_path), mixed_precision="fp16")) == 1  # AdamW alone runs
+        build_optimizers(model, OptimizerSettings.of(config(tmp_path, **MUON)), mixed_precision="fp16")
+    adamw = OptimizerSettings.of(config(tmp_path))
+    assert len(build_optimizers(model, adamw, mixed_precision="fp16")) == 1  # AdamW alone runs
 
 
 @pytest.mark.parametrize("key, value", [("optimizer", "sgd"), ("muon_momentum", 1.0), ("muon_lr", -1.0),

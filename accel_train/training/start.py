@@ -37,7 +37,8 @@ from accel_train.models.flops import flops_per_token, peak_tflops
 from accel_train.models.gemma3 import Gemma3
 from accel_train.models.hf import hf_model_config, hf_state_dict
 from accel_train.training.hardware import Settings, resolve_hardware, resolve_settings, switch_on
-from accel_train.training.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
+from accel_train.training.optim import (OptimizerSettings, Optimizers, build_optimizers, group_settings,
+                                        restore_group_settings)
 from accel_train.training.schedule import LrSchedule, Schedule
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
@@ -83,7 +84,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, cfg, fused=settings.fused_adamw, mixed_precision=accelerator.mixed_precision)
+    optimizers = build_optimizers(model, OptimizerSettings.of(cfg), fused=settings.fused_adamw,
+                                  mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
@@ -95,8 +97,10 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
     start_from(cfg, accelerator, optimizer, resume_from, state["step"])
-    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state["run_id"]))
-    watch_model(accelerator, model, cfg)
+    on_main_process(accelerator, lambda: start_tracker(
+        accelerator, cfg.tracker, state["run_id"], cfg.to_dict(), out_dir=cfg.out_dir, run_name=cfg.run_name,
+        wandb_project=cfg.wandb_project, wandb_tags=cfg.wandb_tags))
+    watch_model(accelerator, model, cfg.watch_interval)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
         last_kept = state["step"] if state["evaluation_owed"] is None else state["step"] - 1
