@@ -16,8 +16,8 @@ from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.errors import UserError
 from accel_train.models.gemma3 import Gemma3
-from accel_train.training.optim import Optimizers, build_optimizers
-from accel_train.training.schedule import lr_at
+from accel_train.training.optim import Optimizers, OptimizerHyperparameters, build_optimizers
+from accel_train.training.schedule import LrSchedule, lr_at
 from accel_train.train import train_step
 from accel_train.training.start import make_accelerator, start_from
 from helpers import TRAIN, run, snapshot, train
@@ -34,7 +34,7 @@ def build(cfg):
     """Model, [AdamW, Muon] as train() builds them, from the same initial weights every time."""
     torch.manual_seed(0)
     model = Gemma3(cfg.model)
-    return model, build_optimizers(model, cfg)
+    return model, build_optimizers(model, OptimizerHyperparameters.of(cfg))
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tmp_path):
@@ -154,7 +154,7 @@ def test_a_resume_loads_muons_momentum_but_takes_its_settings_and_rates_from_its
     assert optimizers[0].param_groups[0]["weight_decay"] == 0.05
     loaded = list(optimizers[1].optimizer.state_dict()["state"][0].values())
     assert all(torch.equal(a, b) for a, b in zip(loaded, momentum, strict=True))
-    rate = lr_at(2, **{k.replace("lr_schedule", "schedule"): v for k, v in schedule.items()})
+    rate = lr_at(2, LrSchedule(**{k.replace("lr_schedule", "shape"): v for k, v in schedule.items()}))
     assert [s.state_dict() for s in schedulers] == [{"last_epoch": 1}] * 2
     assert [[g["lr"] for g in o.param_groups] for o in optimizers] == [[rate, rate], [rate * 5.0]]
     assert [s.get_last_lr() for s in schedulers] == [[rate, rate], [rate * 5.0]]
@@ -163,8 +163,9 @@ def test_a_resume_loads_muons_momentum_but_takes_its_settings_and_rates_from_its
 def test_muon_under_fp16_loss_scaling_is_refused(tmp_path):
     model = Gemma3(config(tmp_path).model)
     with pytest.raises(UserError, match="float16"):
-        build_optimizers(model, config(tmp_path, **MUON), mixed_precision="fp16")
-    assert len(build_optimizers(model, config(tmp_path), mixed_precision="fp16")) == 1  # AdamW alone runs
+        build_optimizers(model, OptimizerHyperparameters.of(config(tmp_path, **MUON)), mixed_precision="fp16")
+    adamw = OptimizerHyperparameters.of(config(tmp_path))
+    assert len(build_optimizers(model, adamw, mixed_precision="fp16")) == 1  # AdamW alone runs
 
 
 @pytest.mark.parametrize("key, value", [("optimizer", "sgd"), ("muon_momentum", 1.0), ("muon_lr", -1.0),

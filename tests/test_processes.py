@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from accel_train.training.schedule import lr_at
+from accel_train.training.schedule import LrSchedule, lr_at
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, launch, max_difference
 
@@ -64,7 +64,7 @@ def test_loss_norm_and_rate_logged_per_optimizer_step_match(runs):
     one, two = read_metrics(runs[1]), read_metrics(runs[2])
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, STEPS + 1))
     for a, b in zip(one, two):
-        assert a["lr"] == b["lr"] == pytest.approx(lr_at(a["step"], LR, MIN_LR, WARMUP, STEPS), rel=1e-12)
+        assert a["lr"] == b["lr"] == pytest.approx(lr_at(a["step"], LrSchedule(LR, MIN_LR, WARMUP, STEPS)), rel=1e-12)
         assert a["loss"] == pytest.approx(b["loss"], rel=runs["tolerance"]["loss"])
         # the norm of the averaged gradient
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=runs["tolerance"]["grad_norm"])

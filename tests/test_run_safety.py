@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from accel_train.checkpointing.checkpoint import list_checkpoints, verify
 from accel_train.config import load_config
 from accel_train.errors import UserError
-from accel_train.training.schedule import lr_at
+from accel_train.training.schedule import LrSchedule, lr_at
 from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TRAIN, assert_one_error_line, command, max_difference, run_side_by_side,
                      snapshot, subprocess_env, train)
@@ -55,7 +55,7 @@ def test_a_resume_follows_its_own_configs_schedule_and_optimizer_settings(demo_d
 
     rows = [r for r in read_metrics(out) if r["step"] > 10]
     assert [r["step"] for r in rows] == list(range(11, 21))
-    assert [r["lr"] for r in rows] == [lr_at(r["step"], 1e-4, 1e-5, 2, 20) for r in rows]
+    assert [r["lr"] for r in rows] == [lr_at(r["step"], LrSchedule(1e-4, 1e-5, 2, 20)) for r in rows]
     final = "checkpoints/step_20/model.safetensors"
     assert max_difference(load_file(out / final), load_file(copy / final)) > 1e-7
 

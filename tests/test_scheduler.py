@@ -9,7 +9,7 @@ import torch
 
 from accel_train.checkpointing.checkpoint import list_checkpoints, write_manifest
 from accel_train.config import load_config
-from accel_train.training.schedule import Schedule, lr_at
+from accel_train.training.schedule import LrSchedule, Schedule, lr_at
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, assert_one_error_line, launch, snapshot, train
 
@@ -30,8 +30,8 @@ def flags(keys: dict) -> list[str]:
 
 
 def rate(step: int, keys: dict) -> float:
-    return lr_at(step, keys["learning_rate"], keys["min_lr"], keys["warmup_steps"], keys["max_iters"],
-                 keys["lr_schedule"], keys["decay_fraction"])
+    return lr_at(step, LrSchedule(keys["learning_rate"], keys["min_lr"], keys["warmup_steps"], keys["max_iters"],
+                                  keys["lr_schedule"], keys["decay_fraction"]))
 
 
 def expected_steps(steps: range, keys: dict) -> list:
@@ -84,7 +84,7 @@ def test_a_skipped_first_step_moves_the_rate_on_quietly():
     """A first optimizer step skipped (a non-finite gradient, an fp16 overflow) still counts: the scheduler
     moves to step 2's rate, without torch's warning that the schedule's first rate is lost (it is not)."""
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])
-    scheduler = Schedule(optimizer, load_config(flags(FIRST)))
+    scheduler = Schedule(optimizer, LrSchedule.of(load_config(flags(FIRST))))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scheduler.step()

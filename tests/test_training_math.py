@@ -12,7 +12,7 @@ import torch
 from accel_train.config import TrainConfig
 from accel_train.models.gemma3 import Gemma3, ModelConfig
 from accel_train.training.optim import build_optimizer
-from accel_train.training.schedule import Schedule, lr_at
+from accel_train.training.schedule import LrSchedule, Schedule, lr_at
 from accel_train.train import train_step
 from accel_train.training.start import make_accelerator
 
@@ -54,7 +54,7 @@ def build(cfg: TrainConfig):
 
 def prepare(accelerator, cfg: TrainConfig, model, optimizers: list):
     """The model, the optimizers and a Schedule for each through accelerator.prepare, as train() prepares them."""
-    schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]
+    schedulers = [Schedule(optimizer, LrSchedule.of(cfg)) for optimizer in optimizers]
     model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
     return model, prepared[:len(optimizers)], prepared[len(optimizers):]
 
@@ -76,7 +76,7 @@ def flat(tensors) -> torch.Tensor:
 
 
 def first_lr(cfg: TrainConfig) -> float:
-    return lr_at(1, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+    return lr_at(1, LrSchedule.of(cfg))
 
 
 def reference_step(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
@@ -137,7 +137,7 @@ def test_each_optimizer_step_takes_its_schedulers_rate_whatever_the_accumulation
     model, optimizer = build(cfg)
     model, [optimizer], [scheduler] = prepare(accelerator, cfg, model, [optimizer])
     seen = record_steps(optimizer.optimizer)
-    expected = [lr_at(s, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters)
+    expected = [lr_at(s, LrSchedule.of(cfg))
                 for s in range(1, cfg.max_iters + 4)]
     for s in range(cfg.max_iters + 2):
         train_step(model, optimizer, [scheduler], accelerator,
@@ -150,7 +150,7 @@ def test_schedule_key_points_and_monotonic_decay():
     lr, min_lr, warmup, max_iters = 1e-3, 1e-4, 10, 110
 
     def at(step):
-        return lr_at(step, lr, min_lr, warmup, max_iters)
+        return lr_at(step, LrSchedule(lr, min_lr, warmup, max_iters))
 
     assert at(0) == 0.0
     assert at(warmup // 2) == pytest.approx(lr / 2)

@@ -8,7 +8,7 @@ import pytest
 
 from accel_train.config import TrainConfig
 from accel_train.errors import UserError
-from accel_train.training.schedule import lr_at
+from accel_train.training.schedule import LrSchedule, lr_at
 from accel_train.training.tracking import read_metrics
 from helpers import train
 from test_resume import args, weights
@@ -20,7 +20,7 @@ def test_wsd_warms_up_holds_then_decays_linearly_to_min_lr():
     max_iters, fraction = 100, 0.2
 
     def at(step):
-        return lr_at(step, LR, MIN_LR, 10, max_iters, "wsd", fraction)
+        return lr_at(step, LrSchedule(LR, MIN_LR, 10, max_iters, "wsd", fraction))
 
     assert at(0) == 0.0 and at(5) == pytest.approx(LR / 2) and at(10) == LR
     assert {at(s) for s in range(10, 81)} == {LR}  # constant up to the start of the decay
@@ -33,8 +33,9 @@ def test_wsd_warms_up_holds_then_decays_linearly_to_min_lr():
 
 def test_in_the_constant_phase_the_rate_does_not_depend_on_max_iters():
     """Why a wsd run can be extended and a cosine run cannot: before the decay, max_iters is not in the rate."""
-    assert all(lr_at(s, LR, MIN_LR, WARMUP, 10, "wsd") == lr_at(s, LR, MIN_LR, WARMUP, 20, "wsd") for s in range(9))
-    assert lr_at(5, LR, MIN_LR, WARMUP, 10) != lr_at(5, LR, MIN_LR, WARMUP, 20)  # cosine would jump on resume
+    short, long = LrSchedule(LR, MIN_LR, WARMUP, 10, "wsd"), LrSchedule(LR, MIN_LR, WARMUP, 20, "wsd")
+    assert all(lr_at(s, short) == lr_at(s, long) for s in range(9))
+    assert lr_at(5, LrSchedule(LR, MIN_LR, WARMUP, 10)) != lr_at(5, LrSchedule(LR, MIN_LR, WARMUP, 20))  # cosine jumps
 
 
 @pytest.mark.parametrize("keys, message", [({"lr_schedule": "linear"}, "lr_schedule"),

@@ -7,9 +7,30 @@ output head) and the norms stay with AdamW, as Muon's authors prescribe.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from accel_train.errors import UserError
+
+
+@dataclass(frozen=True)
+class OptimizerHyperparameters:
+    """What the optimizers are made of: which (adamw or muon) and their numbers. The rate is the peak the
+    schedule scales; muon_lr 0 means learning_rate."""
+    name: str
+    learning_rate: float
+    weight_decay: float
+    betas: tuple[float, float]
+    muon_lr: float = 0.0
+    muon_momentum: float = 0.95
+    muon_adjust_lr: str = "match_rms_adamw"
+
+    @classmethod
+    def of(cls, cfg) -> OptimizerHyperparameters:
+        """The optimizers a run's config asks for."""
+        return cls(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.muon_lr,
+                   cfg.muon_momentum, cfg.muon_adjust_lr)
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -40,13 +61,14 @@ def require_muon() -> None:
                         f"{torch.__version__}: upgrade torch or use --optimizer adamw")
 
 
-def build_optimizers(model: torch.nn.Module, cfg, fused: bool = False, mixed_precision: str = "no") -> list:
-    """The config's optimizers: [AdamW], or [AdamW for embedding, head and norms, Muon for the hidden matrices].
-
-    Muon's group carries `lr_scale` (muon_lr / learning_rate), so one schedule drives both at their own peaks."""
-    betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == "adamw":
-        return [build_optimizer(model, cfg.learning_rate, cfg.weight_decay, betas, fused=fused)]
+def build_optimizers(model: torch.nn.Module, settings: OptimizerHyperparameters, fused: bool = False,
+                     mixed_precision: str = "no") -> list:
+    """The optimizers `settings` names: [AdamW], or [AdamW for embedding, head and norms, Muon for the hidden
+    matrices]. Muon's group carries `lr_scale` (muon_lr / learning_rate), so one schedule drives both at their
+    own peaks."""
+    s = settings
+    if s.name == "adamw":
+        return [build_optimizer(model, s.learning_rate, s.weight_decay, s.betas, fused=fused)]
     require_muon()
     if mixed_precision == "fp16":  # Accelerate's loss scaler would update once per optimizer, unscaling twice
         raise UserError("optimizer 'muon' does not run under float16 loss scaling; use --dtype bfloat16 or float32, "
@@ -54,11 +76,11 @@ def build_optimizers(model: torch.nn.Module, cfg, fused: bool = False, mixed_pre
     muon_params = hidden_matrices(model)
     hidden = {id(p) for p in muon_params}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
-    adamw = torch.optim.AdamW(param_groups(rest, cfg.weight_decay), lr=cfg.learning_rate, betas=betas,
+    adamw = torch.optim.AdamW(param_groups(rest, s.weight_decay), lr=s.learning_rate, betas=s.betas,
                               fused=fused or None)
-    muon_lr = cfg.muon_lr or cfg.learning_rate
-    muon = torch.optim.Muon([{"params": muon_params, "lr_scale": muon_lr / cfg.learning_rate}], lr=muon_lr,
-                            weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn=cfg.muon_adjust_lr)
+    muon_lr = s.muon_lr or s.learning_rate
+    muon = torch.optim.Muon([{"params": muon_params, "lr_scale": muon_lr / s.learning_rate}], lr=muon_lr,
+                            weight_decay=s.weight_decay, momentum=s.muon_momentum, adjust_lr_fn=s.muon_adjust_lr)
     return [adamw, muon]
 
 

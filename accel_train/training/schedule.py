@@ -9,36 +9,53 @@ the constant rate and decays at the new end.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 SCHEDULES = ("cosine", "wsd")
 
 
-def lr_at(step: int, learning_rate: float, min_lr: float, warmup_steps: int, max_iters: int,
-          schedule: str = "cosine", decay_fraction: float = 0.2) -> float:
-    """Rate for optimizer step `step` (1-based): linear warmup from 0, then `schedule` down to min_lr, then flat.
+@dataclass(frozen=True)
+class LrSchedule:
+    """The numbers that fix the learning rate at every optimizer step: linear warmup from 0 over `warmup_steps`,
+    then `shape` (one of SCHEDULES) down to min_lr at max_iters, then flat."""
+    learning_rate: float
+    min_lr: float
+    warmup_steps: int
+    max_iters: int
+    shape: str = "cosine"
+    decay_fraction: float = 0.2  # wsd: the share of max_iters spent decaying
+
+    @classmethod
+    def of(cls, cfg) -> LrSchedule:
+        """The schedule a run's config asks for."""
+        return cls(cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_iters, cfg.lr_schedule, cfg.decay_fraction)
+
+
+def lr_at(step: int, schedule: LrSchedule) -> float:
+    """Rate for optimizer step `step` (1-based) under `schedule`.
 
     cosine: a half cosine from the end of warmup to max_iters. wsd (warmup-stable-decay): learning_rate
     until the last `decay_fraction` of max_iters, then a straight line to min_lr.
     lr_at(0) = 0, lr_at(warmup_steps) = learning_rate, lr_at(max_iters) = min_lr.
     """
-    if step < warmup_steps:
-        return learning_rate * step / warmup_steps
-    if step >= max_iters:
-        return min_lr
-    if schedule == "wsd":
-        remaining = (max_iters - step) / (decay_fraction * max_iters)  # of the decay: 1 at its start, 0 at its end
-        return learning_rate if remaining >= 1 else min_lr + remaining * (learning_rate - min_lr)
-    progress = (step - warmup_steps) / (max_iters - warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+    s = schedule
+    if step < s.warmup_steps:
+        return s.learning_rate * step / s.warmup_steps
+    if step >= s.max_iters:
+        return s.min_lr
+    if s.shape == "wsd":
+        remaining = (s.max_iters - step) / (s.decay_fraction * s.max_iters)  # of the decay: 1 at its start, 0 at end
+        return s.learning_rate if remaining >= 1 else s.min_lr + remaining * (s.learning_rate - s.min_lr)
+    progress = (step - s.warmup_steps) / (s.max_iters - s.warmup_steps)
+    return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.learning_rate - s.min_lr)
 
 
 class Schedule(torch.optim.lr_scheduler.LRScheduler):
-    """A torch scheduler whose rate after n `step()`s (one per optimizer step) is lr_at(n + 1) of `cfg`, times
+    """A torch scheduler whose rate after n `step()`s (one per optimizer step) is lr_at(n + 1) of `schedule`, times
     each group's `lr_scale` (Muon's group, whose peak is muon_lr rather than learning_rate).
 
     Its state dict is the step count alone, and the scales are this run's: loading a checkpoint's state moves
@@ -48,10 +65,8 @@ class Schedule(torch.optim.lr_scheduler.LRScheduler):
     after a step the fp16 loss scaler skipped.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg):
-        self.rate = functools.partial(lr_at, learning_rate=cfg.learning_rate, min_lr=cfg.min_lr,
-                                      warmup_steps=cfg.warmup_steps, max_iters=cfg.max_iters,
-                                      schedule=cfg.lr_schedule, decay_fraction=cfg.decay_fraction)
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: LrSchedule):
+        self.schedule = schedule
         self.scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         super().__init__(optimizer)
 
@@ -63,7 +78,7 @@ class Schedule(torch.optim.lr_scheduler.LRScheduler):
             super().step()
 
     def get_lr(self) -> list[float]:
-        return [self.rate(self.last_epoch + 1) * scale for scale in self.scales]
+        return [lr_at(self.last_epoch + 1, self.schedule) * scale for scale in self.scales]
 
     def state_dict(self) -> dict:
         return {"last_epoch": self.last_epoch}  # the key every torch scheduler saves its count under

@@ -38,9 +38,9 @@ from accel_train.models.gemma3 import Gemma3
 from accel_train.models.hf import hf_model_config, hf_state_dict
 from accel_train.training.hardware import resolve_hardware, switch_on
 from accel_train.training.micro_batch import StepPlan, plan_step
-from accel_train.training.optim import (Optimizers, build_optimizers, group_hyperparameters,
+from accel_train.training.optim import (OptimizerHyperparameters, Optimizers, build_optimizers, group_hyperparameters,
                                         restore_group_hyperparameters)
-from accel_train.training.schedule import Schedule
+from accel_train.training.schedule import LrSchedule, Schedule
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
 
@@ -85,19 +85,23 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, cfg, fused=plan.fused_adamw, mixed_precision=accelerator.mixed_precision)
+    optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=plan.fused_adamw,
+                                  mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
     loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           first_batch=first_batch, pin_memory=not plan.cpu, micro_batch=plan.micro_batch)
-    schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
+    schedule = LrSchedule.of(cfg)
+    schedulers = [Schedule(optimizer, schedule) for optimizer in optimizers]  # one each: Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
     start_from(cfg, accelerator, optimizer, resume_from, state["step"])
-    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state["run_id"]))
-    watch_model(accelerator, model, cfg)
+    on_main_process(accelerator, lambda: start_tracker(
+        accelerator, cfg.tracker, state["run_id"], cfg.to_dict(), out_dir=cfg.out_dir, run_name=cfg.run_name,
+        wandb_project=cfg.wandb_project, wandb_tags=cfg.wandb_tags))
+    watch_model(accelerator, model, cfg.watch_interval)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
         last_kept = state["step"] if state["evaluation_owed"] is None else state["step"] - 1

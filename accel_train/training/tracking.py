@@ -93,40 +93,41 @@ def check_tracker_installed(tracker: str) -> None:
                         f"pip install {tracker} (or choose another tracker)")
 
 
-def start_tracker(accelerator, cfg, run_id: str) -> None:
-    """Open the chosen tracker; wandb continues the run `run_id` when a checkpoint is resumed. A tracker that
-    does not start (wandb online without `wandb login`) is a UserError: a run must not go on without it.
-    Main process only: Accelerate starts trackers there."""
+def start_tracker(accelerator, tracker: str, run_id: str, hyperparameters: dict, *, out_dir, run_name: str,
+                  wandb_project: str, wandb_tags: str) -> None:
+    """Open `tracker` (a config's tracker key) with the run's nested config as `hyperparameters`; wandb continues
+    the run `run_id` when a checkpoint is resumed, in `wandb_project`, with the comma-separated `wandb_tags`.
+    A tracker that does not start (wandb online without `wandb login`) is a UserError: a run must not go on
+    without it. Main process only: Accelerate starts trackers there."""
     from accelerate.tracking import GeneralTracker
 
-    if cfg.tracker == "none":
+    if tracker == "none":
         return
     init_kwargs = {}
-    if cfg.tracker == "wandb":
-        init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": cfg.out_dir, "name": cfg.run_name or None,
-                                "tags": [tag.strip() for tag in cfg.wandb_tags.split(",") if tag.strip()]}
-    project = cfg.wandb_project if cfg.tracker == "wandb" else (cfg.run_name or "tensorboard")
+    if tracker == "wandb":
+        init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": out_dir, "name": run_name or None,
+                                "tags": [tag.strip() for tag in wandb_tags.split(",") if tag.strip()]}
+    project = wandb_project if tracker == "wandb" else (run_name or "tensorboard")
     try:
-        accelerator.init_trackers(project, config=flat_config(cfg.to_dict()), init_kwargs=init_kwargs)
+        accelerator.init_trackers(project, config=flat_config(hyperparameters), init_kwargs=init_kwargs)
     except Exception as err:  # whatever the tracker's library raises, the user needs its message, not a traceback
         reason = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise UserError(f"cannot start the {cfg.tracker} tracker: {reason}") from None
-    if type(accelerator.get_tracker(cfg.tracker)) is GeneralTracker:  # Accelerate's stand-in for a missing one
-        raise UserError(f"the {cfg.tracker} tracker did not start; check that {sys.executable} can import "
-                        f"{cfg.tracker}")
+        raise UserError(f"cannot start the {tracker} tracker: {reason}") from None
+    if type(accelerator.get_tracker(tracker)) is GeneralTracker:  # Accelerate's stand-in for a missing one
+        raise UserError(f"the {tracker} tracker did not start; check that {sys.executable} can import {tracker}")
 
 
-def watch_model(accelerator, model, cfg) -> None:
+def watch_model(accelerator, model, watch_interval: int) -> None:
     """Histograms of gradients and parameters every `watch_interval` optimizer steps, in each started tracker
     that can watch a model (wandb), as the seed's `run.watch` did. wandb counts backward passes, so the interval
     is scaled by the micro-batches per optimizer step (the accelerator's accumulation count, which `micro_batch`
     may make differ from the config's)."""
-    if not (cfg.watch_interval and accelerator.is_main_process):
+    if not (watch_interval and accelerator.is_main_process):
         return
     for tracker in accelerator.trackers:
         if hasattr(tracker.tracker, "watch"):
             tracker.tracker.watch(accelerator.unwrap_model(model, keep_torch_compile=False), log="all",
-                                  log_freq=cfg.watch_interval * accelerator.gradient_accumulation_steps)
+                                  log_freq=watch_interval * accelerator.gradient_accumulation_steps)
 
 
 def flat_config(d: dict, prefix: str = "") -> dict:
