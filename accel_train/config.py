@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
+from accel_train.mixture import parse_mix
 from accel_train.model import ModelConfig
 from accel_train.optim import require_muon
+from accel_train.order import SAMPLINGS
 from accel_train.schedule import SCHEDULES
 from accel_train.setting import setting
+from accel_train.windows import WINDOW_STARTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
@@ -32,6 +35,7 @@ SWITCHES = ("auto", "on", "off")
 OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("match_rms_adamw", "original")
 INT64_MAX = 2**63 - 1  # torch holds integers in 64 bits
+JSON_OBJECT_KEYS = ("data_mix",)  # str keys that a config file may also give as a JSON object
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -41,6 +45,14 @@ class TrainConfig:
 
     # data and outputs
     data_dir: str = setting("data/demo", "folder with train.bin, val.bin (or validation.bin) and meta.json")
+    data_mix: str = setting("", "several data folders with weights, trained on as one stream (data_dir is then "
+                                "unused): a JSON object {\"data/web\": 0.7, \"data/code\": 0.3} (in a config file, "
+                                "as an object) or data/web=0.7,data/code=0.3. Weights may change on resume")
+    sampling: str = setting("epoch", "the order of windows: epoch shows every window once per epoch, reshuffled each "
+                                     "epoch; random draws windows with replacement (the seed's way)", SAMPLINGS)
+    window_start: str = setting("any", "any: windows anywhere (every block_size tokens with sampling epoch); "
+                                       "document: windows start at document starts, and every block_size tokens "
+                                       "inside longer documents", WINDOW_STARTS)
     demo_data: bool = setting(False, "write the built-in demo corpus into data/demo if it holds no data, or an older "
                                      "version of it; any other missing data_dir is an error")
     out_dir: str = setting("out", "where metrics and checkpoints go")
@@ -164,6 +176,8 @@ class TrainConfig:
                                 f"got '{getattr(self, f.name)}'")
         if self.optimizer == "muon":
             require_muon()
+        if self.data_mix:
+            parse_mix(self.data_mix)
         if self.micro_batch and self.sequences_per_step % self.micro_batch:
             raise UserError(f"micro_batch ({self.micro_batch}) must divide batch_size x gradient_accumulation_steps "
                             f"({self.sequences_per_step}), the sequences of an optimizer "
@@ -251,6 +265,8 @@ def _coerce(key: str, value, tp, from_cli: bool):
             return float(value)
     elif tp is str and isinstance(value, str):
         return value
+    elif tp is str and isinstance(value, dict) and key in JSON_OBJECT_KEYS and not from_cli:
+        return json.dumps(value)  # a key whose value a config file may write as an object
     raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
 
 

@@ -36,6 +36,7 @@ from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish
                                     save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
+from accel_train.mixture import Source, check_compatible, parse_mix, sources_of
 from accel_train.errors import UserError, first_line, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
@@ -48,17 +49,20 @@ from accel_train.optim import (Optimizers, build_optimizers, group_settings, opt
                                restore_group_settings)
 from accel_train.plot import write_plot
 from accel_train.preemption import StopSignals, any_process
-from accel_train.resume import check_resumable, check_same_data, data_identity
+from accel_train.resume import check_resumable, check_same_data, run_identity
 from accel_train.schedule import Schedule, check_saved
 from accel_train.sample import sample_text
+from accel_train.stream import WindowStream
 from accel_train.run_lock import RunLock
 from accel_train.token_scan import largest_id
 from accel_train.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
+from accel_train.windows import boundary_token
 from accel_train.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                   start_tracker, watch_model)
 
 
 PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
+MIXTURE = "mixture"  # trainer-state key: data_mix's weights and each source's windows given, at next_batch
 
 
 def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
@@ -146,14 +150,22 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
         raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
 
 
-def check_data(cfg: TrainConfig) -> dict:
-    """Make the demo corpus if asked, then check both splits and meta.json against the model, down to every
-    token id: one beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
-    data_dir = Path(cfg.data_dir)
-    if cfg.demo_data:
+def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
+    """Make the demo corpus if asked, then check every source's folder (see check_folder) and, for a mixture,
+    that their token ids mean the same; each source's meta.json."""
+    if cfg.demo_data and not cfg.data_mix:
         from accel_train.demo_corpus import ensure_demo_data
 
-        ensure_demo_data(data_dir)
+        ensure_demo_data(Path(cfg.data_dir))
+    for source in sources:
+        split_path(Path(source.data_dir), "train")  # a missing folder is named as such, before meta.json is looked for
+    check_compatible(sources, [read_meta(Path(source.data_dir)) for source in sources])
+    return [check_folder(cfg, Path(source.data_dir)) for source in sources]
+
+
+def check_folder(cfg: TrainConfig, data_dir: Path) -> dict:
+    """Check both splits of `data_dir` and its meta.json against the model, down to every token id: one beyond
+    the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
     split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:
@@ -170,6 +182,8 @@ def check_data(cfg: TrainConfig) -> dict:
             raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
                             f"says {expected:,}: the file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
+    if cfg.window_start == "document":
+        boundary_token(meta, data_dir)
     vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
              else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
     for data in splits:  # the cheap checks above first: this one reads every token (once, see token_scan)
@@ -206,6 +220,13 @@ def val_tokens_per_byte(data_dir) -> float | None:
     return tokens / text_bytes if tokens and text_bytes else None
 
 
+def data_sources(cfg: TrainConfig) -> list[Source]:
+    """The folders the run trains on: data_mix's, or data_dir alone."""
+    if cfg.data_mix:
+        return sources_of(parse_mix(cfg.data_mix))
+    return [Source(Path(cfg.data_dir).resolve().name, cfg.data_dir, 1.0)]
+
+
 def fresh_state(cfg: TrainConfig, processes: int) -> dict:
     return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
             "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
@@ -222,7 +243,8 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
         check_saved(resume_from, optimizer_count(cfg.optimizer))
-    data = data_identity(cfg.data_dir, check_data(cfg))
+    sources = data_sources(cfg)
+    data = run_identity(cfg, sources, check_data(cfg, sources))
     if resume_from is not None:
         check_same_data(resume_from, state, data, cfg)
     state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
@@ -247,18 +269,19 @@ def on_main_process(accelerator: Accelerator, fn):
     return outcome[0]
 
 
-def on_every_process(accelerator: Accelerator, fn) -> None:
-    """fn() on every process; a UserError on any is raised by all, with the first failing process's message: only
-    rank 0 prints errors, and a process failing alone would leave the others waiting for it."""
+def on_every_process(accelerator: Accelerator, fn):
+    """fn() on every process, its result returned; a UserError on any is raised by all, with the first failing
+    process's message: only rank 0 prints errors, and a process failing alone would leave the others waiting."""
+    result = None
     try:
-        fn()
-        error = None
+        result, error = fn(), None
     except UserError as err:
         error = str(err)
     errors = gather_object([error]) if accelerator.num_processes > 1 else [error]
     failed = [message for message in errors if message is not None]
     if failed:
         raise UserError(failed[0])
+    return result
 
 
 def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
@@ -332,7 +355,8 @@ class Run:
     tokens_per_step: int  # all processes together
     flops_per_token: float
     peak_tflops: float | None
-    tokens_per_byte: float | None
+    stream: WindowStream
+    tokens_per_byte: list[float | None]  # of each source's validation split
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
 
 
@@ -374,9 +398,13 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
-    loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
+    sources = data_sources(cfg)
+    stream = on_every_process(accelerator, lambda: WindowStream(
+        sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
+        counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix)))
+    loader = train_loader(stream, cfg.block_size, first_batch=first_batch, pin_memory=not settings.cpu,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
+                          micro_batch=settings.micro_batch)
     schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
@@ -393,8 +421,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from, redo,
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
-               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
-               tokens_per_byte=val_tokens_per_byte(cfg.data_dir), lock=lock)
+               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), stream=stream,
+               tokens_per_byte=[val_tokens_per_byte(source.data_dir) for source in sources], lock=lock)
 
 
 def new_model(cfg: TrainConfig) -> Gemma3:
@@ -508,23 +536,48 @@ def evaluate_into(run: Run, record: dict, stop: StopSignals, report) -> bool:
     process agrees, batch by batch): then the record waits in the trainer state and the RNG that draws evaluation
     batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
     run makes. The prepared model autocasts by itself, so no extra context is needed."""
-    cfg, state, device = run.cfg, run.state, run.accelerator.device
+    state = run.state
     rng = torch.get_rng_state()  # get_batch draws from the CPU generator
-    losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                           device, device.type, data_dir=cfg.data_dir,
-                           stop_requested=lambda: any_process(stop.received is not None))
-    if losses is None:
+    per_source = source_losses(run, stop)
+    if per_source is None:
         torch.set_rng_state(rng)
         state[PENDING] = record
         return False
     state.pop(PENDING, None)
-    record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
-    if run.tokens_per_byte:
-        record["val_bpb"] = losses["val"] / math.log(2) * run.tokens_per_byte
-    if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
-        state["best_val_loss"] = losses["val"]
-    report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+    record.update(mixed_losses(run, per_source))
+    if state["best_val_loss"] is None or record["val_loss"] < state["best_val_loss"]:
+        state["best_val_loss"] = record["val_loss"]
+    report(f"step {record['step']}: train {record['train_eval_loss']:.4f}, val {record['val_loss']:.4f}")
     return True
+
+
+def source_losses(run: Run, stop: StopSignals) -> list[dict] | None:
+    """estimate_loss of each source in turn ({'train', 'val'} each); None where a stop signal cut one short."""
+    cfg, device, per_source = run.cfg, run.accelerator.device, []
+    for source in run.stream.sources:
+        losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
+                               device, device.type, data_dir=source.data_dir,
+                               stop_requested=lambda: any_process(stop.received is not None))
+        if losses is None:
+            return None
+        per_source.append(losses)
+    return per_source
+
+
+def mixed_losses(run: Run, per_source: list[dict]) -> dict:
+    """The metrics of an evaluation: val_loss, train_eval_loss and val_bpb averaged over the sources with the
+    mixture's weights (one folder: its own), and for a mixture each source's as val_loss/NAME, val_bpb/NAME."""
+    weights, names = run.stream.weights, [source.name for source in run.stream.sources]
+    bpb = [losses["val"] / math.log(2) * per_byte if per_byte else None
+           for losses, per_byte in zip(per_source, run.tokens_per_byte)]
+    out = {"val_loss": float(sum(w * losses["val"] for w, losses in zip(weights, per_source))),
+           "train_eval_loss": float(sum(w * losses["train"] for w, losses in zip(weights, per_source)))}
+    if None not in bpb:
+        out["val_bpb"] = float(sum(w * b for w, b in zip(weights, bpb)))
+    if run.cfg.data_mix:
+        out.update({f"val_loss/{name}": losses["val"] for name, losses in zip(names, per_source)})
+        out.update({f"val_bpb/{name}": b for name, b in zip(names, bpb) if b is not None})
+    return out
 
 
 def checkpoint(run: Run, step: int, val_loss: float | None) -> Path:
@@ -532,6 +585,9 @@ def checkpoint(run: Run, step: int, val_loss: float | None) -> Path:
     state, cfg = run.state, run.cfg
     state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
                  val_loss=val_loss)
+    if cfg.data_mix:  # a dropped source keeps its count, should it come back
+        counts = {**state.get(MIXTURE, {}).get("counts", {}), **run.stream.counts_at(state["next_batch"])}
+        state[MIXTURE] = {"weights": {s.name: s.weight for s in run.stream.sources}, "counts": counts}
     on_main_process(run.accelerator, run.lock.confirm)  # never save into a folder that replaced out_dir
     folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
     if run.accelerator.is_main_process:
