@@ -179,12 +179,11 @@ def _batch_as_is(batch):
     return batch
 
 
-def train_loader(stream, block_size: int, num_batches: int, first_batch: int = 0, pin_memory: bool = False,
-                 micro_batch: int = 0) -> torch.utils.data.DataLoader:
+def train_loader(stream, num_batches: int, first_batch: int = 0, pin_memory: bool = False, micro_batch: int = 0) -> torch.utils.data.DataLoader:
     """The training DataLoader (for `accelerate.prepare`) over global batches first_batch .. num_batches - 1 of
     `stream`, served as batches of `micro_batch` (see StreamBatches)."""
     # Its own generator: starting an iterator draws a seed, which must not come from the global RNG
     # that evaluation uses, or a resumed run's evaluations would differ from an uninterrupted run's.
-    return torch.utils.data.DataLoader(WindowDataset(stream.splits, block_size),
+    return torch.utils.data.DataLoader(WindowDataset(stream.splits, stream.block_size),
                                        batch_sampler=StreamBatches(stream, num_batches, first_batch, micro_batch),
                                        collate_fn=_batch_as_is, pin_memory=pin_memory, generator=torch.Generator())

@@ -25,7 +25,8 @@ class WindowStream:
     def __init__(self, sources: list[Source], block_size: int, batch_size: int, seed: int, sampling: str,
                  window_start: str, first_batch: int = 0, counts: dict[str, int] | None = None,
                  mixture: bool = False):
-        self.sources, self.batch_size, self.seed, self.mixture = sources, batch_size, seed, mixture
+        self.sources, self.block_size, self.batch_size, self.seed = sources, block_size, batch_size, seed
+        self.mixture = mixture
         self.splits = [open_split(str(source.data_dir), "train") for source in sources]
         self.window_sets = [window_set(split, block_size, window_start, sampling, source.data_dir, "train",
                                        read_meta(source.data_dir)) for split, source in zip(self.splits, sources)]

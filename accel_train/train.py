@@ -402,7 +402,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     stream = on_every_process(accelerator, lambda: WindowStream(
         sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
         counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix)))
-    loader = train_loader(stream, cfg.block_size, first_batch=first_batch, pin_memory=not settings.cpu,
+    loader = train_loader(stream, first_batch=first_batch, pin_memory=not settings.cpu,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           micro_batch=settings.micro_batch)
     schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
