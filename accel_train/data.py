@@ -179,7 +179,8 @@ def _batch_as_is(batch):
     return batch
 
 
-def train_loader(stream, num_batches: int, first_batch: int = 0, pin_memory: bool = False, micro_batch: int = 0) -> torch.utils.data.DataLoader:
+def train_loader(stream, num_batches: int, first_batch: int = 0, pin_memory: bool = False,
+                 micro_batch: int = 0) -> torch.utils.data.DataLoader:
     """The training DataLoader (for `accelerate.prepare`) over global batches first_batch .. num_batches - 1 of
     `stream`, served as batches of `micro_batch` (see StreamBatches)."""
     # Its own generator: starting an iterator draws a seed, which must not come from the global RNG

@@ -9,6 +9,7 @@ mixture decides which source each slot of a batch takes (accel_train.mixture).
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,13 @@ class WindowStream:
                         [(counts or {}).get(source.name, 0) for source in sources])
         self._tally = Tally(seed, self.weights, batch_size, first_batch, first_counts)
         self._checkpoint_tally = Tally(seed, self.weights, batch_size, first_batch, first_counts)
+
+    @classmethod
+    def of_folder(cls, data_dir, block_size: int, batch_size: int, seed: int, sampling: str = "epoch",
+                  window_start: str = "any", first_batch: int = 0) -> "WindowStream":
+        """The stream of one data folder, as a run with that data_dir draws it."""
+        return cls([Source(Path(data_dir).resolve().name, str(data_dir), 1.0)], block_size, batch_size, seed,
+                   sampling, window_start, first_batch)
 
     def _key(self, source: Source) -> tuple[int, ...]:
         """One folder's stream is the seed's alone (wherever the folder lies); a mixture's sources differ by name."""

@@ -41,8 +41,7 @@ def loader_starts(stream, num_batches, data, micro_batch=0, first_batch=0):
 
 
 def single(path, sampling="epoch", window_start="any", block_size=16, batch_size=4, first_batch=0):
-    return WindowStream([Source(path.name, str(path), 1.0)], block_size, batch_size, 7, sampling, window_start,
-                        first_batch)
+    return WindowStream.of_folder(path, block_size, batch_size, 7, sampling, window_start, first_batch)
 
 
 @pytest.fixture
