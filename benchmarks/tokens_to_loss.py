@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the streams and the model, for the --windows comparison
 TRAIN = str(REPO / "accel_train" / "train.py")
 MODEL = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
          "num_key_value_heads": 2, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 64,
@@ -114,12 +115,12 @@ def muon_keys(adamw_lr: float, lr: float, schedule: str = "cosine", adjust: str 
 def fixed_val_loss(checkpoint: Path, data: Path, vocab: int) -> float:
     """Mean loss of the model in `checkpoint` over every non-overlapping window of data's val split."""
     import torch
-    from safetensors.torch import load_file
 
+    from accel_train.checkpoint import load_weights
     from accel_train.model import Gemma3, ModelConfig
 
     model = Gemma3(ModelConfig(**MODEL, vocab_size=vocab))
-    model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    load_weights(model, checkpoint)
     model.eval()
     tokens = torch.from_numpy(np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64))
     n = (len(tokens) - 1) // 128

@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from accel_train.checkpoint import STATE_FILE
+from accel_train.plot import draw
 from accel_train.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TINYSTORIES, assert_one_error_line, max_difference, run_side_by_side,
                      subprocess_env, train)
@@ -92,6 +93,9 @@ def test_weights_changed_on_resume_after_a_sigkill_continue_exactly(folders, tmp
         assert {f"val_loss/{n}" for n in NAMES} | {f"val_bpb/{n}" for n in NAMES} <= row.keys()
         assert row["val_loss"] == pytest.approx(sum(w * row[f"val_loss/{n}"] for n, w in zip(NAMES, weights)))
         assert row["val_bpb"] == pytest.approx(sum(w * row[f"val_bpb/{n}"] for n, w in zip(NAMES, weights)))
+    lines = draw(read_metrics(reference)).axes[0].get_lines()  # the plot: a validation line per source
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in lines[2:]] == \
+        [([4, 8], [r[f"val_loss/{n}"] for r in evaluations]) for n in NAMES]
 
 
 def test_two_processes_train_a_document_aligned_mixture_as_one_does(folders, tmp_path):
