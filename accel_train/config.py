@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
-from accel_train.mixture import parse_mix
-from accel_train.model import ModelConfig
-from accel_train.optim import require_muon
-from accel_train.order import SAMPLINGS
-from accel_train.schedule import SCHEDULES
+from accel_train.data.mixture import parse_mix
+from accel_train.data.order import SAMPLINGS
+from accel_train.data.windows import WINDOW_STARTS
+from accel_train.models.gemma3 import ModelConfig
+from accel_train.training.optim import require_muon
+from accel_train.training.schedule import SCHEDULES
 from accel_train.setting import setting
-from accel_train.windows import WINDOW_STARTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"

@@ -2,7 +2,7 @@
 
     python -m accel_train.export --checkpoint out/demo --out hf/demo
 
-The mapping itself, and `--init_from` the other way, live in `accel_train/hf.py`.
+The mapping itself, and `--init_from` the other way, live in `accel_train/models/hf.py`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
-from accel_train.data import open_split
+from accel_train.data.tokens import open_split
 from accel_train.errors import Parser, UserError, run_cli
-from accel_train.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
-from accel_train.tokenizer import load_tokenizer
+from accel_train.models.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
+from accel_train.data.tokenizer import load_tokenizer
 
 
 SAMPLE_TOKENS = 4096  # of the validation split, decoded to check the exported tokenizer on the data's own text

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from accel_train.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_weights,
-                                    read_trainer_state, verified)
+from accel_train.checkpointing.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint,
+                                                  load_weights, read_trainer_state, verified)
 from accel_train.config import TrainConfig, config_from_dict
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
-from accel_train.model import Gemma3, KVCache
-from accel_train.tokenizer import load_tokenizer
+from accel_train.models.gemma3 import Gemma3, KVCache
+from accel_train.data.tokenizer import load_tokenizer
 
 
 def find_checkpoint(path) -> Path:

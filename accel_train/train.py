@@ -31,34 +31,34 @@ from accelerate.utils import (DataLoaderConfiguration, TorchDynamoPlugin, broadc
 from torch._functorch import config as functorch_config
 from tqdm.auto import tqdm
 
-from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping, launch_layout,
-                                    list_checkpoints, load_state, prune, read_trainer_state, resolve_resume,
-                                    save_checkpoint, update_best)
+from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping,
+                                                  launch_layout, list_checkpoints, load_state, prune,
+                                                  read_trainer_state, resolve_resume, save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
-from accel_train.data import open_split, read_meta, split_path, train_loader
-from accel_train.mixture import Source, check_compatible, parse_mix, sources_of
+from accel_train.data.mixture import Source, check_compatible, parse_mix, sources_of
+from accel_train.data.tokens import open_split, read_meta, split_path, train_loader
 from accel_train.errors import UserError, first_line, run_cli
-from accel_train.evaluate import estimate_loss
-from accel_train.hf import hf_model_config, hf_state_dict
-from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
-from accel_train.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
-                                  die_with_launcher, outlive_lost_output)
-from accel_train.model import Gemma3
-from accel_train.optim import (Optimizers, build_optimizers, group_settings, optimizer_count,
-                               restore_group_settings)
+from accel_train.evaluation.validation import estimate_loss
+from accel_train.models.hf import hf_model_config, hf_state_dict
+from accel_train.models.flops import flops_per_token, mfu, peak_tflops
+from accel_train.training.hardware import Settings, resolve_hardware, resolve_settings, switch_on
+from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
+                                              die_with_launcher, outlive_lost_output)
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.optim import (Optimizers, build_optimizers, group_settings, optimizer_count,
+                                        restore_group_settings)
 from accel_train.plot import write_plot
-from accel_train.preemption import StopSignals, any_process
-from accel_train.resume import check_resumable, check_same_data, run_identity
-from accel_train.schedule import Schedule, check_saved
+from accel_train.distributed.preemption import StopSignals, any_process
+from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
+from accel_train.training.schedule import Schedule, check_saved
 from accel_train.sample import sample_text
-from accel_train.stream import WindowStream
-from accel_train.run_lock import RunLock
-from accel_train.token_scan import largest_id
-from accel_train.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
-from accel_train.windows import boundary_token
-from accel_train.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
-                                  start_tracker, watch_model)
+from accel_train.checkpointing.run_lock import RunLock
+from accel_train.data.token_scan import largest_id
+from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
+from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
+                                           start_tracker, watch_model)
+from accel_train.data.stream import WindowStream
+from accel_train.data.windows import boundary_token
 
 
 PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a step saved before its evaluation
@@ -154,7 +154,7 @@ def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
     """Make the demo corpus if asked, then check every source's folder (see check_folder) and, for a mixture,
     that their token ids mean the same; each source's meta.json."""
     if cfg.demo_data and not cfg.data_mix:
-        from accel_train.demo_corpus import ensure_demo_data
+        from accel_train.data.demo_corpus import ensure_demo_data
 
         ensure_demo_data(Path(cfg.data_dir))
     for source in sources:

@@ -21,8 +21,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from accel_train.mixture import parse_mix, sources_of  # noqa: E402
-from accel_train.stream import WindowStream  # noqa: E402
+from accel_train.data.mixture import parse_mix, sources_of  # noqa: E402
+from accel_train.data.stream import WindowStream  # noqa: E402
 
 NAMES = ("web", "books", "code")
 

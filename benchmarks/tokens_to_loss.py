@@ -116,8 +116,8 @@ def fixed_val_loss(checkpoint: Path, data: Path, vocab: int) -> float:
     """Mean loss of the model in `checkpoint` over every non-overlapping window of data's val split."""
     import torch
 
-    from accel_train.checkpoint import load_weights
-    from accel_train.model import Gemma3, ModelConfig
+    from accel_train.checkpointing.checkpoint import load_weights
+    from accel_train.models.gemma3 import Gemma3, ModelConfig
 
     model = Gemma3(ModelConfig(**MODEL, vocab_size=vocab))
     load_weights(model, checkpoint)
@@ -132,8 +132,8 @@ def fixed_val_loss(checkpoint: Path, data: Path, vocab: int) -> float:
 
 def never_seen(keys: dict, data: Path, windows: int, batch_size: int) -> float:
     """The share of training tokens that `windows` windows of the stream `keys` name never show as an input."""
-    from accel_train.mixture import Source
-    from accel_train.stream import WindowStream
+    from accel_train.data.mixture import Source
+    from accel_train.data.stream import WindowStream
 
     stream = WindowStream([Source("data", str(data), 1.0)], 128, batch_size, 1337, keys.get("sampling", "epoch"),
                           keys.get("window_start", "any"))

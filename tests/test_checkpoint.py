@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from accel_train.checkpoint import (STATE_FILE, checkpoints_root, latest_checkpoint, list_checkpoints, prune,
-                                    resolve_resume, update_best, verify, write_manifest)
+from accel_train.checkpointing.checkpoint import (STATE_FILE, checkpoints_root, latest_checkpoint, list_checkpoints,
+                                                  prune, resolve_resume, update_best, verify, write_manifest)
 from accel_train.errors import UserError
 
 

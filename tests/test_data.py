@@ -7,9 +7,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from accel_train.data import StreamBatches, get_batch, train_loader
+from accel_train.data.tokens import StreamBatches, get_batch, train_loader
 from accel_train.errors import UserError
-from accel_train.stream import WindowStream
+from accel_train.data.stream import WindowStream
 
 
 def write_split(folder, name, tokens, dtype="uint32", vocab_size=None):

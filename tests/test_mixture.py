@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.checkpoint import STATE_FILE
+from accel_train.checkpointing.checkpoint import STATE_FILE
 from accel_train.plot import draw
-from accel_train.tracking import read_metrics
+from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TINYSTORIES, assert_one_error_line, max_difference, run_side_by_side,
                      subprocess_env, train)
 from interrupt import comparable_rows, kill_all, start, wait_until

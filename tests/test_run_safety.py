@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.checkpoint import list_checkpoints, verify, write_manifest
+from accel_train.checkpointing.checkpoint import list_checkpoints, verify, write_manifest
 from accel_train.config import load_config
 from accel_train.errors import UserError
-from accel_train.schedule import lr_at
-from accel_train.tracking import read_metrics
+from accel_train.training.schedule import lr_at
+from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TRAIN, assert_one_error_line, command, max_difference, run_side_by_side,
                      snapshot, subprocess_env, train)
 from interrupt import kill_all, reached_step, start, wait_until

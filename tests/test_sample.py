@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from accel_train.model import Gemma3, ModelConfig
+from accel_train.models.gemma3 import Gemma3, ModelConfig
 from accel_train.sample import generate
 from helpers import TINY_MODEL, run, tinystories, train
 

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from accel_train import windows
-from accel_train.data import StreamBatches, train_loader
-from accel_train.mixture import Source, parse_mix
+from accel_train.data import windows
+from accel_train.data.tokens import StreamBatches, train_loader
+from accel_train.data.mixture import Source, parse_mix
 from accel_train.errors import UserError
-from accel_train.stream import WindowStream
+from accel_train.data.stream import WindowStream
 
 EOT = 999
 

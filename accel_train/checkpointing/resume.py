@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from accel_train.config import TrainConfig
-from accel_train.data import SPLIT_FILES, open_split
+from accel_train.data.tokens import SPLIT_FILES, open_split
 from accel_train.errors import UserError
 
 SAMPLED_CHUNKS = 16  # chunks of each split hashed, spread evenly from its first byte to its last

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from accel_train.data import open_split, read_meta
-from accel_train.mixture import Source, Tally, slot_sources
-from accel_train.order import window_order
-from accel_train.windows import window_set
+from accel_train.data.tokens import open_split, read_meta
+from accel_train.data.mixture import Source, Tally, slot_sources
+from accel_train.data.order import window_order
+from accel_train.data.windows import window_set
 
 
 class WindowStream:
