@@ -37,7 +37,8 @@ from accel_train.models.flops import flops_per_token, mfu, peak_tflops
 from accel_train.training.hardware import Settings, resolve_settings
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.tracking import read_metrics
-from accel_train.train import make_accelerator, train
+from accel_train.train import train
+from accel_train.training.start import make_accelerator
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

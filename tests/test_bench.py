@@ -16,7 +16,8 @@ from accel_train.models.flops import flops_per_token, mfu
 from accel_train.training.micro_batch import divisors_descending, largest_fitting
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.tracking import read_metrics
-from accel_train.train import make_accelerator, train
+from accel_train.train import train
+from accel_train.training.start import make_accelerator
 from helpers import TINY_MODEL, run
 
 SMALL_RUN = ["--batch_size", "4", "--gradient_accumulation_steps", "4", "--warmup_steps", "1", "--eval_iters", "1",
