@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
+from accel_train.data.mixture import parse_mix
+from accel_train.data.order import SAMPLINGS
+from accel_train.data.windows import WINDOW_STARTS
 from accel_train.models.gemma3 import ModelConfig
 from accel_train.training.optim import require_muon
 from accel_train.training.schedule import SCHEDULES
@@ -39,6 +42,7 @@ NONFINITE = ("stop", "skip")
 SWITCHES = ("auto", "on", "off")
 OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("match_rms_adamw", "original")
+JSON_OBJECT_KEYS = ("data_mix",)  # str keys that a config file may also give as a JSON object
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SHRINKS_PAST_ZERO = "each step would shrink the weights past zero"
 
@@ -60,6 +64,14 @@ class TrainConfig:
 
     # data and outputs
     data_dir: str = setting("data/demo", "folder with train.bin, val.bin (or validation.bin) and meta.json")
+    data_mix: str = setting("", "several data folders with weights, trained on as one stream (data_dir is then "
+                                "unused): a JSON object {\"data/web\": 0.7, \"data/code\": 0.3} (in a config file, "
+                                "as an object) or data/web=0.7,data/code=0.3. Weights may change on resume")
+    sampling: str = setting("epoch", "the order of windows: epoch shows every window once per epoch, reshuffled each "
+                                     "epoch; random draws windows with replacement (the seed's way)", SAMPLINGS)
+    window_start: str = setting("any", "any: windows anywhere (every block_size tokens with sampling epoch); "
+                                       "document: windows start at document starts, and every block_size tokens "
+                                       "inside longer documents", WINDOW_STARTS)
     demo_data: bool = setting(False, "write the built-in demo corpus into data/demo if it holds no data, or an older "
                                      "version of it; any other missing data_dir is an error")
     out_dir: str = setting("out", "where metrics and checkpoints go")
@@ -168,6 +180,8 @@ class TrainConfig:
         check(self)
         if self.optimizer == "muon":
             require_muon()
+        if self.data_mix:
+            parse_mix(self.data_mix)
         return self
 
     @property
@@ -217,6 +231,8 @@ def _coerce(key: str, value, tp, from_cli: bool, noun: str = "config key"):
             return float(value)
     elif tp is str and isinstance(value, str):
         return value
+    elif tp is str and isinstance(value, dict) and key in JSON_OBJECT_KEYS and not from_cli:
+        return json.dumps(value)  # a key whose value a config file may write as an object
     raise UserError(f"{noun} '{key}' must be {_type_name(tp)}, got {value!r}")
 
 

@@ -1,4 +1,5 @@
-"""Draw a run's `metrics.jsonl` into one PNG: loss (and val_bpb), learning rate, gradient norm and throughput.
+"""Draw a run's `metrics.jsonl` into one PNG: loss (and val_bpb; each source's too for a mixture), learning rate,
+gradient norm and throughput.
 
     python -m accel_train.plot out/demo            # writes out/demo/metrics.png
 
@@ -26,6 +27,11 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [r["step"] for r in rows], [r[key] for r in rows]
 
 
+def source_keys(records: list[dict], prefix: str) -> list[str]:
+    """The per-source keys under `prefix` (val_loss/NAME of a mixture), in the order they first appear."""
+    return list(dict.fromkeys(key for r in records for key in r if key.startswith(prefix)))
+
+
 def draw(records: list[dict], title: str = ""):
     """A 2 x 2 matplotlib Figure of the metrics rows."""
     import matplotlib
@@ -37,6 +43,8 @@ def draw(records: list[dict], title: str = ""):
     (loss, lr), (grad, speed) = axes
     loss.plot(*series(records, "loss"), label="train (step mean)", color="tab:blue", alpha=0.7)
     loss.plot(*series(records, "val_loss"), "o-", label="validation", color="tab:orange")
+    for key in source_keys(records, "val_loss/"):  # a mixture: each source's validation loss
+        loss.plot(*series(records, key), ".:", label=f"validation, {key.partition('/')[2]}", alpha=0.8)
     loss.set(ylabel="loss (nats/token)", title="loss")
     loss.legend()
     if any("val_bpb" in r for r in records):  # bits per byte of text: comparable across tokenizers

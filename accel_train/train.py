@@ -32,7 +32,7 @@ from accel_train.evaluation.validation import estimate_loss
 from accel_train.models.flops import mfu
 from accel_train.plot import write_plot
 from accel_train.sample import sample_text
-from accel_train.training.start import Run, build_run
+from accel_train.training.start import MIXTURE, Run, build_run
 
 
 def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
@@ -204,21 +204,46 @@ def evaluate(run: Run, step: int, stop: StopSignals, report) -> dict | None:
     process agrees, batch by batch). They are one unit: cut short, all of them are owed, and the CPU generator
     that draws their batches is rewound to where they began, so that the checkpoint saved next redoes exactly
     the evaluations an uninterrupted run makes. The prepared model autocasts by itself: no extra context."""
-    cfg, state, device = run.cfg, run.state, run.accelerator.device
+    state = run.state
     rng = torch.get_rng_state()
-    losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                           device, device.type, data_dir=cfg.data_dir,
-                           stop_requested=lambda: any_process(stop.received is not None))
-    if losses is None:
+    per_source = source_losses(run, stop)
+    if per_source is None:
         torch.set_rng_state(rng)
         return None
-    evaluations = {"val_loss": losses["val"], "train_eval_loss": losses["train"]}
-    if run.tokens_per_byte:
-        evaluations["val_bpb"] = losses["val"] / math.log(2) * run.tokens_per_byte
-    if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
-        state["best_val_loss"] = losses["val"]
-    report(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+    evaluations = mixed_losses(run, per_source)
+    if state["best_val_loss"] is None or evaluations["val_loss"] < state["best_val_loss"]:
+        state["best_val_loss"] = evaluations["val_loss"]
+    report(f"step {step}: train {evaluations['train_eval_loss']:.4f}, val {evaluations['val_loss']:.4f}")
     return evaluations
+
+
+def source_losses(run: Run, stop: StopSignals) -> list[dict] | None:
+    """estimate_loss of each source in turn ({'train', 'val'} each); None where a stop signal cut one short."""
+    cfg, device, per_source = run.cfg, run.accelerator.device, []
+    for source in run.stream.sources:
+        losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
+                               device, device.type, data_dir=source.data_dir,
+                               stop_requested=lambda: any_process(stop.received is not None))
+        if losses is None:
+            return None
+        per_source.append(losses)
+    return per_source
+
+
+def mixed_losses(run: Run, per_source: list[dict]) -> dict:
+    """The metrics of an evaluation: val_loss, train_eval_loss and val_bpb averaged over the sources with the
+    mixture's weights (one folder: its own), and for a mixture each source's as val_loss/NAME, val_bpb/NAME."""
+    weights, names = run.stream.weights, [source.name for source in run.stream.sources]
+    bpb = [losses["val"] / math.log(2) * per_byte if per_byte else None
+           for losses, per_byte in zip(per_source, run.tokens_per_byte)]
+    out = {"val_loss": float(sum(w * losses["val"] for w, losses in zip(weights, per_source))),
+           "train_eval_loss": float(sum(w * losses["train"] for w, losses in zip(weights, per_source)))}
+    if None not in bpb:
+        out["val_bpb"] = float(sum(w * b for w, b in zip(weights, bpb)))
+    if run.cfg.data_mix:
+        out.update({f"val_loss/{name}": losses["val"] for name, losses in zip(names, per_source)})
+        out.update({f"val_bpb/{name}": b for name, b in zip(names, bpb) if b is not None})
+    return out
 
 
 def save_run(run: Run, step: int, val_loss: float | None) -> Path:
@@ -226,6 +251,9 @@ def save_run(run: Run, step: int, val_loss: float | None) -> Path:
     state, cfg = run.state, run.cfg
     state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
                  val_loss=val_loss)
+    if cfg.data_mix:  # a dropped source keeps its count, should it come back
+        counts = {**state.get(MIXTURE, {}).get("counts", {}), **run.stream.counts_at(state["next_batch"])}
+        state[MIXTURE] = {"weights": {s.name: s.weight for s in run.stream.sources}, "counts": counts}
     on_main_process(run.accelerator, run.lock.confirm)  # never save into a folder that replaced out_dir
     folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
     if run.accelerator.is_main_process:

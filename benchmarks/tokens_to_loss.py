@@ -19,6 +19,12 @@ the same seed, data stream, steps and evaluation batches; only the optimizer key
 
 A run whose metrics are already complete in `--work` is not run again, so an interrupted benchmark
 continues where it stopped. Prints the sweep, then the four-way table, as Markdown.
+
+`--windows` compares the data streams instead, AdamW + cosine at `--windows_lr` for each: random windows
+(`sampling random`), every window once per epoch (`sampling epoch`) and document-aligned windows
+(`window_start document`). Every run saves a checkpoint at each evaluation, and each checkpoint is scored
+here on one fixed evaluation set, the same for all: every non-overlapping window of the val split. It also
+prints the share of training tokens each stream never shows as an input over the run's windows.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the streams and the model, for the --windows comparison
 TRAIN = str(REPO / "accel_train" / "train.py")
 MODEL = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
          "num_key_value_heads": 2, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 64,
@@ -105,6 +112,62 @@ def muon_keys(adamw_lr: float, lr: float, schedule: str = "cosine", adjust: str 
     return {**adamw_keys(adamw_lr, schedule), "optimizer": "muon", "muon_lr": lr, "muon_adjust_lr": adjust}
 
 
+def fixed_val_loss(checkpoint: Path, data: Path, vocab: int) -> float:
+    """Mean loss of the model in `checkpoint` over every non-overlapping window of data's val split."""
+    import torch
+
+    from accel_train.checkpointing.checkpoint import load_weights
+    from accel_train.models.gemma3 import Gemma3, ModelConfig
+
+    model = Gemma3(ModelConfig(**MODEL, vocab_size=vocab))
+    load_weights(model, checkpoint)
+    model.eval()
+    tokens = torch.from_numpy(np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64))
+    n = (len(tokens) - 1) // 128
+    x, y = tokens[:n * 128].view(n, 128), tokens[1:n * 128 + 1].view(n, 128)
+    with torch.no_grad():
+        losses = [model(x[i:i + 64], y[i:i + 64])[1].item() * len(x[i:i + 64]) for i in range(0, n, 64)]
+    return sum(losses) / n
+
+
+def never_seen(keys: dict, data: Path, windows: int, batch_size: int) -> float:
+    """The share of training tokens that `windows` windows of the stream `keys` name never show as an input."""
+    from accel_train.data.mixture import Source
+    from accel_train.data.stream import WindowStream
+
+    stream = WindowStream([Source("data", str(data), 1.0)], 128, batch_size, 1337, keys.get("sampling", "epoch"),
+                          keys.get("window_start", "any"))
+    seen = np.zeros(stream.splits[0].num_tokens, dtype=bool)
+    for b in range(windows // batch_size):
+        for _, start in stream.batch(b):
+            seen[start:start + 128] = True
+    return 1 - seen.mean()
+
+
+def compare_windows(data: Path, work: Path, args) -> None:
+    """The --windows comparison (see the module's docstring), printed as Markdown."""
+    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
+    streams = {"random windows": {"sampling": "random"}, "every window once per epoch": {"sampling": "epoch"},
+               "document-aligned, once per epoch": {"sampling": "epoch", "window_start": "document"}}
+    print("| stream | keys | train tokens never an input | fixed-set val loss by tokens |\n| --- | --- | --- | --- |")
+    curves = {}
+    for label, keys in streams.items():
+        name = f"windows_{keys.get('sampling')}_{keys.get('window_start', 'any')}"
+        run(name, {**adamw_keys(args.windows_lr), **keys, "checkpoint_interval": args.steps // 10, "keep_last": 0},
+            data, work, args)
+        folders = sorted((work / name / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+        curves[label] = [(int(p.name[5:]) * args.batch_size * 128, fixed_val_loss(p, data, vocab)) for p in folders]
+        unseen = never_seen(keys, data, args.steps * args.batch_size, args.batch_size)
+        print(f"| {label} | `{json.dumps(keys)}` | {unseen:.1%} | "
+              + ", ".join(f"{t:,}: {loss:.3f}" for t, loss in curves[label]) + " |", flush=True)
+    target = curves["random windows"][-1][1]
+    print(f"\ntarget: random windows' final fixed-set loss {target:.4f}\n\n| stream | final loss | tokens to target |"
+          "\n| --- | --- | --- |")
+    for label, curve in curves.items():
+        reached = tokens_to_reach([{"tokens": t, "val_loss": loss} for t, loss in curve], target)
+        print(f"| {label} | {curve[-1][1]:.4f} | {f'{reached:,.0f}' if reached is not None else 'not reached'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text", default="/work/shared/data/tinystories_sample.txt")
@@ -115,9 +178,13 @@ def main() -> None:
     parser.add_argument("--adamw_lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1")
     parser.add_argument("--muon_lrs", default="3e-3,1e-2,3e-2,1e-1")
     parser.add_argument("--original_lr", type=float, default=0.02)
+    parser.add_argument("--windows", action="store_true", help="compare the data streams (see above)")
+    parser.add_argument("--windows_lr", type=float, default=0.1)
     args = parser.parse_args()
     work = Path(args.work)
     data = prepare(Path(args.text), work)
+    if args.windows:
+        return compare_windows(data, work, args)
     runs = {}  # name -> (keys, evaluation rows)
 
     def do(name: str, keys: dict) -> list[dict]:

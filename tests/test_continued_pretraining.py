@@ -11,6 +11,7 @@ import torch
 from accel_train.data.tokens import train_loader
 from accel_train.models.hf import hf_config
 from accel_train.models.gemma3 import ModelConfig
+from accel_train.data.stream import WindowStream
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINYSTORIES, run, tinystories, train
 
@@ -63,7 +64,7 @@ def test_the_readme_recipe_continues_gemma_pretraining(gemma_folder, tmp_path):
 
     # the first step's loss is the loaded model's, as transformers computes it on the same batch
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gemma_folder), dtype=torch.float32).eval()
-    x, y = next(iter(train_loader(data, 32, 4, seed=1337, num_batches=1)))
+    x, y = next(iter(train_loader(WindowStream.of_folder(data, 32, 4, seed=1337), num_batches=1)))
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()).item()
     first = read_metrics(out)[0]

@@ -13,6 +13,7 @@ from accel_train.data.tokens import train_loader
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.optim import build_optimizer
 from accel_train.training.schedule import LrSchedule, Schedule
+from accel_train.data.stream import WindowStream
 from accel_train.train import train_step
 from accel_train.training.start import make_accelerator
 from helpers import TINY_MODEL, bf16_losses_and_grads
@@ -35,7 +36,8 @@ def test_training_steps_do_not_synchronize(demo_data_dir, compile):
     accelerator = make_accelerator(cfg)
     model = Gemma3(cfg.model)
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=True)
-    loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed, num_batches=40, pin_memory=True)
+    loader = train_loader(WindowStream.of_folder(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed),
+                          num_batches=40, pin_memory=True)
     scheduler = Schedule(optimizer, LrSchedule.of(cfg))
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     batches = iter(loader)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from accel_train.data.tokens import RandomWindowBatches, get_batch, open_split, train_loader
+from accel_train.data.tokens import StreamBatches, get_batch, train_loader
 from accel_train.errors import UserError
+from accel_train.data.stream import WindowStream
 
 
 def write_split(folder, name, tokens, dtype="uint32", vocab_size=None):
@@ -87,17 +88,29 @@ def test_bad_splits_are_user_errors(tmp_path):
         get_batch("train", 10, 2, "cpu", "cpu", data_dir=folder)
 
 
-def test_window_stream_is_a_function_of_seed_and_batch_index():
-    full = list(RandomWindowBatches(1000, 4, seed=7, num_batches=10))
-    assert full == list(RandomWindowBatches(1000, 4, seed=7, num_batches=10))
-    assert list(RandomWindowBatches(1000, 4, seed=7, num_batches=10, first_batch=6)) == full[6:]
-    assert full != list(RandomWindowBatches(1000, 4, seed=8, num_batches=10))
-    assert all(0 <= s < 1000 for batch in full for s in batch)
+@pytest.mark.parametrize("sampling", ["epoch", "random"])
+def test_window_stream_is_a_function_of_seed_and_batch_index(counting_data, sampling):
+    def batches(seed, first_batch=0):
+        stream = WindowStream.of_folder(counting_data, 16, 4, seed, sampling, first_batch=first_batch)
+        return list(StreamBatches(stream, num_batches=10, first_batch=first_batch))
+
+    full = batches(7)
+    assert full == batches(7)
+    assert batches(7, first_batch=6) == full[6:]
+    assert full != batches(8)
+    assert all(source == 0 and 0 <= start <= 100_000 - 17 for batch in full for source, start in batch)
+
+
+def test_random_sampling_draws_the_seeds_windows(counting_data):
+    """sampling random is the stream runs drew before the epoch order: batch b from numpy's generator (seed, b)."""
+    stream = WindowStream.of_folder(counting_data, 16, 4, 7, "random")
+    assert [start for _, start in stream.batch(3)] == \
+        np.random.default_rng((7, 3)).integers(0, 100_000 - 16, 4).tolist()
 
 
 def test_prepared_loader_yields_the_stream(counting_data):
-    loader = train_loader(counting_data, block_size=16, batch_size=4, seed=5, num_batches=6)
-    prepared = Accelerator(cpu=True).prepare(loader)
-    expected = list(RandomWindowBatches(open_split(str(counting_data), "train").num_windows(16), 4, 5, 6))
+    stream = WindowStream.of_folder(counting_data, 16, 4, 5)
+    prepared = Accelerator(cpu=True).prepare(train_loader(stream, num_batches=6))
+    expected = [[start for _, start in batch] for batch in StreamBatches(stream, 6)]
     got = [x[:, 0].tolist() for x, _ in prepared]  # token i is i: the first token is the start
     assert got == expected

@@ -35,6 +35,7 @@ def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int)
         raise UserError(f"the checkpoint {folder} holds the state of optimizer {saved_optimizer}, this run asks for "
                         f"{cfg.optimizer}; resume with --optimizer {saved_optimizer} or start a new out_dir")
     _check_data_stream(folder, state, cfg, processes)
+    _check_window_stream(folder, state, cfg)
 
 
 def _processes(n: int) -> str:
@@ -65,6 +66,30 @@ def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: i
                         f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
 
 
+def run_identity(cfg: TrainConfig, sources: list, metas: list[dict]) -> dict:
+    """data_identity of data_dir, or of each source of data_mix, by its name."""
+    if not cfg.data_mix:
+        return data_identity(cfg.data_dir, metas[0])
+    return {"sources": {source.name: data_identity(source.data_dir, meta) for source, meta in zip(sources, metas)}}
+
+
+def _check_window_stream(folder: Path, state: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume `folder` with other windows or another order of them, or to turn one data folder into a
+    mixture (or back): the stream would not continue where it stopped. Checkpoints from before these keys drew
+    random windows anywhere from one folder."""
+    saved = state["config"]
+    was = {"sampling": saved.get("sampling", "random"), "window_start": saved.get("window_start", "any")}
+    changed = [f"{key} is {value} there, {getattr(cfg, key)} here" for key, value in was.items()
+               if value != getattr(cfg, key)]
+    if bool(saved.get("data_mix")) != bool(cfg.data_mix):
+        changed.append("it trained on " + ("data_mix" if saved.get("data_mix") else "data_dir") + ", this run on "
+                       + ("data_mix" if cfg.data_mix else "data_dir"))
+    if changed:
+        fixes = " ".join(f"--{key} {value}" for key, value in was.items() if value != getattr(cfg, key))
+        raise UserError(f"resuming {folder} would change its data stream ({'; '.join(changed)}); resume with "
+                        f"{fixes or 'the data settings it was trained with'}, or start a new out_dir")
+
+
 def data_identity(data_dir, meta: dict) -> dict:
     """What identifies the data in `data_dir`, and not where it lies: each split's token count and a hash of
     a few chunks at fixed places in it (a whole-file hash would read terabytes at every start), and what
@@ -92,17 +117,29 @@ def check_same_data(folder: Path, state: dict, identity: dict, cfg: TrainConfig)
     changed = _differences(state["data"], identity)
     if not changed:
         return
+    where = "data_mix's folders" if cfg.data_mix else cfg.data_dir
     if cfg.accept_data_change:
-        print(f"note: the data in {cfg.data_dir} is not what {folder} was trained on ({'; '.join(changed)}); "
+        print(f"note: the data in {where} is not what {folder} was trained on ({'; '.join(changed)}); "
               "continuing on it, as accept_data_change asks")
         return
-    raise UserError(f"the data in {cfg.data_dir} is not what {folder} was trained on ({'; '.join(changed)}), so the "
-                    "resumed data stream would point into other text; point --data_dir at that data (it was in "
-                    f"{state['config']['data_dir']}), set --accept_data_change true to continue on this data on "
-                    "purpose, or start a new out_dir")
+    key, was = ("data_mix", state["config"].get("data_mix")) if cfg.data_mix else ("--data_dir",
+                                                                                  state["config"]["data_dir"])
+    raise UserError(f"the data in {where} is not what {folder} was trained on ({'; '.join(changed)}), so the "
+                    f"resumed data stream would point into other text; point {key} at that data (it was {was}), set "
+                    "--accept_data_change true to continue on this data on purpose, or start a new out_dir")
 
 
 def _differences(saved: dict, identity: dict) -> list[str]:
+    """What differs between the saved identity and this run's: of the folder, or of each source that both
+    mixtures hold (a source added on resume starts from its first window; one dropped keeps its count)."""
+    if "sources" not in identity:
+        return _folder_differences(saved, identity)
+    was = saved.get("sources", {})
+    return [f"{name}: {difference}" for name, now in identity["sources"].items() if name in was
+            for difference in _folder_differences(was[name], now)]
+
+
+def _folder_differences(saved: dict, identity: dict) -> list[str]:
     was_meta = saved.get("meta", {})
     changed = [f"meta.json's {key} is {was_meta.get(key)} there, {value} here"
                for key, value in identity["meta"].items() if was_meta.get(key) != value]

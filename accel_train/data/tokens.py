@@ -1,8 +1,9 @@
 """Token data: memmapped `.bin` splits, the seed's `get_batch`, and the loader the Accelerator prepares.
 
 A split is a flat array of token ids (`train.bin`, `val.bin` or the seed's `validation.bin`)
-described by `meta.json`. A training example is a random window of `block_size + 1` tokens;
-windows are gathered with one vectorized index instead of a Python loop of slices.
+described by `meta.json`. A training example is a window of `block_size + 1` tokens (which windows, and in
+which order: accel_train.stream); windows are gathered with one vectorized index instead of a Python loop
+of slices.
 """
 
 from __future__ import annotations
@@ -127,46 +128,48 @@ def get_batch(split, block_size, batch_size, device, device_type, data_dir="data
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Map-style view of a split whose items are window start positions; fetches whole batches."""
+    """Map-style view of the training sources whose items are (source index, window start) pairs; fetches whole
+    batches, each source's windows in one vectorized read."""
 
-    def __init__(self, data: TokenFile, block_size: int):
-        self.data, self.block_size = data, block_size
+    def __init__(self, sources: list, block_size: int):
+        self.sources, self.block_size = sources, block_size
 
-    def __len__(self) -> int:
-        return self.data.num_windows(self.block_size)
-
-    def __getitem__(self, start: int):
-        x, y = self.data.windows(np.array([start]), self.block_size)
+    def __getitem__(self, item: tuple[int, int]):
+        x, y = self.__getitems__([item])
         return x[0], y[0]
 
-    def __getitems__(self, starts: list[int]):
-        return self.data.windows(np.array(starts), self.block_size)
+    def __getitems__(self, items: list[tuple[int, int]]):
+        which, starts = np.array(items, dtype=np.int64).reshape(-1, 2).T
+        x = torch.empty((len(items), self.block_size), dtype=torch.int64)
+        y = torch.empty_like(x)
+        for s in np.unique(which):
+            taken = torch.from_numpy(which == s)
+            x[taken], y[taken] = self.sources[s].windows(starts[which == s], self.block_size)
+        return x, y
 
 
-class RandomWindowBatches(torch.utils.data.Sampler):
-    """An endless-looking but finite stream of batches of random window starts.
+class StreamBatches(torch.utils.data.Sampler):
+    """Global batches `first_batch` .. `num_batches` - 1 of a stream (accel_train.stream.WindowStream), served
+    as batches of `micro_batch` windows.
 
-    Batch `b` depends only on `(seed, b)`, so the stream is the same whatever the number of
-    processes (Accelerate deals batch b to process b % num_processes) and a resumed run
-    starts at `first_batch` without replaying the ones before it. `micro_batch` regroups the same
-    windows, in the same order, into batches of that size: it must divide the windows of an
-    optimizer step, which then sees the same data whatever micro-batch the GPU runs.
+    Batch `b` depends only on the run's settings and b, so the stream is the same whatever the number of
+    processes (Accelerate deals batch b to process b % num_processes) and a resumed run starts at
+    `first_batch` without drawing the ones before it. `micro_batch` regroups the same windows, in the same
+    order: it must divide the windows of an optimizer step, which then sees the same data whatever
+    micro-batch the GPU runs.
     """
 
-    def __init__(self, num_windows: int, batch_size: int, seed: int, num_batches: int, first_batch: int = 0,
-                 micro_batch: int = 0):
-        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
-        self.num_batches, self.first_batch = num_batches, first_batch
-        self.micro_batch = micro_batch or batch_size
+    def __init__(self, stream, num_batches: int, first_batch: int = 0, micro_batch: int = 0):
+        self.stream, self.num_batches, self.first_batch = stream, num_batches, first_batch
+        self.micro_batch = micro_batch or stream.batch_size
 
     def __len__(self) -> int:
-        return (self.num_batches - self.first_batch) * self.batch_size // self.micro_batch
+        return (self.num_batches - self.first_batch) * self.stream.batch_size // self.micro_batch
 
     def __iter__(self):
         pending = []
         for b in range(self.first_batch, self.num_batches):
-            rng = np.random.default_rng((self.seed, b))
-            pending += rng.integers(0, self.num_windows, self.batch_size).tolist()
+            pending += self.stream.batch(b)
             while len(pending) >= self.micro_batch:
                 yield pending[:self.micro_batch]
                 del pending[:self.micro_batch]
@@ -176,14 +179,12 @@ def _batch_as_is(batch):
     return batch
 
 
-def train_loader(data_dir, block_size: int, batch_size: int, seed: int, num_batches: int,
-                 first_batch: int = 0, pin_memory: bool = False, micro_batch: int = 0) -> torch.utils.data.DataLoader:
-    """The training DataLoader (for `accelerator.prepare`) over `num_batches` global batches of
-    `batch_size`, served as batches of `micro_batch` (see RandomWindowBatches)."""
-    data = open_split(str(data_dir), "train")
-    sampler = RandomWindowBatches(data.num_windows(block_size), batch_size, seed, num_batches, first_batch,
-                                  micro_batch)
+def train_loader(stream, num_batches: int, first_batch: int = 0, pin_memory: bool = False,
+                 micro_batch: int = 0) -> torch.utils.data.DataLoader:
+    """The training DataLoader (for `accelerate.prepare`) over global batches first_batch .. num_batches - 1 of
+    `stream`, served as batches of `micro_batch` (see StreamBatches)."""
     # Its own generator: starting an iterator draws a seed, which must not come from the global RNG
     # that evaluation uses, or a resumed run's evaluations would differ from an uninterrupted run's.
-    return torch.utils.data.DataLoader(WindowDataset(data, block_size), batch_sampler=sampler,
+    return torch.utils.data.DataLoader(WindowDataset(stream.splits, stream.block_size),
+                                       batch_sampler=StreamBatches(stream, num_batches, first_batch, micro_batch),
                                        collate_fn=_batch_as_is, pin_memory=pin_memory, generator=torch.Generator())

@@ -24,16 +24,17 @@ def on_main_process(accelerator: Accelerator, fn):
     return outcome[0]
 
 
-def on_every_process(accelerator: Accelerator, fn) -> None:
-    """fn() on every process; a UserError on any is raised by all, with the first failing process's message: only
-    rank 0 prints errors, and a process failing alone would leave the others waiting for it."""
+def on_every_process(accelerator: Accelerator, fn):
+    """fn() on every process, its result returned; a UserError on any is raised by all, with the first failing
+    process's message: only rank 0 prints errors, and a process failing alone would leave the others waiting."""
+    result = None
     try:
-        fn()
-        error = None
+        result, error = fn(), None
     except UserError as err:
         error = str(err)
     errors = gather_object([error]) if accelerator.num_processes > 1 else [error]
     failed = [message for message in errors if message is not None]
     if failed:
         raise UserError(failed[0])
+    return result
 

@@ -5,7 +5,7 @@ gradient_accumulation_steps of them on each process. How a process cuts those se
 micro-batches, the sequences of one forward pass, is only a matter of speed. A GPU runs fastest
 with the largest micro-batch that fits, so `micro_batch: 0` on a GPU tries the divisors of the
 process's share, largest first, one training step each on a throwaway model. The data loader
-regroups the same windows (data.RandomWindowBatches), so every optimizer step sees the same data.
+regroups the same windows (data.StreamBatches), so every optimizer step sees the same data.
 """
 
 from __future__ import annotations

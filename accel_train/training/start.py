@@ -23,12 +23,15 @@ from torch._functorch import config as functorch_config
 from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping,
                                                   launch_layout, list_checkpoints, load_state, read_trainer_state,
                                                   resolve_resume)
-from accel_train.checkpointing.resume import check_resumable, check_same_data, data_identity
+from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
 from accel_train.checkpointing.run_lock import RunLock
 from accel_train.config import TrainConfig
 from accel_train.data.token_scan import largest_id
 from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
+from accel_train.data.mixture import Source, check_compatible, parse_mix, sources_of
+from accel_train.data.stream import WindowStream
 from accel_train.data.tokens import open_split, read_meta, split_path, train_loader
+from accel_train.data.windows import boundary_token
 from accel_train.distributed.collective import on_every_process, on_main_process
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                               die_with_launcher, outlive_lost_output)
@@ -64,7 +67,8 @@ class Run:
     tokens_per_step: int  # all processes together
     flops_per_token: float
     peak_tflops: float | None
-    tokens_per_byte: float | None
+    stream: WindowStream
+    tokens_per_byte: list[float | None]  # of each source's validation split
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
 
 
@@ -90,9 +94,13 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
-    loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
+    sources = data_sources(cfg)
+    stream = on_every_process(accelerator, lambda: WindowStream(
+        sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
+        counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix)))
+    loader = train_loader(stream, first_batch=first_batch, pin_memory=not plan.cpu,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          first_batch=first_batch, pin_memory=not plan.cpu, micro_batch=plan.micro_batch)
+                          micro_batch=plan.micro_batch)
     schedule = LrSchedule.of(cfg)
     schedulers = [Schedule(optimizer, schedule) for optimizer in optimizers]  # one each: Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
@@ -112,8 +120,8 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     return Run(cfg, accelerator, plan, model, optimizer, schedulers, iter(loader), state, resume_from,
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
-               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
-               tokens_per_byte=val_tokens_per_byte(cfg.data_dir), lock=lock)
+               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), stream=stream,
+               tokens_per_byte=[val_tokens_per_byte(source.data_dir) for source in sources], lock=lock)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -153,7 +161,8 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
     if resume_from is not None:
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
-    data = data_identity(cfg.data_dir, check_data(cfg))
+    sources = data_sources(cfg)
+    data = run_identity(cfg, sources, check_data(cfg, sources))
     if resume_from is not None:
         check_same_data(resume_from, state, data, cfg)
     state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
@@ -171,14 +180,32 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
             "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
-def check_data(cfg: TrainConfig) -> dict:
-    """Make the demo corpus if asked, then check both splits and meta.json against the model, down to every
-    token id: one beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
-    data_dir = Path(cfg.data_dir)
-    if cfg.demo_data:
+MIXTURE = "mixture"  # trainer-state key: data_mix's weights and each source's windows given, at next_batch
+
+
+def data_sources(cfg: TrainConfig) -> list[Source]:
+    """The folders the run trains on: data_mix's, or data_dir alone."""
+    if cfg.data_mix:
+        return sources_of(parse_mix(cfg.data_mix))
+    return [Source(Path(cfg.data_dir).resolve().name, cfg.data_dir, 1.0)]
+
+
+def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
+    """Make the demo corpus if asked, then check every source's folder (see check_folder) and, for a mixture,
+    that their token ids mean the same; each source's meta.json."""
+    if cfg.demo_data and not cfg.data_mix:
         from accel_train.data.demo_corpus import ensure_demo_data
 
-        ensure_demo_data(data_dir)
+        ensure_demo_data(Path(cfg.data_dir))
+    for source in sources:
+        split_path(Path(source.data_dir), "train")  # a missing folder is named as such, before meta.json is looked for
+    check_compatible(sources, [read_meta(Path(source.data_dir)) for source in sources])
+    return [check_folder(cfg, Path(source.data_dir)) for source in sources]
+
+
+def check_folder(cfg: TrainConfig, data_dir: Path) -> dict:
+    """Check both splits of `data_dir` and its meta.json against the model, down to every token id: one beyond
+    the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
     split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:
@@ -195,6 +222,8 @@ def check_data(cfg: TrainConfig) -> dict:
             raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
                             f"says {expected:,}: the file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
+    if cfg.window_start == "document":
+        boundary_token(meta, data_dir)
     vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
              else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
     for data in splits:  # the cheap checks above first: this one reads every token (once, see token_scan)
