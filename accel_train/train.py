@@ -35,7 +35,8 @@ from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish
                                     list_checkpoints, load_state, prune, read_trainer_state, resolve_resume,
                                     save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
-from accel_train.data import open_split, read_meta, split_path, train_loader
+from accel_train.data import open_split, train_loader
+from accel_train.meta import read_meta
 from accel_train.errors import UserError, first_line, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
@@ -154,7 +155,7 @@ def check_data(cfg: TrainConfig) -> dict:
         from accel_train.demo_corpus import ensure_demo_data
 
         ensure_demo_data(data_dir)
-    split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
+    splits = [open_split(str(data_dir), split) for split in ("train", "val")]  # a missing folder or file is named
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:
         fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
@@ -163,22 +164,21 @@ def check_data(cfg: TrainConfig) -> dict:
                         f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
     if cfg.init_from:
         check_init_tokenizer(data_dir, Path(cfg.init_from))
-    splits = [open_split(str(data_dir), split) for split in ("train", "val")]
     for split, data in zip(("train", "val"), splits):
         expected = meta.get("tokens", {}).get(split)
         if expected is not None and expected != data.num_tokens:
-            raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
-                            f"says {expected:,}: the file is truncated or meta.json describes other data")
+            raise UserError(f"the {split} split of {data_dir} holds {data.num_tokens:,} {meta['dtype']} tokens but "
+                            f"its meta.json says {expected:,}: a file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
     vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
              else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
-    for data in splits:  # the cheap checks above first: this one reads every token (once, see token_scan)
-        largest = largest_id(data.path, data.dtype)
+    for path in (path for data in splits for path in data.paths):  # the cheap checks first: this reads every token
+        largest = largest_id(path, meta["dtype"])  # once, see token_scan
         if largest >= meta["vocab_size"]:
             misread = largest > 0xFFFF and meta["dtype"] == "uint32"  # how a uint16 file read as uint32 looks
             cause = ("if the file holds uint16 tokens, meta.json's dtype uint32 is wrong" if misread
                      else "the data was made with a larger vocabulary than that")
-            raise UserError(f"{data.path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
+            raise UserError(f"{path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
     return meta
 
 
