@@ -242,8 +242,9 @@ def encodes_like(tokenizer: Tokenizer, file) -> bool:
 
 
 def load_tokenizer(data_dir) -> Tokenizer:
-    """The tokenizer that `meta.json` in `data_dir` names. GPT-2's is assumed only where it can be: a folder
-    without meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
+    """The tokenizer that `meta.json` in `data_dir` names, starting documents with BOS only where that data does
+    (data prepared before BOS was added has none). GPT-2's is assumed only where it can be: a folder without
+    meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
     from accel_train.meta import GPT2_VOCAB_SIZE, read_meta
 
     data_dir = Path(data_dir)
@@ -254,7 +255,12 @@ def load_tokenizer(data_dir) -> Tokenizer:
     if name is None and meta["vocab_size"] != GPT2_VOCAB_SIZE:
         raise UserError(f"{data_dir}/meta.json names no tokenizer and its vocab_size {meta['vocab_size']} is not "
                         f"GPT-2's {GPT2_VOCAB_SIZE}; add \"tokenizer\": \"byte\", \"gpt2\" or \"bpe\" to it")
-    name = name or "gpt2"
+    tokenizer = _named_tokenizer(name or "gpt2", data_dir)
+    tokenizer.bos_token = meta.get("bos_token")
+    return tokenizer
+
+
+def _named_tokenizer(name: str, data_dir: Path) -> Tokenizer:
     if name == "byte":
         return ByteTokenizer()
     if name == "gpt2":
