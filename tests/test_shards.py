@@ -95,7 +95,7 @@ def test_training_on_odd_shards_is_training_on_one_file(odd_shards, tmp_path):
 
 # ---- a prepare killed mid-shard ----
 
-TEXT = (corpus_text(200) + SEP) * 30  # about 6 MB: about 20 shards of 300,000 byte tokens
+TEXT = (corpus_text(200) + SEP) * 60  # 7 MB: about 20 shards of 300,000 byte tokens; more than a 4 MB read
 SHARDED = [*BYTE, "--shard_tokens", "300000", "--workers", "2"]
 
 
