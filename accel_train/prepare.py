@@ -424,10 +424,8 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
             tokenizer.save(tmp)
         except Exception as err:  # `tokenizers` reports a failed write as a bare Exception
             raise OSError(str(err)) from None
-        cursor, cursors, finished = resume_point(tmp, key, np.dtype(dtype).itemsize)
-        files = {split: ShardFiles(tmp, split, dtype, shard_tokens, finished[split],
-                                   skip=len(finished[split]) * shard_tokens - cursor["tokens"][split])
-                 for split in SPLITS}
+        cursor, shards = resume_point(tmp, key, np.dtype(dtype).itemsize)
+        files = {split: ShardFiles(tmp, split, dtype, shard_tokens, shards[split]) for split in SPLITS}
         counts = {count: dict(cursor[count]) for count in ("tokens", "documents", "bytes")}
         with contextlib.ExitStack() as stack:
             for f in files.values():
@@ -439,12 +437,10 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
             jobs = itertools.islice(chunks(docs), cursor["chunk"], None)
             results = stack.enter_context(contextlib.closing(encode_in_order(encoder, jobs, workers)))
             for index, result in enumerate(results, cursor["chunk"]):
-                before = {"chunk": index, **{count: dict(per_split) for count, per_split in counts.items()}}
-                finished_shard = {split: files[split].write(result[split][0]) for split in SPLITS}
-                if any(finished_shard.values()):
-                    cursors.update({split: before for split, done in finished_shard.items() if done})
-                    save_progress(tmp, key, shard_tokens, files, cursors)
+                finished_shard = [files[split].write(result[split][0]) for split in SPLITS]  # every split written
                 add_counts(counts, result)
+                if any(finished_shard):
+                    save_progress(tmp, key, files, {"chunk": index + 1, **counts})
                 bar.update(result["bytes"])
                 bar.set_postfix(tokens=f"{sum(counts['tokens'].values()):,}")
             shards = {split: f.close() for split, f in files.items()}

@@ -4,12 +4,12 @@ A split is written as `train_00000.bin`, `train_00001.bin`, ... of exactly `shar
 last one shorter), so the shards are the same whatever the chunking and a reader sees their concatenation.
 A split that fits in one shard keeps the name it had before shards (`train.bin`).
 
-`progress.json` in the staging folder says which shards are finished (written and synced to disk) and,
-for each split, the point in the input where its unfinished shard begins: the document chunk whose tokens
-finished its last shard, with every split's counts before that chunk. A rerun with the same key (the
-arguments, inputs and tokenizer) keeps the finished shards, tokenizes again from the earlier of those
-points, drops the tokens that finished shards already hold, and so writes exactly what an uninterrupted
-run writes.
+Each time a document chunk's tokens finish a shard, every open shard is synced to disk and `progress.json`
+in the staging folder records each split's shards with the tokens they hold (the last one unfinished) and
+the point in the input after that chunk, with its counts. A rerun with the same key (the arguments, inputs
+and tokenizer) keeps those shards, cuts the unfinished ones back to the recorded length (what a killed run
+wrote after the record is redone), and tokenizes again from that point: it writes exactly what an
+uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -35,19 +35,18 @@ def start_cursor() -> dict:
 
 
 class ShardFiles:
-    """One split written into `folder` as shards of `shard_tokens` tokens. `finished` are shards a killed
-    run left, and `skip` how many of the next tokens they already hold."""
+    """One split written into `folder` as shards of `shard_tokens` tokens, continuing the `shards` ((file name,
+    tokens) of each, the last one maybe unfinished) that a killed run left."""
 
-    def __init__(self, folder: Path, split: str, dtype: str, shard_tokens: int,
-                 finished: list[tuple[str, int]] = (), skip: int = 0):
+    def __init__(self, folder: Path, split: str, dtype: str, shard_tokens: int, shards: list[tuple[str, int]] = ()):
         self.folder, self.split, self.dtype, self.shard_tokens = Path(folder), split, dtype, shard_tokens
-        self.finished, self.skip = list(finished), skip
+        self.finished = [tuple(shard) for shard in shards if shard[1] == shard_tokens]
         self._file, self._filled = None, 0
+        if len(shards) > len(self.finished):  # an unfinished shard, already cut back to its recorded length
+            self._file, self._filled = open(self.folder / shards[-1][0], "ab"), shards[-1][1]
 
     def write(self, ids: np.ndarray) -> bool:
         """Append `ids` to the shards; True where that finished one."""
-        dropped = min(self.skip, len(ids))
-        ids, self.skip = ids[dropped:], self.skip - dropped
         finished = False
         while len(ids):
             if self._file is None:
@@ -56,14 +55,20 @@ class ShardFiles:
             self._file.write(part.astype(self.dtype).tobytes())
             self._filled, ids = self._filled + len(part), ids[len(part):]
             if self._filled == self.shard_tokens:
-                self._finish_shard()
+                self._close_shard()
                 finished = True
         return finished
 
-    def _finish_shard(self) -> None:
-        """Close the open shard, on disk before progress.json names it."""
+    def sync(self) -> list[tuple[str, int]]:
+        """Put everything written on disk; (file name, tokens) of each shard so far, the unfinished one last."""
+        if self._file is None:
+            return list(self.finished)
         self._file.flush()
         os.fsync(self._file.fileno())
+        return [*self.finished, (Path(self._file.name).name, self._filled)]
+
+    def _close_shard(self) -> None:
+        self.sync()
         self._file.close()
         self.finished.append((Path(self._file.name).name, self._filled))
         self._file, self._filled = None, 0
@@ -71,7 +76,7 @@ class ShardFiles:
     def close(self) -> list[tuple[str, int]]:
         """Finish the last shard; returns (file name, tokens) of each shard, in order."""
         if self._file is not None:
-            self._finish_shard()
+            self._close_shard()
         if len(self.finished) == 1:
             name, tokens = self.finished[0]
             os.replace(self.folder / name, self.folder / f"{self.split}.bin")
@@ -83,39 +88,38 @@ class ShardFiles:
             self._file.close()
 
 
-def save_progress(folder: Path, key: str, shard_tokens: int, files: dict[str, ShardFiles], cursors: dict) -> None:
-    """Record the finished shards and, per split, the cursor before the chunk that finished its last one;
-    written whole or not at all."""
-    record = {"key": key, "shard_tokens": shard_tokens, "cursors": cursors,
-              "finished": {split: f.finished for split, f in files.items()}}
+def save_progress(folder: Path, key: str, files: dict[str, ShardFiles], cursor: dict) -> None:
+    """Sync every shard, then record them and `cursor` (where in the input they end); written whole or not at
+    all."""
+    record = {"key": key, "cursor": cursor, "shards": {split: f.sync() for split, f in files.items()}}
     tmp = folder / f"{PROGRESS_FILE}.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, folder / PROGRESS_FILE)
 
 
-def resume_point(folder: Path, key: str, itemsize: int) -> tuple[dict, dict, dict[str, list]]:
-    """What an unfinished prepare in `folder` leaves to reuse: (the cursor to tokenize from, each split's cursor
-    as recorded, each split's finished shards). Its unfinished shards are removed; everything is, with a line
-    that says so, where the record was made with another key or its shards are not as it says."""
+def resume_point(folder: Path, key: str, itemsize: int) -> tuple[dict, dict[str, list]]:
+    """What an unfinished prepare in `folder` leaves to reuse: (the cursor to tokenize from, each split's shards),
+    its shard files cut back to what the record says. Everything is removed, with a line that says so, where
+    the record was made with another key or its shards are not on disk as it says."""
     record = _read_record(folder)
-    fresh = (start_cursor(), {split: start_cursor() for split in SPLITS}, {split: [] for split in SPLITS})
     if record is None:
         _remove_shards(folder, keep=())
-        return fresh
-    finished = {split: [tuple(shard) for shard in record["finished"][split]] for split in SPLITS}
-    whole = all((folder / name).is_file() and (folder / name).stat().st_size == tokens * itemsize
-                for shards in finished.values() for name, tokens in shards)
+        return start_cursor(), {split: [] for split in SPLITS}
+    shards = {split: [tuple(shard) for shard in record["shards"][split]] for split in SPLITS}
+    whole = all((folder / name).is_file() and (folder / name).stat().st_size >= tokens * itemsize
+                for listed in shards.values() for name, tokens in listed)
     if record["key"] != key or not whole:
         why = "other arguments, inputs or tokenizer" if record["key"] != key else "shards that are not on disk whole"
         print(f"starting over: the unfinished prepare in {folder} was made with {why}", flush=True)
         _remove_shards(folder, keep=())
-        return fresh
-    _remove_shards(folder, keep={name for shards in finished.values() for name, _ in shards})
-    cursors = record["cursors"]
-    cursor = min(cursors.values(), key=lambda c: c["chunk"])
-    print(f"resuming the unfinished prepare in {folder}: keeping {len(finished['train'])} train and "
-          f"{len(finished['val'])} val shards, tokenizing again from document chunk {cursor['chunk']}", flush=True)
-    return cursor, cursors, finished
+        return start_cursor(), {split: [] for split in SPLITS}
+    _remove_shards(folder, keep={name for listed in shards.values() for name, _ in listed})
+    for name, tokens in (shard for listed in shards.values() for shard in listed):
+        os.truncate(folder / name, tokens * itemsize)  # what was written after the record is written again
+    cursor = record["cursor"]
+    print(f"resuming the unfinished prepare in {folder}: keeping {len(shards['train'])} train and "
+          f"{len(shards['val'])} val shards, tokenizing again from document chunk {cursor['chunk']}", flush=True)
+    return cursor, shards
 
 
 def _read_record(folder: Path) -> dict | None:
@@ -123,7 +127,7 @@ def _read_record(folder: Path) -> dict | None:
         record = json.loads((folder / PROGRESS_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and {"key", "cursors", "finished"} <= set(record) else None
+    return record if isinstance(record, dict) and {"key", "cursor", "shards"} <= set(record) else None
 
 
 def _remove_shards(folder: Path, keep) -> None:

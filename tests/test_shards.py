@@ -95,13 +95,14 @@ def test_training_on_odd_shards_is_training_on_one_file(odd_shards, tmp_path):
 
 # ---- a prepare killed mid-shard ----
 
-TEXT = (corpus_text(200) + SEP) * 60  # 7 MB: about 20 shards of 300,000 byte tokens; more than a 4 MB read
-SHARDED = [*BYTE, "--shard_tokens", "300000", "--workers", "2"]
+TEXT = (corpus_text(200) + SEP) * 60  # 7 MB: about 20 shards of 300,000 byte tokens
+SHARDED = [*BYTE, "--shard_tokens", "300000"]
 
 
 def prepare_from_pipe(pipe, out, args, text, end=True):
     """`prepare` reading `text` from the named pipe `pipe`; where `end` is False the pipe stays open after the
-    text, so prepare waits for more. Returns (the process, a function that ends the feeding)."""
+    text, so prepare waits for more. Returns (the process, the thread that feeds the pipe, a function that
+    closes the pipe, to be called once the thread is done)."""
     if not pipe.exists():
         os.mkfifo(pipe)
     writer = os.open(pipe, os.O_RDWR)  # opens without a reader; while it is open, prepare sees no end of input
@@ -116,38 +117,36 @@ def prepare_from_pipe(pipe, out, args, text, end=True):
     proc = subprocess.Popen(command("prepare", "--input", pipe, "--out", out, *args), cwd=REPO, text=True,
                             env=subprocess_env({"PYTHONPATH": str(REPO)}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-
-    def stop_feeding():
-        thread.join()
-        if not end:
-            os.close(writer)
-    return proc, stop_feeding
+    return proc, thread, lambda: None if end else os.close(writer)
 
 
 def killed_mid_shard(tmp_path, out):
-    """Prepare `out` from the first 5 MB of TEXT, SIGKILLed once it has finished a shard (while it waits for more
-    input); returns its staging folder and {shard file: (inode, mtime)} of the shards it had finished."""
-    proc, stop_feeding = prepare_from_pipe(tmp_path / "corpus.txt", out, SHARDED, TEXT[:5_000_000], end=False)
+    """Prepare `out` from the first 5 MB of TEXT, SIGKILLed once it has read them all and finished a shard (it
+    waits for more input); returns the line a resume prints and {shard file: (inode, mtime)} of the shards
+    it had finished."""
+    # one worker: each chunk is written as soon as it is read, whatever is still to come
+    proc, feeder, close = prepare_from_pipe(tmp_path / "corpus.txt", out, [*SHARDED, "--workers", "1"],
+                                            TEXT[:5_000_000], end=False)
     staging = []
 
-    def finished_a_shard():
+    def read_all_and_finished_a_shard():
         staging[:] = [tmp_path / name for name in leftovers(tmp_path)]
-        return proc.poll() is not None or any((folder / PROGRESS_FILE).exists() for folder in staging)
-    assert poll(finished_a_shard) and proc.poll() is None, proc.stderr.read()
+        done = not feeder.is_alive() and any((folder / PROGRESS_FILE).exists() for folder in staging)
+        return proc.poll() is not None or done
+    assert poll(read_all_and_finished_a_shard) and proc.poll() is None, proc.stderr.read()
     proc.kill()
     proc.wait()
-    stop_feeding()
+    close()
     staging = next(folder for folder in staging if (folder / PROGRESS_FILE).exists())
     record = json.loads((staging / PROGRESS_FILE).read_text())
-    kept = f"keeping {len(record['finished']['train'])} train and {len(record['finished']['val'])} val shards"
-    finished = [name for shards in record["finished"].values() for name, _ in shards]
+    kept = f"keeping {len(record['shards']['train'])} train and {len(record['shards']['val'])} val shards"
+    finished = [name for shards in record["shards"].values() for name, tokens in shards if tokens == 300_000]
     return kept, {name: (os.stat(staging / name).st_ino, os.stat(staging / name).st_mtime_ns) for name in finished}
 
 
 def run_to_the_end(tmp_path, out, args):
-    proc, stop_feeding = prepare_from_pipe(tmp_path / "corpus.txt", out, args, TEXT)
+    proc, _, _ = prepare_from_pipe(tmp_path / "corpus.txt", out, [*args, "--workers", "2"], TEXT)
     stdout, stderr = proc.communicate(timeout=300)
-    stop_feeding()
     assert proc.returncode == 0, stderr
     return stdout
 
