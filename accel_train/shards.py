@@ -115,7 +115,8 @@ def resume_point(folder: Path, key: str, itemsize: int) -> tuple[dict, dict[str,
         return start_cursor(), {split: [] for split in SPLITS}
     _remove_shards(folder, keep={name for listed in shards.values() for name, _ in listed})
     for name, tokens in (shard for listed in shards.values() for shard in listed):
-        os.truncate(folder / name, tokens * itemsize)  # what was written after the record is written again
+        if (folder / name).stat().st_size != tokens * itemsize:  # a finished shard is left untouched
+            os.truncate(folder / name, tokens * itemsize)  # what was written after the record is written again
     cursor = record["cursor"]
     print(f"resuming the unfinished prepare in {folder}: keeping {len(shards['train'])} train and "
           f"{len(shards['val'])} val shards, tokenizing again from document chunk {cursor['chunk']}", flush=True)
