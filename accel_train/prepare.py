@@ -16,7 +16,7 @@ gives the same files whatever the number of workers. The output folder appears o
 stay; an `--out` that overlaps an input is refused.
 SIGINT or SIGTERM stops prepare (status 130 or 143) with its workers ended and its staging folder
 removed. A prepare killed outright (SIGKILL, a crash) leaves its staging folder: the next prepare into
-the same `--out` with the same arguments and inputs resumes it, keeping its finished shards (see shards.py),
+the same `--out` with the same arguments and inputs resumes it, keeping its finished shards (see data/shards.py),
 and one with other arguments says that it starts over.
 """
 
@@ -44,9 +44,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
-from accel_train.meta import SPLITS, dataset_meta, write_meta
-from accel_train.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
-from accel_train.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
+from accel_train.data.meta import SPLITS, dataset_meta, write_meta
+from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
+from accel_train.data.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
 READ_CHARS = 1 << 22  # text read at a time from a file split on a separator
@@ -408,7 +408,7 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
                   overwrite: bool = False, exists_hint: str = "choose another folder",
                   total_bytes: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                   input_identity: list | None = None) -> dict:
-    """Tokenize `docs` into `out_dir`: each split's shards (see shards.py), meta.json and the tokenizer's own
+    """Tokenize `docs` into `out_dir`: each split's shards (see data/shards.py), meta.json and the tokenizer's own
     file; returns the meta. `input_identity` tells this input from another where `source` cannot (file sizes
     and times), so that only a rerun on the same input resumes a killed one.
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from accel_train.demo_corpus import stories
+from accel_train.data.demo_corpus import stories
 
 REPO = Path(__file__).resolve().parent.parent
 SEP = "<|endoftext|>"

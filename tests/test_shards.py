@@ -13,9 +13,9 @@ from helpers import REPO, TINY_MODEL, TINYSTORIES, subprocess_env, train
 from test_cli_errors import command, leftovers
 from test_prepare_safety import SEP, corpus_text, poll, prepare
 
-from accel_train.data import open_split
-from accel_train.shards import PROGRESS_FILE
-from accel_train.tracking import read_metrics
+from accel_train.data.tokens import open_split
+from accel_train.data.shards import PROGRESS_FILE
+from accel_train.training.tracking import read_metrics
 
 BYTE = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.1", "--block_size", "16"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from accel_train.errors import UserError
-from accel_train.meta import DTYPES, SPLITS, listed_shards, read_meta
+from accel_train.data.meta import DTYPES, SPLITS, listed_shards, read_meta
 
 SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}  # data without a shard list
 REMAP_EVERY = 1024  # reopen the memmaps now and then so their touched pages leave the resident set

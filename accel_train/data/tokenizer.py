@@ -245,7 +245,7 @@ def load_tokenizer(data_dir) -> Tokenizer:
     """The tokenizer that `meta.json` in `data_dir` names, starting documents with BOS only where that data does
     (data prepared before BOS was added has none). GPT-2's is assumed only where it can be: a folder without
     meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
-    from accel_train.meta import GPT2_VOCAB_SIZE, read_meta
+    from accel_train.data.meta import GPT2_VOCAB_SIZE, read_meta
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():  # not the seed's data: no folder at all says nothing about the tokenizer
