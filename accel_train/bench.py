@@ -30,8 +30,9 @@ import torch
 from torch.autograd import DeviceType
 
 from accel_train.config import TrainConfig, read_command_line
-from accel_train.data.tokens import read_meta, split_path
 from accel_train.data.demo_corpus import is_demo_folder, write_demo_data
+from accel_train.data.meta import META_FILE
+from accel_train.data.tokens import open_split
 from accel_train.errors import UserError, run_cli
 from accel_train.models.flops import flops_per_token, mfu, peak_tflops
 from accel_train.training.micro_batch import StepPlan, plan_step
@@ -81,7 +82,8 @@ def baseline_loop(cfg: TrainConfig, plan: StepPlan, device: torch.device, optimi
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_iters - cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[cfg.warmup_steps])
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
-    path, dtype = split_path(Path(cfg.data_dir), "train"), read_meta(Path(cfg.data_dir))["dtype"]
+    train = open_split(str(cfg.data_dir), "train")  # the baseline reads one file, as nanoGPT does: the largest shard
+    path, dtype = max(train.paths, key=lambda p: p.stat().st_size), train.dtype
     accum = cfg.gradient_accumulation_steps
 
     def micro_batch(epoch: int) -> torch.Tensor:
@@ -114,7 +116,8 @@ def baseline_loop(cfg: TrainConfig, plan: StepPlan, device: torch.device, optimi
 
 def has_data(cfg: TrainConfig) -> bool:
     """Whether training finds data in the config's data_dir (or writes the demo corpus there itself)."""
-    return (Path(cfg.data_dir) / "train.bin").exists() or (cfg.demo_data and is_demo_folder(cfg.data_dir))
+    found = any((Path(cfg.data_dir) / name).exists() for name in ("train.bin", META_FILE))
+    return found or (cfg.demo_data and is_demo_folder(cfg.data_dir))
 
 
 def bench_config(cfg: TrainConfig, steps: int, work: Path, profile_steps: int = 0) -> TrainConfig:

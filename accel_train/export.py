@@ -39,11 +39,12 @@ def find_tokenizer(data_dir, run_data_dir):
 def data_sample(tokenizer, data_dir) -> list[str]:
     """The documents at the start of the data's validation split as text (none where the split is gone)."""
     try:
-        tokens = np.asarray(open_split(str(data_dir), "val").tokens()[:SAMPLE_TOKENS])
+        tokens = open_split(str(data_dir), "val").tokens(0, SAMPLE_TOKENS)
     except UserError:  # the check still has its fixed probe
         return []
     documents = np.split(tokens, np.flatnonzero(tokens == tokenizer.eot_token))
-    return [text for text in (tokenizer.decode(doc[doc != tokenizer.eot_token]) for doc in documents) if text]
+    special = [tokenizer.eot_token, tokenizer.bos_token]  # document marks, not text
+    return [text for text in (tokenizer.decode(doc[~np.isin(doc, special)]) for doc in documents) if text]
 
 
 def export(checkpoint, out, data_dir=None) -> Path:

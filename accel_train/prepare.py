@@ -1,19 +1,23 @@
-"""Turn text into the token memmaps the trainer reads: `train.bin`, `val.bin` and `meta.json`.
+"""Turn text into the token memmaps the trainer reads: each split's shards and `meta.json`.
 
     python -m accel_train.prepare --input stories/ more.jsonl --out data/mine --tokenizer bpe
     python -m accel_train.prepare --dataset roneneldan/TinyStories --out data/tinystories --tokenizer gpt2
 
 Documents come from text files (one document per file, or split on `--separator`), JSON Lines
 files (one document per line, in `--text_field`) or a HuggingFace dataset (streamed). Each is
-stripped of surrounding whitespace, skipped if empty, and followed by the end-of-text token.
-The documents are cut into chunks that worker processes tokenize; at most a few chunks are in
-flight at once and their tokens are appended to disk in order, so memory stays flat however
-large the corpus. Each document goes to the validation split with probability `--val_fraction`,
-drawn from `(seed, chunk)`: the same input gives the same files whatever the number of workers.
-The output folder appears only when complete. With `--overwrite` its files replace earlier ones of the
-same names in an existing folder, whose other files stay; an `--out` that overlaps an input is refused.
+stripped of surrounding whitespace, skipped if empty, preceded by the tokenizer's beginning-of-sequence
+token where it has one (Gemma's <bos>) and followed by the end-of-text token. The documents are cut into
+chunks that worker processes tokenize; at most a few chunks are in flight at once and their tokens are
+appended in order to shard files of `--shard_tokens` tokens (`train_00000.bin`, ...; a split of one shard
+is `train.bin`), so memory stays flat and no file grows huge however large the corpus. Each document goes
+to the validation split with probability `--val_fraction`, drawn from `(seed, chunk)`: the same input
+gives the same files whatever the number of workers. The output folder appears only when complete. With
+`--overwrite` its files replace earlier ones of the same names in an existing folder, whose other files
+stay; an `--out` that overlaps an input is refused.
 SIGINT or SIGTERM stops prepare (status 130 or 143) with its workers ended and its staging folder
-removed; one that a killed prepare left is removed by the next prepare into the same `--out`.
+removed. A prepare killed outright (SIGKILL, a crash) leaves its staging folder: the next prepare into
+the same `--out` with the same arguments and inputs resumes it, keeping its finished shards (see data/shards.py),
+and one with other arguments says that it starts over.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import hashlib
+import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +44,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
+from accel_train.data.meta import SPLITS, dataset_meta, write_meta
+from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
 from accel_train.data.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
@@ -45,6 +54,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 BUILT_IN = ("gpt2", "byte", "bpe")  # --tokenizer names; anything else is a path
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SPLIT_FILE = re.compile(r"(train|val)(_\d{5})?\.bin")  # what prepare writes a split into
 
 
 # ---- documents ----
@@ -338,15 +348,36 @@ def remove_stale_staging(out_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def adopt_unfinished(out_dir: Path, staging: Path) -> bool:
+    """Take over, as `staging`, the newest staging folder of a prepare on this machine that was killed after it
+    finished a shard (it holds a progress record); True where there was one."""
+    prefix = f"{staging_prefix(out_dir)}{socket.gethostname()}-"
+    candidates = [path for where in (out_dir.parent, out_dir) if where.is_dir() for path in where.iterdir()
+                  if path.name.startswith(prefix) and path.name[len(prefix):].isdigit()
+                  and (path == staging or not alive(int(path.name[len(prefix):])))
+                  and (path / PROGRESS_FILE).is_file()]
+    if not candidates:
+        return False
+    newest = max(candidates, key=lambda path: (path / PROGRESS_FILE).stat().st_mtime_ns)
+    if newest != staging:
+        os.replace(newest, staging)
+    return True
+
+
 def publish(staging: Path, out_dir: Path) -> None:
     """Move the staged files into place: the whole folder where out_dir is new, else file by file, replacing
-    files of the same names only."""
+    files of the same names, and then removing the split files of an earlier prepare that the new meta.json
+    no longer lists (a split was in more shards, or in one where it is now in several)."""
     if staging.parent != out_dir:
         os.replace(staging, out_dir)
         return
+    new = {path.name for path in staging.iterdir()}
     for path in sorted(staging.iterdir(), key=lambda p: p.name == "meta.json"):  # last, as it describes the rest
         os.replace(path, out_dir / path.name)
     staging.rmdir()
+    for path in out_dir.iterdir():
+        if path.name not in new and SPLIT_FILE.fullmatch(path.name):
+            path.unlink()
 
 
 @contextlib.contextmanager
@@ -357,9 +388,10 @@ def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
     check_out_dir(out_dir, overwrite, hint)
     staging = staging_path(out_dir)
     try:
+        if not adopt_unfinished(out_dir, staging):
+            shutil.rmtree(staging, ignore_errors=True)
         remove_stale_staging(out_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging.mkdir(parents=True, exist_ok=True)
         yield staging
         with signals_held():
             check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
@@ -374,46 +406,68 @@ def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
 def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source: dict, dtype: str = "auto",
                   val_fraction: float = 0.005, seed: int = 0, block_size: int = 128, workers: int = 1,
                   overwrite: bool = False, exists_hint: str = "choose another folder",
-                  total_bytes: int | None = None) -> dict:
-    """Tokenize `docs` into `out_dir`/{train.bin, val.bin, meta.json} (and the tokenizer's own file); returns the meta.
+                  total_bytes: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                  input_identity: list | None = None) -> dict:
+    """Tokenize `docs` into `out_dir`: each split's shards (see data/shards.py), meta.json and the tokenizer's own
+    file; returns the meta. `input_identity` tells this input from another where `source` cannot (file sizes
+    and times), so that only a rerun on the same input resumes a killed one.
 
     With `overwrite`, those files replace earlier ones of the same names; out_dir's other files stay.
     """
     out_dir = Path(out_dir).resolve()
     dtype = token_dtype(tokenizer.vocab_size, dtype)
-    tokens, counts, text_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
+    settings = {"source": source, "input": input_identity, "dtype": dtype, "val_fraction": val_fraction, "seed": seed,
+                "shard_tokens": shard_tokens, "chunk_chars": CHUNK_CHARS, "tokenizer": tokenizer.fingerprint()}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     with staged(out_dir, overwrite, exists_hint) as tmp:
         try:
             tokenizer.save(tmp)
         except Exception as err:  # `tokenizers` reports a failed write as a bare Exception
             raise OSError(str(err)) from None
+        cursor, shards = resume_point(tmp, key, np.dtype(dtype).itemsize)
+        files = {split: ShardFiles(tmp, split, dtype, shard_tokens, shards[split]) for split in SPLITS}
+        counts = {count: dict(cursor[count]) for count in ("tokens", "documents", "bytes")}
         with contextlib.ExitStack() as stack:
-            files = {split: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for split in tokens}
+            for f in files.values():
+                stack.callback(f.abandon)
             with signals_held():  # tqdm starts a monitor thread, which must not take them
-                bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
-                                               disable=None))
+                bar = stack.enter_context(tqdm(total=total_bytes, initial=sum(counts["bytes"].values()), unit="B",
+                                               unit_scale=True, desc="prepare", disable=None))
             encoder = ChunkEncoder(tokenizer, val_fraction, seed)
-            results = stack.enter_context(contextlib.closing(encode_in_order(encoder, chunks(docs), workers)))
-            for result in results:
-                for split in tokens:
-                    ids, n_docs, n_bytes = result[split]
-                    files[split].write(ids.astype(dtype).tobytes())
-                    tokens[split] += len(ids)
-                    counts[split] += n_docs
-                    text_bytes[split] += n_bytes
+            jobs = itertools.islice(chunks(docs), cursor["chunk"], None)
+            results = stack.enter_context(contextlib.closing(encode_in_order(encoder, jobs, workers)))
+            for index, result in enumerate(results, cursor["chunk"]):
+                finished_shard = [files[split].write(result[split][0]) for split in SPLITS]  # every split written
+                add_counts(counts, result)
+                if any(finished_shard):
+                    save_progress(tmp, key, files, {"chunk": index + 1, **counts})
                 bar.update(result["bytes"])
-                bar.set_postfix(tokens=f"{sum(tokens.values()):,}")
-        if not sum(counts.values()):
-            raise UserError(f"no documents in {describe(source)}: the input is empty")
-        for split, n in tokens.items():
-            if n <= block_size:
-                raise UserError(f"the {split} split holds {n:,} tokens, fewer than one block of {block_size + 1}; "
-                                "use more data, a larger --val_fraction or a smaller --block_size")
-        meta = {"dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name,
-                "eot_token": tokenizer.eot_token, "tokens": tokens, "documents": counts, "bytes": text_bytes,
-                "source": source, "val_fraction": val_fraction, "seed": seed}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+                bar.set_postfix(tokens=f"{sum(counts['tokens'].values()):,}")
+            shards = {split: f.close() for split, f in files.items()}
+        (tmp / PROGRESS_FILE).unlink(missing_ok=True)
+        check_splits(counts, source, block_size)
+        meta = dataset_meta(tokenizer, dtype, shards, {"documents": counts["documents"], "bytes": counts["bytes"]},
+                            source=source, val_fraction=val_fraction, seed=seed, shard_tokens=shard_tokens)
+        write_meta(tmp, meta)
     return meta
+
+
+def add_counts(counts: dict, result: dict) -> None:
+    """Add a chunk's tokens, documents and text bytes to each split's counts."""
+    for split in SPLITS:
+        ids, n_docs, n_bytes = result[split]
+        counts["tokens"][split] += len(ids)
+        counts["documents"][split] += n_docs
+        counts["bytes"][split] += n_bytes
+
+
+def check_splits(counts: dict, source: dict, block_size: int) -> None:
+    if not sum(counts["documents"].values()):
+        raise UserError(f"no documents in {describe(source)}: the input is empty")
+    for split, n in counts["tokens"].items():
+        if n <= block_size:
+            raise UserError(f"the {split} split holds {n:,} tokens, fewer than one block of {block_size + 1}; "
+                            "use more data, a larger --val_fraction or a smaller --block_size")
 
 
 def describe(source: dict) -> str:
@@ -446,6 +500,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the train/val split")
     p.add_argument("--block_size", type=number(int, 1), default=128, help="each split must hold more tokens than this")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
+    p.add_argument("--shard_tokens", type=number(int, 1), default=DEFAULT_SHARD_TOKENS,
+                   help="tokens per shard file of a split (200 MB of uint16 by default): a large corpus needs no "
+                        "single huge file, and a killed prepare run again redoes only its unfinished shards")
     p.add_argument("--workers", type=number(int, 1), default=len(os.sched_getaffinity(0)), help="tokenizing processes")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a folder that holds files, replacing only those prepare writes")
@@ -457,7 +514,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-OVERWRITE_HINT = ("pass --overwrite to replace the files prepare writes (train.bin, val.bin, meta.json, "
+OVERWRITE_HINT = ("pass --overwrite to replace the files prepare writes (the splits' .bin files, meta.json, "
                   "tokenizer.json and tokenizer_config.json; the others stay) or choose another --out")
 
 
@@ -483,6 +540,13 @@ def main(argv: list[str] | None = None) -> dict:
     return meta
 
 
+def file_identity(path: Path) -> list:
+    """What tells an input file from an edited one without reading it: its path, size and modification time (a
+    pipe has only its path)."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if path.is_file() else [str(path)]
+
+
 def prepare(args: argparse.Namespace) -> dict:
     """What the command line asks for: check it, read the inputs, tokenize them into --out; returns the meta."""
     out_dir = Path(args.out).resolve()
@@ -492,9 +556,11 @@ def prepare(args: argparse.Namespace) -> dict:
 
         def texts():
             return dataset_texts(args.dataset, args.dataset_config, args.dataset_split, args.text_field)
-        total_bytes = None
+        total_bytes, input_identity = None, {"text_field": args.text_field}
     else:
         files = input_files(args.input)
+        input_identity = {"files": list(map(file_identity, files)), "separator": args.separator,
+                          "text_field": args.text_field}
         source = {"inputs": list(args.input), "files": len(files)}
         inputs = [*map(Path, args.input), *files]
 
@@ -520,7 +586,7 @@ def prepare(args: argparse.Namespace) -> dict:
     return write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
                          val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
                          workers=args.workers, overwrite=args.overwrite, exists_hint=OVERWRITE_HINT,
-                         total_bytes=total_bytes)
+                         total_bytes=total_bytes, shard_tokens=args.shard_tokens, input_identity=input_identity)
 
 
 if __name__ == "__main__":

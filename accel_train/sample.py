@@ -65,7 +65,9 @@ def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int =
     except UnicodeEncodeError as err:  # a shell passes bytes that are not UTF-8 on as lone surrogates
         raise UserError(f"the prompt is not UTF-8 text (character {err.start}); pass it in UTF-8") from None
     tokenizer = load_tokenizer(data_dir)
-    ids = [tokenizer.eot_token] + tokenizer.encode(prompt)
+    # the context a document of the data starts in: the previous one's end-of-text, then BOS where the data has it
+    start = [tokenizer.eot_token] if tokenizer.bos_token is None else [tokenizer.eot_token, tokenizer.bos_token]
+    ids = start + tokenizer.encode(prompt)
     if len(ids) >= model.config.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens, at or beyond the model's context of "
                         f"{model.config.max_position_embeddings}; shorten it")

@@ -5,6 +5,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from accel_train.data.tokens import train_loader
 from accel_train.models.hf import hf_config
 from accel_train.models.gemma3 import ModelConfig
 from accel_train.data.stream import WindowStream
+from accel_train.data.tokenizer import load_tokenizer
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINYSTORIES, run, tinystories, train
 
@@ -25,8 +27,9 @@ SMALL = ["--device", "cpu", "--dtype", "float32", "--max_iters", "2", "--warmup_
 @pytest.fixture(scope="module")
 def gemma_folder(tmp_path_factory):
     """A stand-in for a downloaded google/gemma-3-270m: a tiny Gemma3ForCausalLM with Gemma's special tokens
-    (<pad> 0, <eos> 1, <bos> 2) and, like Gemma 3's, one trailing special token beyond the model's vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    (<pad> 0, <eos> 1, <bos> 2), like Gemma 3's a post-processor that starts every text with <bos>, and one
+    trailing special token beyond the model's vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -34,6 +37,7 @@ def gemma_folder(tmp_path_factory):
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<eos>", "<bos>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(tinystories()[:300], trainer)
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     vocab_size = backend.get_vocab_size()
     backend.add_special_tokens(["<image_soft_token>"])
     folder = tmp_path_factory.mktemp("models") / "gemma-3-tiny"
@@ -83,6 +87,23 @@ def test_the_readme_recipe_continues_gemma_pretraining(gemma_folder, tmp_path):
     with torch.no_grad():
         logits = exported(torch.tensor([[1, *ids]])).logits
     assert logits.shape == (1, len(ids) + 1, exported.config.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_documents_start_with_bos_as_transformers_encodes_them(gemma_folder, tmp_path):
+    """Gemma was trained with <bos> at every document start: prepare puts it there, as the model's own tokenizer
+    does with add_special_tokens, and records it for sampling; each document is those ids and end-of-text."""
+    data = tmp_path / "data"
+    result = module("prepare", "--input", TINYSTORIES, "--separator", "<|endoftext|>", "--tokenizer", gemma_folder,
+                    "--out", data, "--val_fraction", "0.05", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["bos_token"] == 2 and load_tokenizer(data).bos_token == 2
+    tokens = np.concatenate([np.fromfile(data / f"{split}.bin", dtype=meta["dtype"]) for split in ("train", "val")])
+    documents = [tuple(doc) for doc in np.split(tokens, np.flatnonzero(tokens == 1) + 1)[:-1]]
+    original = transformers.AutoTokenizer.from_pretrained(str(gemma_folder))
+    texts = [text.strip() for text in TINYSTORIES.read_text().split("<|endoftext|>") if text.strip()]
+    expected = [(*original(text, add_special_tokens=True)["input_ids"], 1) for text in texts]
+    assert expected[0][0] == 2 and sorted(documents) == sorted(expected)
 
 
 def test_data_and_init_from_must_share_a_tokenizer(gemma_folder, demo_data_dir, tmp_path):

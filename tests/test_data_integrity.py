@@ -27,6 +27,22 @@ def set_token(path, index, value, dtype=np.uint16):
     tokens.tofile(path)
 
 
+def write_shards(folder, sizes=(1500, 9, 2000, 1491), listed=None):
+    """A valid folder of byte tokens whose train split is shards of `sizes` tokens; meta.json lists `listed`
+    counts (default: the true ones)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    shards = []
+    for i, (n, count) in enumerate(zip(sizes, listed or sizes)):
+        rng.integers(0, 257, n, dtype=np.uint16).tofile(folder / f"train_{i:05d}.bin")
+        shards.append({"file": f"train_{i:05d}.bin", "tokens": count})
+    rng.integers(0, 257, 1000, dtype=np.uint16).tofile(folder / "val.bin")
+    shards = {"train": shards, "val": [{"file": "val.bin", "tokens": 1000}]}
+    (folder / "meta.json").write_text(json.dumps({**BYTE_META, "tokens": {"train": sum(sizes), "val": 1000},
+                                                  "shards": shards}))
+    return folder
+
+
 def setup_cases(root):
     """(name, data folder, words the error line must contain) for each kind of bad data, its files made."""
     def data(name, meta=BYTE_META):
@@ -50,7 +66,17 @@ def setup_cases(root):
     val_link = data("val_link")
     (val_link / "val.bin").unlink()
     (val_link / "val.bin").symlink_to(root / "nowhere.bin")
+    missing_shard = write_shards(root / "missing_shard")
+    (missing_shard / "train_00002.bin").unlink()
+    wrong_count = write_shards(root / "wrong_count", listed=(1500, 9, 2001, 1491))
+    beyond_in_later_shard = write_shards(root / "beyond_in_later_shard")
+    set_token(beyond_in_later_shard / "train_00003.bin", 1490, 300)  # the last token of the split
+    shards_text = data("shards_text", meta={**BYTE_META, "shards": {"train": "train.bin", "val": []}})
     return [
+        ("shards not a list", shards_text, ["meta.json", "'shards'", "list"]),
+        ("a listed shard missing", missing_shard, ["train_00002.bin", "missing", "meta.json"]),
+        ("a shard's count wrong", wrong_count, ["train_00002.bin", "2,000", "meta.json lists 2,001"]),
+        ("id beyond meta.json in a later shard", beyond_in_later_shard, ["train_00003.bin", "300", "below vocab_size"]),
         ("id beyond the model", beyond_model, ["train.bin", "400", "below vocab_size 257", "meta.json"]),
         ("id beyond meta.json", beyond_meta, ["val.bin", "300", "below vocab_size 257", "meta.json"]),
         ("uint16 read as uint32", as_uint32, ["train.bin", "uint32", "uint16 tokens"]),
@@ -76,7 +102,8 @@ def outcomes(tmp_path_factory):
     return results, root, before
 
 
-CASES = ["id beyond the model", "id beyond meta.json", "uint16 read as uint32", "meta.json a list", "tokens a list",
+CASES = ["shards not a list", "a listed shard missing", "a shard's count wrong", "id beyond meta.json in a later shard",
+         "id beyond the model", "id beyond meta.json", "uint16 read as uint32", "meta.json a list", "tokens a list",
          "tokens a string", "a count a string", "dtype a list", "meta.json not UTF-8", "train.bin a folder",
          "val.bin a broken link"]
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 from accel_train.config import TrainConfig
-from accel_train.data.tokens import SPLIT_FILES, open_split
+from accel_train.data.tokens import TokenFile, open_split
 from accel_train.errors import UserError
+from accel_train.data.meta import SPLITS
 
 SAMPLED_CHUNKS = 16  # chunks of each split hashed, spread evenly from its first byte to its last
 CHUNK_BYTES = 4096
-META_KEYS = ("dtype", "vocab_size", "tokenizer", "eot_token")  # what meta.json says the token ids mean
+META_KEYS = ("dtype", "vocab_size", "tokenizer", "eot_token", "bos_token")  # what meta.json says the token ids mean
 
 
 def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
@@ -91,23 +94,25 @@ def _check_window_stream(folder: Path, state: dict, cfg: TrainConfig) -> None:
 
 
 def data_identity(data_dir, meta: dict) -> dict:
-    """What identifies the data in `data_dir`, and not where it lies: each split's token count and a hash of
-    a few chunks at fixed places in it (a whole-file hash would read terabytes at every start), and what
-    meta.json says the ids mean. `meta` is the folder's checked meta.json."""
+    """What identifies the data in `data_dir`, and not where it lies or how it is cut into shards: each split's
+    token count and a hash of a few chunks at fixed places in it (a whole-file hash would read terabytes at every
+    start), and what meta.json says the ids mean. `meta` is the folder's checked meta.json."""
     identity = {"meta": {key: meta.get(key) for key in META_KEYS}}
-    for split in SPLIT_FILES:
+    for split in SPLITS:
         tokens = open_split(str(data_dir), split)
-        identity[split] = {"tokens": tokens.num_tokens, "sampled_sha256": _sampled_sha256(tokens.path)}
+        identity[split] = {"tokens": tokens.num_tokens, "sampled_sha256": _sampled_sha256(tokens)}
     return identity
 
 
-def _sampled_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        last_start = max(f.seek(0, 2) - CHUNK_BYTES, 0)
-        for i in range(SAMPLED_CHUNKS):
-            f.seek(last_start * i // (SAMPLED_CHUNKS - 1))
-            digest.update(f.read(CHUNK_BYTES))
+def _sampled_sha256(data: TokenFile) -> str:
+    """The hash of SAMPLED_CHUNKS chunks of CHUNK_BYTES bytes of the split, as if its shards were one file."""
+    digest, itemsize = hashlib.sha256(), np.dtype(data.dtype).itemsize
+    last_start = max(data.num_tokens * itemsize - CHUNK_BYTES, 0)
+    for i in range(SAMPLED_CHUNKS):
+        start = last_start * i // (SAMPLED_CHUNKS - 1)
+        first = start // itemsize
+        raw = data.tokens(first, (start + CHUNK_BYTES) // itemsize + 1).tobytes()
+        digest.update(raw[start - first * itemsize:][:CHUNK_BYTES])
     return digest.hexdigest()
 
 
@@ -143,7 +148,7 @@ def _folder_differences(saved: dict, identity: dict) -> list[str]:
     was_meta = saved.get("meta", {})
     changed = [f"meta.json's {key} is {was_meta.get(key)} there, {value} here"
                for key, value in identity["meta"].items() if was_meta.get(key) != value]
-    for split in SPLIT_FILES:
+    for split in SPLITS:
         was, now = saved.get(split, {}), identity[split]
         if was.get("tokens") != now["tokens"]:
             changed.append(f"{split}: {was.get('tokens')} tokens there, {now['tokens']} here")

@@ -11,10 +11,11 @@ as any prepared corpus.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
+from accel_train.errors import UserError
+from accel_train.data.meta import META_FILE, read_meta
 from accel_train.prepare import write_dataset
 from accel_train.data.tokenizer import ByteTokenizer
 
@@ -379,8 +380,8 @@ def ensure_demo_data(data_dir) -> None:
         write_demo_data(data_dir)
         return
     try:
-        source = json.loads((data_dir / "meta.json").read_text()).get("source")
-    except (OSError, ValueError, AttributeError):
+        source = read_meta(data_dir).get("source") if (data_dir / META_FILE).is_file() else None
+    except UserError:
         return  # not ours to judge: the trainer's own checks report a broken data folder
     older = source == "demo-stories" or (isinstance(source, dict) and source.get("generator") == GENERATOR
                                          and source.get("version") != VERSION)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from accel_train.data.tokens import open_split, read_meta
+from accel_train.data.meta import read_meta
+from accel_train.data.tokens import open_split
 from accel_train.data.mixture import Source, Tally, slot_sources
 from accel_train.data.order import window_order
 from accel_train.data.windows import window_set

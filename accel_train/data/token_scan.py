@@ -1,8 +1,8 @@
-"""The largest token id in a split file: read once, remembered beside the data.
+"""The largest token id in a token file (a split, or one shard of it): read once, remembered beside the data.
 
 The trainer checks every id against the vocabulary before it starts, since one id beyond it
 would crash a run hours in (an IndexError in the embedding). That reads the whole file, in
-chunks so memory stays bounded; a split larger than one chunk keeps its answer in `.scan.json`
+chunks so memory stays bounded; a file larger than one chunk keeps its answer in `.scan.json`
 beside it, keyed by the file's size, modification time, inode and dtype, so the next run does
 not read it again. A folder that cannot be written is simply scanned each time; a file of one
 chunk or less is scanned faster than a cache is read, and leaves nothing behind.

@@ -10,9 +10,9 @@ model's padded vocabulary can sample them) and invalid UTF-8 as U+FFFD.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class Tokenizer:
     name: str
     vocab_size: int
     eot_token: int
+    bos_token: int | None = None  # starts every document where the tokenizer defines one (Gemma's <bos>)
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -36,13 +37,19 @@ class Tokenizer:
     def save(self, data_dir: Path) -> None:
         """Write what `load_tokenizer` needs besides meta.json into a data folder (most need nothing)."""
 
+    def fingerprint(self) -> list:
+        """What tells this tokenizer from another one that encodes differently."""
+        return [self.name, self.vocab_size, self.eot_token, self.bos_token]
+
     def _decode_run(self, ids: list[int]) -> str:
         """Text of ordinary in-vocabulary ids."""
         raise NotImplementedError
 
     def encode_documents(self, texts: list[str]) -> np.ndarray:
-        """All documents' ids, each document followed by the end-of-text token (uint32)."""
-        parts = [np.array(ids + [self.eot_token], dtype=np.uint32) for ids in self._encode_many(texts)]
+        """All documents' ids, each document followed by the end-of-text token and, where the tokenizer has one,
+        preceded by its beginning-of-sequence token (uint32)."""
+        bos = [] if self.bos_token is None else [self.bos_token]
+        parts = [np.array(bos + ids + [self.eot_token], dtype=np.uint32) for ids in self._encode_many(texts)]
         return np.concatenate([np.zeros(0, dtype=np.uint32), *parts])
 
     def _encode_many(self, texts: list[str]):
@@ -106,7 +113,8 @@ class HFTokenizer(Tokenizer):
     def __init__(self, tokenizer, eot_token: int, config: dict | None = None):
         tokenizer.encode_special_tokens = True  # "<eos>" inside a text is just text, as with tiktoken
         self.tokenizer, self.eot_token, self.config = tokenizer, eot_token, config
-        self.vocab_size = encodable_vocab_size(tokenizer, eot_token)
+        self.bos_token = leading_special_token(tokenizer)
+        self.vocab_size = encodable_vocab_size(tokenizer, max(eot_token, self.bos_token or 0))
 
     def encode(self, text: str) -> list[int]:
         return self._encode_many([text])[0]
@@ -120,10 +128,22 @@ class HFTokenizer(Tokenizer):
     def _decode_run(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
+    def fingerprint(self) -> list:
+        return [*super().fingerprint(), hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()]
+
     def save(self, data_dir: Path) -> None:
         self.tokenizer.save(str(Path(data_dir) / TOKENIZER_FILE))
         if self.config is not None:
             (Path(data_dir) / CONFIG_FILE).write_text(json.dumps(self.config, indent=1, ensure_ascii=False) + "\n")
+
+
+def leading_special_token(tokenizer) -> int | None:
+    """The one token the tokenizer's post-processor puts before every text (Gemma's and Llama's BOS), as
+    transformers adds it with add_special_tokens; None where it puts none (GPT-2's, a trained BPE)."""
+    plain = tokenizer.encode(PROBE, add_special_tokens=False).ids
+    full = tokenizer.encode(PROBE, add_special_tokens=True).ids
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+    return full[0] if starts and starts[0] == 1 else None
 
 
 def encodable_vocab_size(tokenizer, eot_token: int) -> int:
@@ -222,9 +242,10 @@ def encodes_like(tokenizer: Tokenizer, file) -> bool:
 
 
 def load_tokenizer(data_dir) -> Tokenizer:
-    """The tokenizer that `meta.json` in `data_dir` names. GPT-2's is assumed only where it can be: a folder
-    without meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
-    from accel_train.data.tokens import GPT2_VOCAB_SIZE, read_meta
+    """The tokenizer that `meta.json` in `data_dir` names, starting documents with BOS only where that data does
+    (data prepared before BOS was added has none). GPT-2's is assumed only where it can be: a folder without
+    meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
+    from accel_train.data.meta import GPT2_VOCAB_SIZE, read_meta
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():  # not the seed's data: no folder at all says nothing about the tokenizer
@@ -234,7 +255,12 @@ def load_tokenizer(data_dir) -> Tokenizer:
     if name is None and meta["vocab_size"] != GPT2_VOCAB_SIZE:
         raise UserError(f"{data_dir}/meta.json names no tokenizer and its vocab_size {meta['vocab_size']} is not "
                         f"GPT-2's {GPT2_VOCAB_SIZE}; add \"tokenizer\": \"byte\", \"gpt2\" or \"bpe\" to it")
-    name = name or "gpt2"
+    tokenizer = _named_tokenizer(name or "gpt2", data_dir)
+    tokenizer.bos_token = meta.get("bos_token")
+    return tokenizer
+
+
+def _named_tokenizer(name: str, data_dir: Path) -> Tokenizer:
     if name == "byte":
         return ByteTokenizer()
     if name == "gpt2":

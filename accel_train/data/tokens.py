@@ -1,16 +1,15 @@
 """Token data: memmapped `.bin` splits, the seed's `get_batch`, and the loader the Accelerator prepares.
 
-A split is a flat array of token ids (`train.bin`, `val.bin` or the seed's `validation.bin`)
-described by `meta.json`. A training example is a window of `block_size + 1` tokens (which windows, and in
-which order: accel_train.stream); windows are gathered with one vectorized index instead of a Python loop
-of slices.
+A split is a flat array of token ids described by `meta.json` (see meta.py): the concatenation of the
+shard files meta.json lists, or, in data made before shards, one file (`train.bin`, `val.bin` or the
+seed's `validation.bin`). A training example is a window of `block_size + 1` tokens, which may span shards
+(which windows, and in which order: stream.py); windows are gathered with one vectorized index instead of a
+Python loop of slices.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,100 +17,137 @@ import numpy as np
 import torch
 
 from accel_train.errors import UserError
+from accel_train.data.meta import DTYPES, SPLITS, listed_shards, read_meta
 
-SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}
-DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
-GPT2_VOCAB_SIZE = 50257
-REMAP_EVERY = 1024  # reopen the memmap now and then so its touched pages leave the resident set
-
-
-def read_meta(data_dir: Path) -> dict:
-    """`meta.json` of a data folder, its fields checked before anything relies on them; a folder without one
-    is taken as the seed's uint16 GPT-2 data."""
-    path = Path(data_dir) / "meta.json"
-    if not path.exists():
-        warnings.warn(f"{path} not found: assuming uint16 tokens of the GPT-2 vocabulary", stacklevel=2)
-        return {"dtype": "uint16", "vocab_size": GPT2_VOCAB_SIZE, "tokenizer": "gpt2"}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # ValueError: malformed JSON or not UTF-8
-        raise UserError(f"cannot read {path}: {err}") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
-    if not isinstance(meta.get("dtype"), str) or meta["dtype"] not in DTYPES:
-        raise UserError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r:.60}")
-    if not _is_count(meta.get("vocab_size")) or meta["vocab_size"] < 1:
-        raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {meta.get('vocab_size')!r:.60}")
-    for key in ("tokens", "bytes"):  # bytes: UTF-8 bytes of text per split (data prepared before has none)
-        counts = meta.get(key, {})
-        if not isinstance(counts, dict) or not all(n is None or _is_count(n) for n in counts.values()):
-            raise UserError(f"{path}: '{key}' must map each split to its count (or null), got {counts!r:.60}")
-    return meta
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}  # data without a shard list
+REMAP_EVERY = 1024  # reopen the memmaps now and then so their touched pages leave the resident set
 
 
 def split_path(data_dir: Path, split: str) -> Path:
+    """The one file of a split in data made before shards."""
     if split not in SPLIT_FILES:
         raise UserError(f"unknown split '{split}'; use 'train' or 'val'")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist; prepare data there or set --data_dir")
+    data_dir = _data_folder(data_dir)
     for name in SPLIT_FILES[split]:
         path = data_dir / name
         if os.path.lexists(path):
-            if not path.is_file():  # a folder, a link to nothing, a pipe: memmap would fail mid-run
-                raise UserError(f"{path} is not a regular file; the {split} split must be a file of tokens")
-            return path
+            return _regular_file(path, split)
     raise UserError(f"no {split} split in {data_dir}: expected {' or '.join(SPLIT_FILES[split])}")
 
 
+def _data_folder(data_dir) -> Path:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist; prepare data there or set --data_dir")
+    return data_dir
+
+
+def _regular_file(path: Path, split: str) -> Path:
+    if not path.is_file():  # a folder, a link to nothing, a pipe: memmap would fail mid-run
+        raise UserError(f"{path} is not a regular file; the {split} split must be a file of tokens")
+    return path
+
+
+def split_shards(data_dir, split: str, meta: dict) -> list[tuple[Path, int | None]]:
+    """(path, token count meta.json lists or None) of each file of `split`, in order; `meta` is the folder's."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}'; use 'train' or 'val'")
+    data_dir = _data_folder(data_dir)
+    listed = listed_shards(meta, split)
+    if listed is None:
+        return [(split_path(data_dir, split), None)]
+    for name, _ in listed:
+        if not os.path.lexists(data_dir / name):
+            raise UserError(f"{data_dir}/meta.json lists the {split} shard {name}, which is missing; "
+                            "prepare the data again or restore the file")
+    return [(_regular_file(data_dir / name, split), tokens) for name, tokens in listed]
+
+
+def _file_tokens(path: Path, dtype: str, expected: int | None) -> int:
+    """How many `dtype` tokens the file holds, checked against the count meta.json lists."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    itemsize = np.dtype(dtype).itemsize
+    if size == 0:
+        raise UserError(f"{path} is empty")
+    if size % itemsize:
+        raise UserError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; "
+                        "the file is truncated or meta.json names the wrong dtype")
+    if expected is not None and size // itemsize != expected:
+        raise UserError(f"{path} holds {size // itemsize:,} {dtype} tokens but meta.json lists {expected:,}: "
+                        "the file is truncated or meta.json describes other data")
+    return size // itemsize
+
+
 class TokenFile:
-    """One split's tokens as a memmap, with vectorized window gathering."""
+    """One split's tokens, read as the concatenation of its shard files, with vectorized window gathering.
 
-    def __init__(self, path: Path, dtype: str):
-        self.path, self.dtype = Path(path), DTYPES[dtype]
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-        except OSError as err:
-            raise UserError(f"cannot read {self.path}: {err.strerror}") from None
-        itemsize = np.dtype(self.dtype).itemsize
-        if size == 0:
-            raise UserError(f"{self.path} is empty")
-        if size % itemsize:
-            raise UserError(f"{self.path} has {size} bytes, not a whole number of {dtype} tokens; "
-                            "the file is truncated or meta.json names the wrong dtype")
-        self.num_tokens = size // itemsize
-        self._memmap, self._reads = None, 0
+    `paths` are the shard files in order and `offsets` where each starts in the split (its last entry is
+    `num_tokens`): a position is found in its shard with np.searchsorted, so a window may span shards
+    exactly as if they were one file.
+    """
 
-    def tokens(self) -> np.memmap:
-        if self._memmap is None or self._reads >= REMAP_EVERY:
-            self._memmap, self._reads = np.memmap(self.path, dtype=self.dtype, mode="r"), 0
+    def __init__(self, shards: list[tuple[Path, int | None]], dtype: str):
+        self.paths, self.dtype = [Path(path) for path, _ in shards], DTYPES[dtype]
+        counts = [_file_tokens(path, dtype, expected) for path, expected in shards]
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.num_tokens = int(self.offsets[-1])
+        self._memmaps, self._reads = None, 0
+
+    def _shards(self) -> list[np.memmap]:
+        if self._memmaps is None or self._reads >= REMAP_EVERY:
+            self._memmaps, self._reads = [np.memmap(p, dtype=self.dtype, mode="r") for p in self.paths], 0
         self._reads += 1
-        return self._memmap
+        return self._memmaps
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """The tokens at `positions` (int64 positions in the split, any shape), as int64."""
+        positions = np.asarray(positions, dtype=np.int64)
+        memmaps = self._shards()
+        if len(memmaps) == 1:
+            return memmaps[0][positions].astype(np.int64)
+        shard = np.searchsorted(self.offsets, positions, side="right") - 1
+        out = np.empty(positions.shape, dtype=np.int64)
+        for s in np.unique(shard):
+            where = shard == s
+            out[where] = memmaps[s][positions[where] - self.offsets[s]]
+        return out
+
+    def tokens(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Tokens `start` to `stop` of the split (a copy, in the file's dtype), for reading documents."""
+        stop = self.num_tokens if stop is None else min(stop, self.num_tokens)
+        start = min(max(start, 0), stop)
+        first, last = np.searchsorted(self.offsets, [start, stop], side="right") - 1
+        memmaps = self._shards()
+        parts = [memmaps[s][max(start - self.offsets[s], 0):stop - self.offsets[s]]
+                 for s in range(first, min(last + 1, len(memmaps)))]
+        return np.concatenate([np.zeros(0, self.dtype), *parts])
 
     def num_windows(self, block_size: int) -> int:
         """How many distinct start positions a window of block_size + 1 tokens has."""
         n = self.num_tokens - block_size
         if n < 1:
-            raise UserError(f"{self.path} holds {self.num_tokens} tokens, fewer than one block of "
+            where = self.paths[0] if len(self.paths) == 1 else f"the {len(self.paths)} shards of {self.paths[0].parent}"
+            raise UserError(f"{where} holds {self.num_tokens} tokens, fewer than one block of "
                             f"{block_size + 1}; use more data or a smaller block_size")
         return n
 
     def windows(self, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets (int64, shape len(starts) x block_size)."""
         index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(block_size + 1)
-        buf = torch.from_numpy(self.tokens()[index].astype(np.int64))
+        buf = torch.from_numpy(self.gather(index))
         return buf[:, :-1], buf[:, 1:]
 
 
 @lru_cache(maxsize=16)
 def open_split(data_dir: str, split: str) -> TokenFile:
-    data_dir = Path(data_dir)
-    return TokenFile(split_path(data_dir, split), read_meta(data_dir)["dtype"])
+    """The split `split` ("train" or "val") of the data folder `data_dir`, every shard checked against meta.json."""
+    _data_folder(data_dir)  # a missing folder is named as such, before meta.json is looked for
+    meta = read_meta(data_dir)
+    return TokenFile(split_shards(data_dir, split, meta), meta["dtype"])
 
 
 def get_batch(split, block_size, batch_size, device, device_type, data_dir="data/demo"):

@@ -28,9 +28,10 @@ from accel_train.checkpointing.run_lock import RunLock
 from accel_train.config import TrainConfig
 from accel_train.data.token_scan import largest_id
 from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
+from accel_train.data.meta import read_meta
 from accel_train.data.mixture import Source, check_compatible, parse_mix, sources_of
 from accel_train.data.stream import WindowStream
-from accel_train.data.tokens import open_split, read_meta, split_path, train_loader
+from accel_train.data.tokens import open_split, split_path, train_loader
 from accel_train.data.windows import boundary_token
 from accel_train.distributed.collective import on_every_process, on_main_process
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
@@ -206,7 +207,7 @@ def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
 def check_folder(cfg: TrainConfig, data_dir: Path) -> dict:
     """Check both splits of `data_dir` and its meta.json against the model, down to every token id: one beyond
     the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
-    split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
+    splits = [open_split(str(data_dir), split) for split in ("train", "val")]  # a missing folder or file is named
     meta = read_meta(data_dir)
     if meta["vocab_size"] > cfg.model.vocab_size:
         fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
@@ -215,24 +216,23 @@ def check_folder(cfg: TrainConfig, data_dir: Path) -> dict:
                         f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
     if cfg.init_from:
         check_init_tokenizer(data_dir, Path(cfg.init_from))
-    splits = [open_split(str(data_dir), split) for split in ("train", "val")]
     for split, data in zip(("train", "val"), splits):
         expected = meta.get("tokens", {}).get(split)
         if expected is not None and expected != data.num_tokens:
-            raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
-                            f"says {expected:,}: the file is truncated or meta.json describes other data")
+            raise UserError(f"the {split} split of {data_dir} holds {data.num_tokens:,} {meta['dtype']} tokens but "
+                            f"its meta.json says {expected:,}: a file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
     if cfg.window_start == "document":
         boundary_token(meta, data_dir)
     vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
              else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
-    for data in splits:  # the cheap checks above first: this one reads every token (once, see token_scan)
-        largest = largest_id(data.path, data.dtype)
+    for path in (path for data in splits for path in data.paths):  # the cheap checks first: this reads every token
+        largest = largest_id(path, meta["dtype"])  # once, see token_scan
         if largest >= meta["vocab_size"]:
             misread = largest > 0xFFFF and meta["dtype"] == "uint32"  # how a uint16 file read as uint32 looks
             cause = ("if the file holds uint16 tokens, meta.json's dtype uint32 is wrong" if misread
                      else "the data was made with a larger vocabulary than that")
-            raise UserError(f"{data.path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
+            raise UserError(f"{path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
     return meta
 
 

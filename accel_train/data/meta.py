@@ -1,0 +1,103 @@
+"""`meta.json`, the description of a prepared data folder: the one place that reads and writes it.
+
+The schema (every key but dtype and vocab_size may be missing in data prepared by older versions):
+
+    dtype        "uint16" or "uint32": how the token files store ids
+    vocab_size   1 + the largest id a token file may hold
+    tokenizer    "byte", "gpt2", "bpe" or "hf" (see tokenizer.load_tokenizer)
+    eot_token    the end-of-text id that ends every document
+    bos_token    the id that starts every document, or null where the tokenizer defines none
+    shards       {"train": [{"file": "train.bin", "tokens": N}, ...], "val": [...]}: each split is the
+                 concatenation of its shard files, in this order (files lie in the folder itself)
+    tokens       {"train": N, "val": N}: tokens per split (the sum of its shards)
+    documents    {"train": N, "val": N}: documents per split
+    bytes        {"train": N, "val": N}: UTF-8 bytes of text per split (turns loss into bits per byte)
+    source, val_fraction, seed, shard_tokens: how prepare made it, for people reading the file
+
+A folder without meta.json is the seed's data: uint16 ids of GPT-2's vocabulary in train.bin and val.bin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from accel_train.errors import UserError
+
+META_FILE = "meta.json"
+DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+GPT2_VOCAB_SIZE = 50257
+SPLITS = ("train", "val")
+COUNTS = ("tokens", "documents", "bytes")  # per-split counts; a count may be null where it was not kept
+
+
+def read_meta(data_dir) -> dict:
+    """`meta.json` of a data folder, its fields checked before anything relies on them; a folder without one
+    is taken as the seed's uint16 GPT-2 data."""
+    path = Path(data_dir) / META_FILE
+    if not path.exists():
+        warnings.warn(f"{path} not found: assuming uint16 tokens of the GPT-2 vocabulary", stacklevel=2)
+        return {"dtype": "uint16", "vocab_size": GPT2_VOCAB_SIZE, "tokenizer": "gpt2"}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: malformed JSON or not UTF-8
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
+    if not isinstance(meta.get("dtype"), str) or meta["dtype"] not in DTYPES:
+        raise UserError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r:.60}")
+    if not is_count(meta.get("vocab_size")) or meta["vocab_size"] < 1:
+        raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {meta.get('vocab_size')!r:.60}")
+    for key in ("eot_token", "bos_token"):
+        if meta.get(key) is not None and not (is_count(meta[key]) and meta[key] < meta["vocab_size"]):
+            raise UserError(f"{path}: '{key}' must be a token id below vocab_size, got {meta[key]!r:.60}")
+    for key in COUNTS:
+        counts = meta.get(key, {})
+        if not isinstance(counts, dict) or not all(n is None or is_count(n) for n in counts.values()):
+            raise UserError(f"{path}: '{key}' must map each split to its count (or null), got {counts!r:.60}")
+    if "shards" in meta:
+        _check_shards(path, meta["shards"])
+    return meta
+
+
+def _check_shards(path: Path, shards) -> None:
+    """Each split lists at least one shard, a file name in the folder with its token count."""
+    def is_shard(entry) -> bool:
+        return (isinstance(entry, dict) and isinstance(entry.get("file"), str) and is_count(entry.get("tokens"))
+                and entry["file"] not in ("", ".", "..") and os.sep not in entry["file"] and "/" not in entry["file"])
+    if not isinstance(shards, dict) or set(shards) != set(SPLITS) or not all(
+            isinstance(listed, list) and listed and all(map(is_shard, listed)) for listed in shards.values()):
+        raise UserError(f"{path}: 'shards' must map 'train' and 'val' each to a list of "
+                        f"{{\"file\": name, \"tokens\": count}}, got {shards!r:.80}")
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def listed_shards(meta: dict, split: str) -> list[tuple[str, int]] | None:
+    """(file name, token count) of each shard of `split` in order, or None where meta.json lists none (data
+    prepared before shards: one file per split)."""
+    if "shards" not in meta:
+        return None
+    return [(entry["file"], entry["tokens"]) for entry in meta["shards"][split]]
+
+
+def write_meta(folder, meta: dict) -> None:
+    """Write `meta` as `folder`/meta.json (a staging folder's: prepare publishes it last, as it describes the rest)."""
+    (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def dataset_meta(tokenizer, dtype: str, shards: dict, counts: dict, **how) -> dict:
+    """The meta.json of a prepared folder: its tokenizer's ids, its `shards` ({split: [(file, tokens), ...]}),
+    `counts` ({"documents": {split: n}, "bytes": {split: n}}) and `how` it was made (source, seed, ...)."""
+    return {"dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name,
+            "eot_token": tokenizer.eot_token, "bos_token": tokenizer.bos_token,
+            "tokens": {split: sum(n for _, n in listed) for split, listed in shards.items()},
+            **counts,
+            "shards": {split: [{"file": name, "tokens": n} for name, n in listed] for split, listed in shards.items()},
+            **how}
