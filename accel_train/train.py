@@ -36,6 +36,7 @@ from accel_train.checkpoint import (BEST, check_layout, checkpoints_root, finish
                                     save_checkpoint, update_best)
 from accel_train.config import TrainConfig, load_config
 from accel_train.data import open_split, read_meta, split_path, train_loader
+from accel_train.documents import masking_separator
 from accel_train.errors import UserError, first_line, run_cli
 from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
@@ -156,6 +157,7 @@ def check_data(cfg: TrainConfig) -> dict:
         ensure_demo_data(data_dir)
     split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
+    masking_separator(cfg.document_mask, data_dir)  # document_mask on without a separator: refused here, early
     if meta["vocab_size"] > cfg.model.vocab_size:
         fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
                else "raise model.vocab_size")
@@ -401,7 +403,8 @@ def new_model(cfg: TrainConfig) -> Gemma3:
     """The model to train, initialized; a shape too large for memory is a UserError rather than the allocator's
     traceback (valid shapes have no other upper bound: that depends on the machine)."""
     try:
-        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
+        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
+                      document_separator=masking_separator(cfg.document_mask, cfg.data_dir))
     except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
         raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
                         "choose a smaller model") from None
