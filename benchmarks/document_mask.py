@@ -32,8 +32,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from tokens_to_loss import MODEL, prepare, run, tokens_to_reach  # noqa: E402
 
 from accel_train.config import load_config  # noqa: E402
-from accel_train.model import Gemma3  # noqa: E402
-from accel_train.sample import load_model  # noqa: E402
+from accel_train.models.gemma3 import Gemma3  # noqa: E402
+from accel_train.checkpointing.trained_model import load_model  # noqa: E402
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accel_train.data import read_meta
+from accel_train.data.tokens import read_meta
 from accel_train.errors import UserError
 
 SEPARATOR_KEYS = ("bos", "eot_token")  # meta.json's keys, the first present wins
