@@ -16,7 +16,6 @@ this process (`time.process_time`, so other programs on the machine count less),
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from tokens_to_loss import MODEL, prepare, run, tokens_to_reach  # noqa: E402
+from tokens_to_loss import MODEL, prepare, run, run_arguments, tokens_to_reach  # noqa: E402
 
 from accel_train.config import load_config  # noqa: E402
 from accel_train.models.gemma3 import Gemma3  # noqa: E402
@@ -98,12 +97,7 @@ def cpu_cost(vocab: int, eot: int, block: int, batch: int = 16, repeats: int = 6
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--text", default="/work/shared/data/tinystories_sample.txt")
-    parser.add_argument("--work", default="/tmp/tokens_to_loss")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--eval_iters", type=int, default=4)
+    parser = run_arguments(__doc__)
     parser.add_argument("--lr", type=float, default=0.1)
     args = parser.parse_args()
     work = Path(args.work)
