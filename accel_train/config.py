@@ -77,6 +77,10 @@ class TrainConfig:
     out_dir: str = setting("out", "where metrics and checkpoints go")
     seed: int = setting(1337, "initial weights and the data stream; same seed, same run. Below 2^31, so that numpy "
                               "takes seed + each process's index", low=0, high=2**31 - 1)
+    document_mask: str = setting("off", "attention stays inside each document of a window: a token sees only the "
+                                        "earlier tokens of its own document, which begins at meta.json's bos token, "
+                                        "or else at its eot_token (docs/training.md). auto: on where meta.json names "
+                                        "one", SWITCHES)
     # hardware
     device: str = setting("auto", "auto: cuda when present", DEVICES)
     dtype: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU", DTYPES)

@@ -168,13 +168,19 @@ def compare_windows(data: Path, work: Path, args) -> None:
         print(f"| {label} | {curve[-1][1]:.4f} | {f'{reached:,.0f}' if reached is not None else 'not reached'} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of the text, the work folder and the runs, shared with benchmarks/document_mask.py."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text", default="/work/shared/data/tinystories_sample.txt")
     parser.add_argument("--work", default="/tmp/tokens_to_loss")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--eval_iters", type=int, default=4)
+    return parser
+
+
+def main() -> None:
+    parser = run_arguments(__doc__)
     parser.add_argument("--adamw_lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1")
     parser.add_argument("--muon_lrs", default="3e-3,1e-2,3e-2,1e-1")
     parser.add_argument("--original_lr", type=float, default=0.02)

@@ -52,13 +52,13 @@ def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.Completed
     return launch(TRAIN, args, processes, **kwargs)
 
 
-def run_side_by_side(cases: list[tuple[str, list[str], list[str]]]) -> dict:
+def run_side_by_side(cases: list[tuple[str, list[str], list[str]]], timeout: float = 300) -> dict:
     """{name: (status, stderr, words)} of each (name, command, words) case, all started at once to save time."""
     procs = [subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _, cmd, _ in cases]
     results = {}
     for (name, _, words), proc in zip(cases, procs):
-        _, stderr = proc.communicate(timeout=300)
+        _, stderr = proc.communicate(timeout=timeout)
         results[name] = (proc.returncode, stderr, words)
     return results
 

@@ -112,3 +112,10 @@ def check_compatible(sources: list[Source], metas: list[dict]) -> None:
         if differ:
             raise UserError(f"data_mix: {source.data_dir} was not made like {first.data_dir} ({'; '.join(differ)}); "
                             "a mixture's folders must be prepared with one tokenizer")
+
+
+def training_sources(data_mix: str, data_dir: str) -> list[Source]:
+    """The folders a run trains on: data_mix's, or data_dir alone."""
+    if data_mix:
+        return sources_of(parse_mix(data_mix))
+    return [Source(Path(data_dir).resolve().name, data_dir, 1.0)]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel_train.data.documents import document_separator
 from accel_train.errors import UserError
 
 WINDOW_STARTS = ("any", "document")
@@ -84,9 +85,9 @@ def window_set(data, block_size: int, window_start: str, sampling: str, data_dir
 
 def boundary_token(meta: dict, data_dir) -> tuple[str, int]:
     """('bos', id) where the data marks document starts, else ('eot', id) where it marks their ends."""
-    for kind in ("bos", "eot"):
-        if isinstance(meta.get(f"{kind}_token"), int):
-            return kind, meta[f"{kind}_token"]
+    token = document_separator(meta, f"{data_dir}/meta.json")
+    if token is not None:
+        return ("bos" if token == meta.get("bos_token") else "eot"), token
     raise UserError(f"{data_dir}/meta.json names no eot_token (nor bos_token), so documents cannot be found; "
                     "prepare the data again with accel_train.prepare or use window_start any")
 

@@ -17,6 +17,7 @@ from accelerate.utils import DynamoBackend
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 from accel_train.config import TrainConfig
+from accel_train.data.documents import first_folder, masking_separator
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.hardware import switch_on
 from accel_train.training.optim import build_optimizer
@@ -46,7 +47,9 @@ def largest_fitting(sizes: list[int], fits) -> int:
 def trial_step_fits(cfg: TrainConfig, accelerator, size: int, fused_adamw: bool) -> bool:
     """One forward, backward and AdamW step at micro-batch `size` on a fresh model; within HEADROOM?"""
     device = accelerator.device
-    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers).to(device)
+    separator = masking_separator(cfg.document_mask, first_folder(cfg))  # the masks take memory too
+    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
+                   document_separator=separator).to(device)
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=fused_adamw)
     torch.cuda.reset_peak_memory_stats(device)
     x = torch.randint(cfg.model.vocab_size, (size, cfg.block_size), device=device)

@@ -26,10 +26,11 @@ from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoint
 from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
 from accel_train.checkpointing.run_lock import RunLock
 from accel_train.config import TrainConfig
+from accel_train.data.documents import first_folder, masking_separator
 from accel_train.data.token_scan import largest_id
 from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
 from accel_train.data.meta import read_meta
-from accel_train.data.mixture import Source, check_compatible, parse_mix, sources_of
+from accel_train.data.mixture import Source, check_compatible, training_sources
 from accel_train.data.stream import WindowStream
 from accel_train.data.tokens import open_split, split_path, train_loader
 from accel_train.data.windows import boundary_token
@@ -95,7 +96,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
-    sources = data_sources(cfg)
+    sources = training_sources(cfg.data_mix, cfg.data_dir)
     stream = on_every_process(accelerator, lambda: WindowStream(
         sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
         counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix)))
@@ -162,7 +163,7 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
     if resume_from is not None:
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, processes)
-    sources = data_sources(cfg)
+    sources = training_sources(cfg.data_mix, cfg.data_dir)
     data = run_identity(cfg, sources, check_data(cfg, sources))
     if resume_from is not None:
         check_same_data(resume_from, state, data, cfg)
@@ -184,13 +185,6 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
 MIXTURE = "mixture"  # trainer-state key: data_mix's weights and each source's windows given, at next_batch
 
 
-def data_sources(cfg: TrainConfig) -> list[Source]:
-    """The folders the run trains on: data_mix's, or data_dir alone."""
-    if cfg.data_mix:
-        return sources_of(parse_mix(cfg.data_mix))
-    return [Source(Path(cfg.data_dir).resolve().name, cfg.data_dir, 1.0)]
-
-
 def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
     """Make the demo corpus if asked, then check every source's folder (see check_folder) and, for a mixture,
     that their token ids mean the same; each source's meta.json."""
@@ -200,6 +194,7 @@ def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
         ensure_demo_data(Path(cfg.data_dir))
     for source in sources:
         split_path(Path(source.data_dir), "train")  # a missing folder is named as such, before meta.json is looked for
+    masking_separator(cfg.document_mask, sources[0].data_dir)  # document_mask on without a separator: refused here
     check_compatible(sources, [read_meta(Path(source.data_dir)) for source in sources])
     return [check_folder(cfg, Path(source.data_dir)) for source in sources]
 
@@ -292,7 +287,8 @@ def new_model(cfg: TrainConfig) -> Gemma3:
     """The model to train, initialized; a shape too large for memory is a UserError rather than the allocator's
     traceback (valid shapes have no other upper bound: that depends on the machine)."""
     try:
-        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
+        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
+                      document_separator=masking_separator(cfg.document_mask, first_folder(cfg)))
     except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
         raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
                         "choose a smaller model") from None
