@@ -77,7 +77,7 @@ def _staging_path(out_dir: Path) -> Path:
     return where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine, another user's too."""
     try:
         os.kill(pid, 0)
@@ -95,39 +95,47 @@ def _remove_stale_staging(out_dir: Path) -> None:
     for where in (out_dir.parent, out_dir):
         for path in where.iterdir() if where.is_dir() else ():
             pid = path.name[len(prefix):]
-            if path.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            if path.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _publish(staging: Path, out_dir: Path, last: str | None) -> None:
+def _publish(staging: Path, out_dir: Path, last: str | None, obsolete) -> None:
     """Move the staged files into place: the whole folder where out_dir is new, else file by file (the file named
-    `last` last), replacing files of the same names only."""
+    `last` last), replacing files of the same names, and then removing out_dir's earlier files whose names
+    `obsolete(name)` claims and the new ones do not replace."""
     if staging.parent != out_dir:
         os.replace(staging, out_dir)
         return
+    new = {path.name for path in staging.iterdir()}
     for path in sorted(staging.iterdir(), key=lambda p: p.name == last):
         os.replace(path, out_dir / path.name)
     staging.rmdir()
+    for path in out_dir.iterdir() if obsolete else ():
+        if path.name not in new and obsolete(path.name):
+            path.unlink()
 
 
 @contextlib.contextmanager
 def staged_folder(out_dir: Path, overwrite: bool, hint: str, last: str | None = None,
-                  held=contextlib.nullcontext) -> Iterator[Path]:
+                  held=contextlib.nullcontext, adopt=None, obsolete=None) -> Iterator[Path]:
     """A staging folder to write out_dir's files into, published when the block succeeds and removed in any case,
     so that out_dir never holds half of them. `hint` says how to get past an out_dir that already holds files;
     `last` names the file published last (the one that describes the rest); `held()` is a context in which
-    publishing and cleaning up happen (a command that handles signals holds them there). A failed write
-    (read-only, disk full) is one UserError line."""
+    publishing and cleaning up happen (a command that handles signals holds them there). `adopt(out_dir,
+    staging)`, if given, may move a killed run's staging folder to `staging` to be continued (True if it did);
+    `obsolete(name)` names earlier files that the new ones supersede. A failed write (read-only, disk full) is
+    one UserError line."""
     check_out_dir(out_dir, overwrite, hint)
     staging = _staging_path(out_dir)
     try:
+        if adopt is None or not adopt(out_dir, staging):
+            shutil.rmtree(staging, ignore_errors=True)
         _remove_stale_staging(out_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging.mkdir(parents=True, exist_ok=True)
         yield staging
         with held():
             check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
-            _publish(staging, out_dir, last)
+            _publish(staging, out_dir, last, obsolete)
     except OSError as err:
         raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
     finally:

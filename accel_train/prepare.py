@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -43,6 +42,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from accel_train.atomic import alive, check_out_dir, staged_folder, staging_prefix
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.data.meta import SPLITS, dataset_meta, write_meta
 from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
@@ -301,53 +301,6 @@ def token_dtype(vocab_size: int, requested: str = "auto") -> str:
     return requested
 
 
-def staging_prefix(out_dir: Path) -> str:
-    """How the name of a staging folder for out_dir starts: hidden, and named after out_dir."""
-    return f".{out_dir.name}.tmp-"
-
-
-def check_out_dir(out_dir: Path, overwrite: bool, hint: str) -> None:
-    """Refuse an out_dir that cannot be written (a file, under a file, read-only), or that (unless overwrite)
-    holds anything but staging folders: checked before any slow work, and again before publishing."""
-    nearest = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not nearest.is_dir():
-        raise UserError(f"cannot write {out_dir}: {nearest} is a file, not a folder")
-    if not os.access(nearest, os.R_OK | os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out_dir}: {nearest} is not writable")
-    if not overwrite and nearest == out_dir and any(not p.name.startswith(staging_prefix(out_dir))
-                                                    for p in out_dir.iterdir()):
-        raise UserError(f"{out_dir} already holds files; {hint}")
-
-
-def staging_path(out_dir: Path) -> Path:
-    """Where this process stages out_dir's new files, on out_dir's filesystem: inside out_dir where it exists (a
-    mount point cannot be renamed, and its other files stay), else beside it."""
-    where = out_dir if out_dir.is_dir() else out_dir.parent
-    return where / f"{staging_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}"
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine, another user's too."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
-def remove_stale_staging(out_dir: Path) -> None:
-    """Remove the staging folders for out_dir (beside it or inside) of processes on this machine that were killed
-    before they could; those of live processes or of other machines stay."""
-    prefix = f"{staging_prefix(out_dir)}{socket.gethostname()}-"
-    for where in (out_dir.parent, out_dir):
-        for path in where.iterdir() if where.is_dir() else ():
-            pid = path.name[len(prefix):]
-            if path.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-
-
 def adopt_unfinished(out_dir: Path, staging: Path) -> bool:
     """Take over, as `staging`, the newest staging folder of a prepare on this machine that was killed after it
     finished a shard (it holds a progress record); True where there was one."""
@@ -362,45 +315,6 @@ def adopt_unfinished(out_dir: Path, staging: Path) -> bool:
     if newest != staging:
         os.replace(newest, staging)
     return True
-
-
-def publish(staging: Path, out_dir: Path) -> None:
-    """Move the staged files into place: the whole folder where out_dir is new, else file by file, replacing
-    files of the same names, and then removing the split files of an earlier prepare that the new meta.json
-    no longer lists (a split was in more shards, or in one where it is now in several)."""
-    if staging.parent != out_dir:
-        os.replace(staging, out_dir)
-        return
-    new = {path.name for path in staging.iterdir()}
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "meta.json"):  # last, as it describes the rest
-        os.replace(path, out_dir / path.name)
-    staging.rmdir()
-    for path in out_dir.iterdir():
-        if path.name not in new and SPLIT_FILE.fullmatch(path.name):
-            path.unlink()
-
-
-@contextlib.contextmanager
-def staged(out_dir: Path, overwrite: bool, hint: str) -> Iterator[Path]:
-    """A staging folder to write out_dir's files into, published when the block succeeds and removed in any case,
-    so that out_dir never holds half of them. `hint` says how to get past an out_dir that already holds files;
-    a failed write (read-only, disk full) is one UserError line."""
-    check_out_dir(out_dir, overwrite, hint)
-    staging = staging_path(out_dir)
-    try:
-        if not adopt_unfinished(out_dir, staging):
-            shutil.rmtree(staging, ignore_errors=True)
-        remove_stale_staging(out_dir)
-        staging.mkdir(parents=True, exist_ok=True)
-        yield staging
-        with signals_held():
-            check_out_dir(out_dir, overwrite, hint)  # nothing appeared there meanwhile
-            publish(staging, out_dir)
-    except OSError as err:
-        raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
-    finally:
-        with signals_held():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source: dict, dtype: str = "auto",
@@ -419,7 +333,8 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
     settings = {"source": source, "input": input_identity, "dtype": dtype, "val_fraction": val_fraction, "seed": seed,
                 "shard_tokens": shard_tokens, "chunk_chars": CHUNK_CHARS, "tokenizer": tokenizer.fingerprint()}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    with staged(out_dir, overwrite, exists_hint) as tmp:
+    with staged_folder(out_dir, overwrite, exists_hint, last="meta.json", held=signals_held,
+                       adopt=adopt_unfinished, obsolete=SPLIT_FILE.fullmatch) as tmp:
         try:
             tokenizer.save(tmp)
         except Exception as err:  # `tokenizers` reports a failed write as a bare Exception

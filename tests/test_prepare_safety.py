@@ -16,7 +16,7 @@ from helpers import REPO, snapshot, subprocess_env
 from test_cli_errors import assert_one_error_line, command, leftovers
 
 from accel_train.data.demo_corpus import stories
-from accel_train.prepare import staging_prefix
+from accel_train.atomic import staging_prefix
 
 SEP = "<|endoftext|>"
 BYTE = ["--tokenizer", "byte", "--separator", SEP, "--val_fraction", "0.2", "--block_size", "16", "--workers", "1"]

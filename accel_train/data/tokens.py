@@ -27,7 +27,7 @@ def split_path(data_dir: Path, split: str) -> Path:
     """The one file of a split in data made before shards."""
     if split not in SPLIT_FILES:
         raise UserError(f"unknown split '{split}'; use 'train' or 'val'")
-    data_dir = _data_folder(data_dir)
+    data_dir = data_folder(data_dir)
     for name in SPLIT_FILES[split]:
         path = data_dir / name
         if os.path.lexists(path):
@@ -35,7 +35,8 @@ def split_path(data_dir: Path, split: str) -> Path:
     raise UserError(f"no {split} split in {data_dir}: expected {' or '.join(SPLIT_FILES[split])}")
 
 
-def _data_folder(data_dir) -> Path:
+def data_folder(data_dir) -> Path:
+    """data_dir, once sure it is a folder: a missing one is named as such, before meta.json is looked for."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist; prepare data there or set --data_dir")
@@ -52,7 +53,7 @@ def split_shards(data_dir, split: str, meta: dict) -> list[tuple[Path, int | Non
     """(path, token count meta.json lists or None) of each file of `split`, in order; `meta` is the folder's."""
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; use 'train' or 'val'")
-    data_dir = _data_folder(data_dir)
+    data_dir = data_folder(data_dir)
     listed = listed_shards(meta, split)
     if listed is None:
         return [(split_path(data_dir, split), None)]
@@ -145,7 +146,7 @@ class TokenFile:
 @lru_cache(maxsize=16)
 def open_split(data_dir: str, split: str) -> TokenFile:
     """The split `split` ("train" or "val") of the data folder `data_dir`, every shard checked against meta.json."""
-    _data_folder(data_dir)  # a missing folder is named as such, before meta.json is looked for
+    data_folder(data_dir)  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
     return TokenFile(split_shards(data_dir, split, meta), meta["dtype"])
 

@@ -32,7 +32,7 @@ from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokeni
 from accel_train.data.meta import read_meta
 from accel_train.data.mixture import Source, check_compatible, training_sources
 from accel_train.data.stream import WindowStream
-from accel_train.data.tokens import open_split, split_path, train_loader
+from accel_train.data.tokens import data_folder, open_split, train_loader
 from accel_train.data.windows import boundary_token
 from accel_train.distributed.collective import on_every_process, on_main_process
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
@@ -193,7 +193,7 @@ def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
 
         ensure_demo_data(Path(cfg.data_dir))
     for source in sources:
-        split_path(Path(source.data_dir), "train")  # a missing folder is named as such, before meta.json is looked for
+        data_folder(source.data_dir)
     masking_separator(cfg.document_mask, sources[0].data_dir)  # document_mask on without a separator: refused here
     check_compatible(sources, [read_meta(Path(source.data_dir)) for source in sources])
     return [check_folder(cfg, Path(source.data_dir)) for source in sources]
