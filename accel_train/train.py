@@ -41,6 +41,8 @@ from accel_train.evaluate import estimate_loss
 from accel_train.hf import hf_model_config, hf_state_dict
 from accel_train.flops import flops_per_token, mfu, peak_tflops
 from accel_train.hardware import Settings, resolve_hardware, resolve_settings, switch_on
+from accel_train.loss_spikes import SpikeGuard
+from accel_train.multiple_choice import TaskScorer, read_tasks, task_scorer
 from accel_train.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                   die_with_launcher, outlive_lost_output)
 from accel_train.model import Gemma3
@@ -62,7 +64,7 @@ PENDING = "pending_evaluation"  # trainer-state key: the metrics record of a ste
 
 
 def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
-               skip_nonfinite: bool):
+               skip_nonfinite: bool, spikes: SpikeGuard | None = None):
     """One optimizer step at the rate its schedulers set over the accumulation window's micro-batches; then each
     scheduler steps once, to the next step's rate, whether the step was skipped or not.
 
@@ -74,6 +76,8 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
     and gradients are all-reduced only on the window's last micro-batch. With `skip_nonfinite`,
     a step whose gradient norm is not finite changes no weight; deciding that costs one device
     synchronization per step, which is why stopping (checked at log and checkpoint steps) is the default.
+    With `spikes`, a step whose loss or gradient norm is an outlier changes no weight either: that costs an
+    all-reduce of the loss and a synchronization per step.
     """
     loss_sum, count = 0.0, 0
     for x, y in micro_batches:
@@ -82,13 +86,17 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
             accelerator.backward(loss)
         loss_sum, count = loss_sum + loss.detach(), count + 1
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    skipped = skip_nonfinite and not torch.isfinite(grad_norm).item()
-    if not skipped or accelerator.scaler is not None:  # the fp16 loss scaler skips such a step itself
+    nonfinite = skip_nonfinite and not torch.isfinite(grad_norm).item()
+    spike = not nonfinite and spikes is not None and spikes.is_spike(
+        accelerator.reduce(loss_sum / count, "mean").item(), grad_norm.item())
+    if not spike and (not nonfinite or accelerator.scaler is not None):  # the fp16 scaler skips a non-finite step
         optimizer.step()
+    elif spike and accelerator.scaler is not None:
+        accelerator.scaler.update()  # it unscaled these gradients for clipping: its step must be closed all the same
     for scheduler in schedulers:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / count, grad_norm, skipped
+    return loss_sum / count, grad_norm, nonfinite or spike
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -223,6 +231,9 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
         check_resumable(resume_from, state, cfg, processes)
         check_saved(resume_from, optimizer_count(cfg.optimizer))
     data = data_identity(cfg.data_dir, check_data(cfg))
+    if cfg.tasks:
+        read_tasks(cfg.tasks)  # a bad task file is refused now, not at the first evaluation
+        load_tokenizer(cfg.data_dir)
     if resume_from is not None:
         check_same_data(resume_from, state, data, cfg)
     state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
@@ -334,6 +345,8 @@ class Run:
     peak_tflops: float | None
     tokens_per_byte: float | None
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
+    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
+    scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
 
 
 def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
@@ -394,7 +407,9 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
-               tokens_per_byte=val_tokens_per_byte(cfg.data_dir), lock=lock)
+               tokens_per_byte=val_tokens_per_byte(cfg.data_dir), lock=lock,
+               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
+               scorer=task_scorer(cfg.tasks, cfg.data_dir, cfg.block_size, cfg.batch_size) if cfg.tasks else None)
 
 
 def new_model(cfg: TrainConfig) -> Gemma3:
@@ -439,12 +454,15 @@ def run_loop(run: Run, after_step) -> int:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
                                                   itertools.islice(run.batches, run.settings.micro_steps),
-                                                  cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip")
+                                                  cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip",
+                                                  spikes=run.spikes)
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
             state["tokens"] += run.tokens_per_step
             state["skipped_steps"] += skipped
+            if skipped and run.spikes is not None:
+                report(f"step {step}: update skipped (z-scores {run.spikes.last_z})")
             progress.update(1)
             stopping = any_process(stop.received is not None)  # a cheap CPU all-reduce: the only per-step sync
             if not (cfg.log_due(step) or cfg.save_due(step) or stopping):
@@ -452,7 +470,7 @@ def run_loop(run: Run, after_step) -> int:
             record = metrics_row(run, step, lr, loss, grad_norm, window_start, window_steps)
             if cfg.nonfinite != "skip":
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
-            if cfg.eval_due(step) and not evaluate_into(run, record, stop, report):
+            if (cfg.eval_due(step) or cfg.tasks_due(step)) and not evaluate_into(run, record, stop, report):
                 stopping = True  # the signal came during the evaluation, which the checkpoint redoes on resume
             if cfg.log_due(step):
                 write_row(run, record)
@@ -478,8 +496,10 @@ def metrics_row(run: Run, step: int, lr: float, loss, grad_norm, window_start: f
               "tokens_per_s": window_steps * run.tokens_per_step / (time.perf_counter() - window_start)}
     if run.peak_tflops:
         record["mfu"] = mfu(record["tokens_per_s"], run.flops_per_token, run.peak_tflops, accelerator.num_processes)
-    if cfg.nonfinite == "skip":
+    if cfg.nonfinite == "skip" or run.spikes is not None:
         record["skipped_steps"] = run.state["skipped_steps"]
+    if run.spikes is not None:
+        record.update(run.spikes.last_z)
     return record
 
 
@@ -504,27 +524,58 @@ def write_row(run: Run, record: dict) -> None:
 
 
 def evaluate_into(run: Run, record: dict, stop: StopSignals, report) -> bool:
-    """Add this step's evaluation to `record`; True if it ran to the end. A stop signal cuts it short (every
-    process agrees, batch by batch): then the record waits in the trainer state and the RNG that draws evaluation
-    batches is rewound, so the checkpoint about to be saved resumes into the evaluation an uninterrupted
-    run makes. The prepared model autocasts by itself, so no extra context is needed."""
-    cfg, state, device = run.cfg, run.state, run.accelerator.device
+    """Add this step's evaluations (validation losses, task scores: those due) to `record`; True if they ran to
+    the end. A stop signal cuts them short (every process agrees, batch by batch): then the record waits in the
+    trainer state and the RNG that draws evaluation batches is rewound, so the checkpoint about to be saved
+    resumes into the evaluations an uninterrupted run makes. The prepared model autocasts by itself, so no extra
+    context is needed."""
+    cfg, state, device, step = run.cfg, run.state, run.accelerator.device, record["step"]
     rng = torch.get_rng_state()  # get_batch draws from the CPU generator
-    losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                           device, device.type, data_dir=cfg.data_dir,
-                           stop_requested=lambda: any_process(stop.received is not None))
-    if losses is None:
+    losses = scores = {}
+
+    def stop_requested() -> bool:
+        return any_process(stop.received is not None)
+
+    if cfg.eval_due(step):
+        losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
+                               device, device.type, data_dir=cfg.data_dir, stop_requested=stop_requested)
+    if losses is not None and cfg.tasks_due(step):
+        scores = score_tasks(run, stop_requested)
+    if losses is None or scores is None:
         torch.set_rng_state(rng)
         state[PENDING] = record
         return False
     state.pop(PENDING, None)
+    record.update(scores)
+    if scores:
+        report(f"step {step}: " + ", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
+    if losses:
+        add_losses(run, record, losses, report)
+    return True
+
+
+def score_tasks(run: Run, stop_requested) -> dict | None:
+    """The multiple-choice scores of the model as it is, every process scoring its share (None: stopped)."""
+    accelerator, model = run.accelerator, run.model
+    was_training = model.training
+    model.eval()
+    try:
+        return run.scorer.score(lambda x: model(x)[0], accelerator.device, accelerator.process_index,
+                                accelerator.num_processes, stop_requested,
+                                sum_across=lambda counts: accelerator.reduce(counts, "sum"))
+    finally:
+        model.train(was_training)
+
+
+def add_losses(run: Run, record: dict, losses: dict, report) -> None:
+    """Put the validation losses (and bits per byte) into `record` and keep the best validation loss."""
+    state = run.state
     record.update(val_loss=losses["val"], train_eval_loss=losses["train"])
     if run.tokens_per_byte:
         record["val_bpb"] = losses["val"] / math.log(2) * run.tokens_per_byte
     if state["best_val_loss"] is None or losses["val"] < state["best_val_loss"]:
         state["best_val_loss"] = losses["val"]
     report(f"step {record['step']}: train {losses['train']:.4f}, val {losses['val']:.4f}")
-    return True
 
 
 def checkpoint(run: Run, step: int, val_loss: float | None) -> Path:
