@@ -1,42 +1,48 @@
-"""The shipped multiple-choice task `story_endings`: which of four sentences continues a demo story.
+"""The shipped multiple-choice task `story_endings`: which of four endings completes a sentence of a demo story.
 
     python -m accel_train.demo_task        # rewrites accel_train/tasks/story_endings.jsonl
 
-Each example is the start of a story from the demo corpus's grammar (an opening and one or two beats of its
-plot) and four candidates for its next beat: the story's own, and the same beat of three other stories, which
-have other characters and, mostly, other plots. Its seed differs from the corpus's, so the stories are new to
-a model trained on the demo corpus; a model that learned who a story is about and what happens next in its
-plot picks the right one more often than chance (1 in 4).
+Each example is a new story from the demo corpus's grammar, cut inside one of its sentences (after the first),
+and four candidates for the rest of that sentence (2 to 6 words): the story's own, and the rest of a sentence
+of three other stories, cut the same way. Its seed differs from the corpus's, so the stories are new to a
+model trained on the demo corpus; a model that learned the stories' grammar, characters and plots picks the
+right one more often than chance (1 in 4).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 
-from accel_train.demo_corpus import PLOTS, make_cast, one_of, opening
+from accel_train.demo_corpus import story
 from accel_train.multiple_choice import TASKS_DIR
 
 TASK_FILE = TASKS_DIR / "story_endings.jsonl"
 EXAMPLES, ENDINGS, SEED = 200, 4, 25
 
 
-def story_start(rng: random.Random) -> tuple[str, list[list[str]], dict]:
-    """(opening, the plot's beats, the cast) of a new story."""
-    cast = make_cast(rng)
-    return " ".join(opening(rng, cast)), PLOTS[rng.choice(sorted(PLOTS))], cast
+def cut_story(rng: random.Random) -> tuple[str, str]:
+    """(context, ending): a new story cut inside one of its sentences, after its first sentence, at a space that
+    leaves 2 to 6 words of that sentence to tell."""
+    text = story(rng)
+    sentences = [m.end() for m in re.finditer(r"[.!?]\"?(?= |\n|$)", text)]
+    while True:
+        start, end = rng.choice(list(zip(sentences, sentences[1:])))
+        spaces = [m.start() for m in re.finditer(" ", text[start + 1:end])]
+        cuts = [start + 1 + i for i in spaces if 2 <= text[start + 1 + i:end].count(" ") <= 6]
+        if cuts:
+            cut = rng.choice(cuts)
+            return text[:cut], text[cut + 1:end]
 
 
 def example(rng: random.Random) -> dict:
-    text, beats, cast = story_start(rng)
-    told = rng.randint(1, 2)  # beats of the story in the context
-    context = " ".join([text] + [one_of(rng, beat, cast) for beat in beats[:told]])
-    endings = [one_of(rng, beats[told], cast)]
+    context, ending = cut_story(rng)
+    endings = [ending]
     while len(endings) < ENDINGS:
-        _, other_beats, other_cast = story_start(rng)
-        ending = one_of(rng, other_beats[min(told, len(other_beats) - 1)], other_cast)
-        if ending not in endings:
-            endings.append(ending)
+        other = cut_story(rng)[1]
+        if other not in endings:
+            endings.append(other)
     order = list(range(ENDINGS))
     rng.shuffle(order)
     return {"ctx": context, "endings": [endings[i] for i in order], "label": order.index(0)}
