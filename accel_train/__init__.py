@@ -7,12 +7,12 @@ start without importing it.
 import importlib
 
 _EXPORTS = {
-    "Gemma3": "accel_train.model",
-    "ModelConfig": "accel_train.model",
+    "Gemma3": "accel_train.models.gemma3",
+    "ModelConfig": "accel_train.models.gemma3",
     "TrainConfig": "accel_train.config",
     "load_config": "accel_train.config",
-    "get_batch": "accel_train.data",
-    "estimate_loss": "accel_train.evaluate",
+    "get_batch": "accel_train.data.tokens",
+    "estimate_loss": "accel_train.evaluation.validation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -30,14 +30,15 @@ import torch
 from torch.autograd import DeviceType
 
 from accel_train.config import DEFAULT_CONFIG, TrainConfig, load_config
-from accel_train.data import read_meta, split_path
-from accel_train.demo_corpus import is_demo_folder, write_demo_data
+from accel_train.data.tokens import read_meta, split_path
+from accel_train.data.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.errors import UserError, run_cli
-from accel_train.flops import flops_per_token, mfu, peak_tflops
-from accel_train.hardware import Settings, resolve_settings
-from accel_train.model import Gemma3
-from accel_train.tracking import read_metrics
-from accel_train.train import make_accelerator, train
+from accel_train.models.flops import flops_per_token, mfu, peak_tflops
+from accel_train.training.hardware import Settings, resolve_settings
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.tracking import read_metrics
+from accel_train.train import train
+from accel_train.training.start import make_accelerator
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
-from accel_train.model import ModelConfig
-from accel_train.optim import require_muon
-from accel_train.schedule import SCHEDULES
+from accel_train.models.gemma3 import ModelConfig
+from accel_train.training.optim import require_muon
+from accel_train.training.schedule import SCHEDULES
 from accel_train.setting import setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

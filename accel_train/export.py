@@ -2,7 +2,7 @@
 
     python -m accel_train.export --checkpoint out/demo --out hf/demo
 
-The mapping itself, and `--init_from` the other way, live in `accel_train/hf.py`.
+The mapping itself, and `--init_from` the other way, live in `accel_train/models/hf.py`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
-from accel_train.data import open_split
+from accel_train.atomic import check_out_dir, staged_folder
+from accel_train.checkpointing.trained_model import load_model
+from accel_train.data.tokens import open_split
 from accel_train.errors import Parser, UserError, run_cli
-from accel_train.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
-from accel_train.tokenizer import load_tokenizer
+from accel_train.models.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
+from accel_train.data.tokenizer import load_tokenizer
 
 
 SAMPLE_TOKENS = 4096  # of the validation split, decoded to check the exported tokenizer on the data's own text
@@ -47,15 +49,12 @@ def data_sample(tokenizer, data_dir) -> list[str]:
 def export(checkpoint, out, data_dir=None) -> Path:
     """Write the HuggingFace folder `out`, new or empty (staged first, so it holds files only when complete and
     its tokenizer encodes as the data's did)."""
-    from accel_train.prepare import check_out_dir, staged
-    from accel_train.sample import load_model
-
     out, hint = Path(out).resolve(), "choose another --out"
     check_out_dir(out, False, hint)  # before the slow load
     model, cfg = load_model(checkpoint)
     tokenizer = find_tokenizer(data_dir, cfg.data_dir)
     transformers_module().utils.logging.disable_progress_bar()  # stderr is for errors
-    with staged(out, False, hint) as tmp:
+    with staged_folder(out, False, hint) as tmp:
         try:
             to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
         except SafetensorError as err:  # a failed write (disk full) of the weights

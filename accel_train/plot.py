@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
-from accel_train.tracking import METRICS_FILE
+from accel_train.training.tracking import METRICS_FILE
 
 PLOT_FILE = "metrics.png"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
-from accel_train.multiple_choice import TaskScorer, read_tasks, task_scorer
-from accel_train.sample import load_model, usable_device
+from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
+from accel_train.checkpointing.trained_model import load_model
+from accel_train.sample import usable_device
 
 HF_CONFIG = "config.json"
 
@@ -37,8 +38,8 @@ def checkpoint_scorer(path, tasks: str, batch_size: int | None, data_dir) -> tup
 
 def hf_scorer(path: Path, tasks: str, batch_size: int | None, block_size: int | None) -> tuple:
     """(model, logits function, scorer) of a HuggingFace folder, with its own tokenizer."""
-    from accel_train.hf import transformers_module
-    from accel_train.tokenizer import hf_tokenizer
+    from accel_train.models.hf import transformers_module
+    from accel_train.data.tokenizer import hf_tokenizer
 
     transformers = transformers_module()
     try:

@@ -18,9 +18,9 @@ import argparse
 import torch
 from torch._functorch import config as functorch_config
 
-from accel_train.activation_memory import saved_activation_bytes
+from accel_train.models.activation_memory import saved_activation_bytes
 from accel_train.config import load_config
-from accel_train.model import Gemma3
+from accel_train.models.gemma3 import Gemma3
 
 BATCHES = (4, 8)  # per-token figures from these two agree with 8 and 16 within 5%
 WAYS = [  # (name, backend, checkpoint_layers, activation_memory_budget)

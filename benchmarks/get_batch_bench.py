@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from accel_train.bench import baseline_get_batch
-from accel_train.data import get_batch
+from accel_train.data.tokens import get_batch
 
 
 def batches_per_second(fn, calls: int) -> float:

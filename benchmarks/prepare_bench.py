@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from accel_train.demo_corpus import stories
+from accel_train.data.demo_corpus import stories
 
 SEP = "<|endoftext|>"
 

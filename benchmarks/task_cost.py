@@ -18,12 +18,12 @@ import torch
 from accelerate import Accelerator
 
 from accel_train.config import load_config
-from accel_train.data import get_batch
-from accel_train.demo_corpus import ensure_demo_data
-from accel_train.evaluate import estimate_loss
-from accel_train.model import Gemma3
-from accel_train.multiple_choice import task_scorer
-from accel_train.optim import build_optimizers
+from accel_train.data.tokens import get_batch
+from accel_train.data.demo_corpus import ensure_demo_data
+from accel_train.evaluation.validation import estimate_loss
+from accel_train.models.gemma3 import Gemma3
+from accel_train.evaluation.multiple_choice import task_scorer
+from accel_train.training.optim import build_optimizers
 from accel_train.train import train_step
 
 

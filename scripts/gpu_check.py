@@ -41,8 +41,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import torch  # noqa: E402  (after the path set-up)
 
-from accel_train.demo_corpus import write_demo_data  # noqa: E402
-from accel_train.tracking import read_metrics  # noqa: E402
+from accel_train.data.demo_corpus import write_demo_data  # noqa: E402
+from accel_train.training.tracking import read_metrics  # noqa: E402
 from helpers import TINY_MODEL as TINY  # noqa: E402  (the test suite's tiny model)
 
 VOCAB_LIMIT_GIB = 20.0

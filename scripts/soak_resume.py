@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from accel_train.demo_corpus import write_demo_data  # noqa: E402
+from accel_train.data.demo_corpus import write_demo_data  # noqa: E402
 from helpers import TINY_MODEL, train  # noqa: E402
 from interrupt import KINDS, comparable_rows, finish, interrupt, stopped_cleanly  # noqa: E402
 

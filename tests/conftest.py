@@ -4,7 +4,7 @@ import shutil
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 
-from accel_train.demo_corpus import write_demo_data
+from accel_train.data.demo_corpus import write_demo_data
 from helpers import GPT2_FILES
 
 # tiktoken's cache names for GPT-2's files: the sha1 of each one's download address

@@ -106,7 +106,7 @@ def bf16_losses_and_grads(model_config, idx):
     autocast on idx's device: the two ways of computing the loss compared as training sees them."""
     import torch
 
-    from accel_train.model import Gemma3
+    from accel_train.models.gemma3 import Gemma3
 
     torch.manual_seed(0)
     plain = Gemma3(model_config, fused_loss=False).to(idx.device)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from accel_train.checkpoint import list_checkpoints
+from accel_train.checkpointing.checkpoint import list_checkpoints
 from helpers import REPO, TRAIN, command, subprocess_env
 
 KINDS = ("kill-step", "kill-save", "term", "int")

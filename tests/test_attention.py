@@ -7,7 +7,7 @@ import torch._dynamo
 import torch.nn.functional as F
 
 from accel_train.config import load_config
-from accel_train.model import Gemma3, sliding_window_flex, sliding_window_mask
+from accel_train.models.gemma3 import Gemma3, sliding_window_flex, sliding_window_mask
 from helpers import TINY_MODEL
 
 WINDOW = 48

@@ -9,14 +9,15 @@ from torch._functorch import config as functorch_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from accel_train.activation_memory import saved_activation_bytes
+from accel_train.models.activation_memory import saved_activation_bytes
 from accel_train.config import load_config
 from accel_train.errors import UserError
-from accel_train.flops import flops_per_token, mfu
-from accel_train.micro_batch import divisors_descending, largest_fitting
-from accel_train.model import Gemma3
-from accel_train.tracking import read_metrics
-from accel_train.train import make_accelerator, train
+from accel_train.models.flops import flops_per_token, mfu
+from accel_train.training.micro_batch import divisors_descending, largest_fitting
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.tracking import read_metrics
+from accel_train.train import train
+from accel_train.training.start import make_accelerator
 from helpers import TINY_MODEL, run
 
 SMALL_RUN = ["--batch_size", "4", "--gradient_accumulation_steps", "4", "--warmup_steps", "1", "--eval_iters", "1",

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from accel_train.tracking import read_metrics
+from accel_train.training.tracking import read_metrics
 from helpers import TINY_MODEL, train
 
 

@@ -8,16 +8,22 @@ import json
 
 import pytest
 
-from accel_train.checkpoint import (STATE_FILE, checkpoints_root, latest_checkpoint, list_checkpoints, prune,
-                                    resolve_resume, update_best, verify, write_manifest)
+from accel_train.checkpointing.checkpoint import (FORMAT_VERSION, STATE_FILE, checkpoints_root, latest_checkpoint,
+                                                  list_checkpoints, prune, resolve_resume, update_best, verify,
+                                                  write_manifest)
 from accel_train.errors import UserError
+
+
+def trainer_state(step, **more):
+    """The least trainer_state.json that every reader takes: a step, a config and this version's format."""
+    return {"step": step, "config": {}, "format_version": FORMAT_VERSION, **more}
 
 
 def make_checkpoint(out_dir, name, step, val_loss=None, payload=b"weights"):
     folder = checkpoints_root(out_dir) / name
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(payload * 100 + str(step).encode())
-    (folder / STATE_FILE).write_text(json.dumps({"step": step, "val_loss": val_loss, "config": {}}))
+    (folder / STATE_FILE).write_text(json.dumps(trainer_state(step, val_loss=val_loss)))
     write_manifest(folder)
     return folder
 
@@ -124,10 +130,10 @@ def test_resume_path_into_an_out_dir_of_another_run_is_refused(tmp_path):
     """Continuing a checkpoint into an out_dir with another run's checkpoints would mix their steps and best/;
     its own run's out_dir (or a copy) and an empty one are fine."""
     mine = make_checkpoint(tmp_path / "a", "step_8", 8)
-    (mine / STATE_FILE).write_text(json.dumps({"step": 8, "run_id": "mine", "config": {}}))
+    (mine / STATE_FILE).write_text(json.dumps(trainer_state(8, run_id="mine")))
     write_manifest(mine)
     theirs = make_checkpoint(tmp_path / "b", "best", 4)
-    (theirs / STATE_FILE).write_text(json.dumps({"step": 4, "run_id": "theirs", "config": {}}))
+    (theirs / STATE_FILE).write_text(json.dumps(trainer_state(4, run_id="theirs")))
     write_manifest(theirs)
     with pytest.raises(UserError, match="another run .*best is of run theirs"):
         resolve_resume(str(mine), tmp_path / "b")

@@ -14,9 +14,9 @@ import sys
 import pytest
 from safetensors.torch import save_model
 
-from accel_train.checkpoint import (MANIFEST_FILE, checkpoints_root, list_checkpoints, update_best, verify,
-                                    write_manifest)
-from accel_train.model import Gemma3, ModelConfig
+from accel_train.checkpointing.checkpoint import (MANIFEST_FILE, checkpoints_root, list_checkpoints, update_best,
+                                                  verify, write_manifest)
+from accel_train.models.gemma3 import Gemma3, ModelConfig
 from helpers import TINY_MODEL, TRAIN, assert_one_error_line, command, run, run_side_by_side, snapshot, train
 from test_checkpoint import flip_a_byte, make_checkpoint, truncate
 

@@ -11,7 +11,7 @@ import torch
 from helpers import REPO, TINY_MODEL, TRAIN, assert_one_error_line, snapshot, subprocess_env
 
 from accel_train import export, plot, prepare, sample
-from accel_train.demo_corpus import stories
+from accel_train.data.demo_corpus import stories
 from accel_train.errors import UserError
 
 TOOLS = {"sample": sample, "export": export, "prepare": prepare, "plot": plot}

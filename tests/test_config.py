@@ -8,8 +8,8 @@ import torch
 
 from accel_train.config import DEFAULT_CONFIG, load_config
 from accel_train.errors import UserError
-from accel_train.hardware import resolve_hardware
-from accel_train.train import make_accelerator
+from accel_train.training.hardware import resolve_hardware
+from accel_train.training.start import make_accelerator
 from helpers import TRAIN, run
 
 

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from accel_train.data import train_loader
-from accel_train.hf import hf_config
-from accel_train.model import ModelConfig
-from accel_train.tracking import read_metrics
+from accel_train.data.tokens import train_loader
+from accel_train.models.hf import hf_config
+from accel_train.models.gemma3 import ModelConfig
+from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINYSTORIES, run, tinystories, train
 
 transformers = pytest.importorskip("transformers")  # the `hf` extra

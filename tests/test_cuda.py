@@ -9,11 +9,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from accel_train.config import load_config
-from accel_train.data import train_loader
-from accel_train.model import Gemma3
-from accel_train.optim import build_optimizer
-from accel_train.schedule import Schedule
-from accel_train.train import make_accelerator, train_step
+from accel_train.data.tokens import train_loader
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.optim import build_optimizer
+from accel_train.training.schedule import Schedule
+from accel_train.train import train_step
+from accel_train.training.start import make_accelerator
 from helpers import TINY_MODEL, bf16_losses_and_grads
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from accel_train.data import RandomWindowBatches, get_batch, open_split, train_loader
+from accel_train.data.tokens import RandomWindowBatches, get_batch, open_split, train_loader
 from accel_train.errors import UserError
 
 

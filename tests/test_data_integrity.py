@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from accel_train.errors import UserError
-from accel_train.token_scan import CACHE_FILE, largest_id
-from accel_train.tokenizer import load_tokenizer
+from accel_train.data.token_scan import CACHE_FILE, largest_id
+from accel_train.data.tokenizer import load_tokenizer
 from helpers import TINY_MODEL, TRAIN, assert_one_error_line, command, run_side_by_side, snapshot, train
 from test_bad_input import write_data
 

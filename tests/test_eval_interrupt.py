@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from accel_train.checkpoint import list_checkpoints, verify
+from accel_train.checkpointing.checkpoint import list_checkpoints, verify
 from helpers import TINY_MODEL, snapshot
 from interrupt import (SIGNAL_GRACE_S, comparable_rows, finish, kill_all, reached_step, start, stopped_cleanly,
                        trainer_processes, wait_until)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from accel_train.errors import UserError
-from accel_train.hf import (FULL, SLIDING, hf_config, hf_model_config, hf_state_dict, model_config_from_hf,
-                            window_pattern)
-from accel_train.model import ModelConfig
-from accel_train.sample import find_checkpoint, load_model
-from accel_train.tokenizer import ByteTokenizer
-from accel_train.tracking import read_metrics
+from accel_train.models.hf import (FULL, SLIDING, hf_config, hf_model_config, hf_state_dict, model_config_from_hf,
+                                   window_pattern)
+from accel_train.models.gemma3 import ModelConfig
+from accel_train.checkpointing.trained_model import find_checkpoint, load_model
+from accel_train.data.tokenizer import ByteTokenizer
+from accel_train.training.tracking import read_metrics
 from helpers import assert_one_error_line, run, run_side_by_side, tinystories, train
 
 transformers = pytest.importorskip("transformers")  # the `hf` extra
@@ -55,7 +55,7 @@ def tokenized(tmp_path_factory):
     """{name: data folder} of the stories prepared with a trained BPE, and with a tokenizer.json whose folder
     names no tokenizer_class (with an <unk> token and a tokenizer_config.json beside it, or alone)."""
     from accel_train.prepare import write_dataset
-    from accel_train.tokenizer import EOT_TEXT, hf_tokenizer, train_bpe
+    from accel_train.data.tokenizer import EOT_TEXT, hf_tokenizer, train_bpe
 
     root = tmp_path_factory.mktemp("tokenized")
     with_unk = trained_tokenizer_json(root / "unk" / "tokenizer.json", [EOT_TEXT, "<unk>"])
@@ -132,7 +132,7 @@ def test_init_from_continues_pretraining(exported, demo_data_dir, tmp_path):
 def test_the_exported_tokenizer_gives_the_datas_ids(exported, tokenized, tmp_path):
     """Whatever tokenizer made the data, AutoTokenizer on the export encodes as it did: a tokenizer_config.json
     without a tokenizer_class used to load as GemmaTokenizer, whose spaces are <unk> (or which raises without one)."""
-    from accel_train.tokenizer import load_tokenizer
+    from accel_train.data.tokenizer import load_tokenizer
 
     checkpoint, _ = exported
     results = run_side_by_side([(name, export_command(checkpoint, tmp_path / name, data), [])
@@ -198,7 +198,7 @@ def test_import_refuses_what_the_model_lacks(tmp_path):
 
 @pytest.fixture(params=["bpe", "gpt2"])
 def other_tokenizer(request):
-    from accel_train.tokenizer import gpt2_tokenizer, train_bpe
+    from accel_train.data.tokenizer import gpt2_tokenizer, train_bpe
 
     if request.param == "gpt2":
         return gpt2_tokenizer()
@@ -207,7 +207,7 @@ def other_tokenizer(request):
 
 
 def test_bpe_and_gpt2_tokenizers_export_too(other_tokenizer, tmp_path):
-    from accel_train.hf import save_tokenizer
+    from accel_train.models.hf import save_tokenizer
 
     save_tokenizer(other_tokenizer, tmp_path)
     theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
@@ -220,8 +220,8 @@ def test_bpe_and_gpt2_tokenizers_export_too(other_tokenizer, tmp_path):
 
 def test_the_exported_gpt2_tokenizer_gives_tiktokens_ids_on_real_text(tmp_path):
     """Every story of the TinyStories sample: transformers' tokenizer from the export, id for id as tiktoken."""
-    from accel_train.hf import save_tokenizer
-    from accel_train.tokenizer import gpt2_tokenizer
+    from accel_train.models.hf import save_tokenizer
+    from accel_train.data.tokenizer import gpt2_tokenizer
 
     stories = tinystories()
     gpt2 = gpt2_tokenizer()

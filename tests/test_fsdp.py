@@ -18,10 +18,11 @@ import sys
 import pytest
 import torch
 
-from accel_train.checkpoint import FSDP_FULL_WEIGHTS, FSDP_SHARDED_WEIGHTS, MANIFEST_FILE, list_checkpoints, verify
-from accel_train.hf import hf_state_dict
-from accel_train.sample import load_model
-from accel_train.tracking import read_metrics
+from accel_train.checkpointing.checkpoint import (FSDP_FULL_WEIGHTS, FSDP_SHARDED_WEIGHTS, MANIFEST_FILE,
+                                                  list_checkpoints, verify)
+from accel_train.models.hf import hf_state_dict
+from accel_train.checkpointing.trained_model import load_model
+from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, TRAIN, assert_one_error_line, command, max_difference, run, snapshot, train
 from interrupt import comparable_rows, kill_all, reached_step, start, wait_until
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from accel_train.hf import hf_config, hf_state_dict
-from accel_train.model import ModelConfig
+from accel_train.models.hf import hf_config, hf_state_dict
+from accel_train.models.gemma3 import ModelConfig
 from helpers import TRAIN, assert_one_error_line, command, run_side_by_side
 
 transformers = pytest.importorskip("transformers")  # the `hf` extra
@@ -61,7 +61,7 @@ def changed(**fields):
 ], ids=["missing", "unexpected", "tied head given", "untied, no head", "resized", "more layers"])
 def test_weights_that_do_not_fit_the_model_are_named(hf_model, tmp_path, weights, config, words):
     from accel_train.errors import UserError
-    from accel_train.hf import hf_model_config
+    from accel_train.models.hf import hf_model_config
 
     folder = damaged(hf_model, tmp_path / "hf", weights, changed(**config))
     with pytest.raises(UserError) as refused:

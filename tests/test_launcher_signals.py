@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 
-from accel_train.checkpoint import list_checkpoints, verify
+from accel_train.checkpointing.checkpoint import list_checkpoints, verify
 from helpers import REPO, TINY_MODEL, run, train
 from interrupt import SIGNAL_GRACE_S, kill_all, reached_step, start, wait_until
 

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 
-from accel_train.tracking import read_metrics
+from accel_train.training.tracking import read_metrics
 from helpers import TINY_MODEL, train
 
 VOCAB, BLOCK = 8, 64

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 from safetensors.numpy import load_file
 
-from accel_train.data import train_loader
+from accel_train.data.tokens import train_loader
 from helpers import TINY_MODEL, run_side_by_side, command, TRAIN
 from interrupt import finish, kill_all, reached_step, start, wait_until
 

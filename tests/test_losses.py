@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from accel_train.losses import chunk_tokens, linear_cross_entropy
-from accel_train.model import Gemma3, ModelConfig
+from accel_train.models.losses import chunk_tokens, linear_cross_entropy
+from accel_train.models.gemma3 import Gemma3, ModelConfig
 from helpers import bf16_losses_and_grads
 
 TINY = ModelConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,

@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from accel_train.hf import to_hf
-from accel_train.model import Gemma3, KVCache, ModelConfig
+from accel_train.models.hf import to_hf
+from accel_train.models.gemma3 import Gemma3, KVCache, ModelConfig
 
 pytest.importorskip("transformers")  # a test extra, not a runtime dependency
 

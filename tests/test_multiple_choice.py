@@ -5,11 +5,11 @@ import json
 import subprocess
 import sys
 
-from accel_train.demo_task import write_task
-from accel_train.multiple_choice import TASKS_DIR, read_tasks
+from accel_train.evaluation.demo_task import write_task
+from accel_train.evaluation.multiple_choice import TASKS_DIR, read_tasks
 from accel_train.plot import draw
 from accel_train.score import score
-from accel_train.tracking import read_metrics
+from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TRAIN, assert_one_error_line, command, run_side_by_side, subprocess_env,
                      tinystories, train)
 

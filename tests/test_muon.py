@@ -15,10 +15,11 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.errors import UserError
-from accel_train.model import Gemma3
-from accel_train.optim import Optimizers, build_optimizers
-from accel_train.schedule import lr_at
-from accel_train.train import make_accelerator, start_from, train_step
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.optim import Optimizers, build_optimizers
+from accel_train.training.schedule import lr_at
+from accel_train.train import train_step
+from accel_train.training.start import make_accelerator, start_from
 from helpers import TRAIN, run, snapshot, train
 from interrupt import comparable_rows, finish, interrupt
 from test_resume import args, weights

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from helpers import TINY_MODEL, TINYSTORIES, gpt2_backend, run, tinystories, train
 
-from accel_train.demo_corpus import stories, write_demo_data
+from accel_train.data.demo_corpus import stories, write_demo_data
 from accel_train.errors import UserError
 from accel_train.prepare import main as prepare
-from accel_train.tokenizer import EOT_TEXT, gpt2_tokenizer, load_tokenizer
+from accel_train.data.tokenizer import EOT_TEXT, gpt2_tokenizer, load_tokenizer
 
 SEP = "<|endoftext|>"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -254,7 +254,7 @@ def test_demo_corpus_is_seeded_well_formed_and_written_like_any_corpus(tmp_path)
 def test_an_older_demo_corpus_is_rewritten_and_other_data_left_alone(byte_out, tmp_path, monkeypatch):
     """The demo's folder (data/demo, under the working directory) gets the demo corpus when it has none or an
     older version; no other folder is ever written, with data or without."""
-    import accel_train.demo_corpus as demo
+    import accel_train.data.demo_corpus as demo
 
     monkeypatch.chdir(tmp_path)
     old = tmp_path / "data" / "demo"

@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO, snapshot, subprocess_env
 from test_cli_errors import assert_one_error_line, command, leftovers
 
-from accel_train.demo_corpus import stories
+from accel_train.data.demo_corpus import stories
 from accel_train.prepare import staging_prefix
 
 SEP = "<|endoftext|>"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from accel_train.schedule import lr_at
-from accel_train.tracking import read_metrics
+from accel_train.training.schedule import lr_at
+from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, launch, max_difference
 
 SCRIPT = str(REPO / "tests" / "scripts" / "train_and_record.py")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from accel_train.checkpoint import list_checkpoints, verify, write_manifest
+from accel_train.checkpointing.checkpoint import list_checkpoints, verify, write_manifest
 from helpers import REPO, TINY_MODEL, TRAIN, command, subprocess_env, train
 from interrupt import comparable_rows, finish, interrupt, stopped_cleanly
 

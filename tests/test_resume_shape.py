@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.checkpoint import write_manifest
+from accel_train.checkpointing.checkpoint import FORMAT_VERSION, write_manifest
 from helpers import REPO, TINY_MODEL, TRAIN, command, max_difference, snapshot, subprocess_env, train
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2
@@ -84,11 +84,14 @@ def test_the_process_count_is_saved_with_each_checkpoint(runs):
     assert saved("to_two_processes", MAX_ITERS) == (2, 1)
 
 
-def without_process_count(out_dir):
-    """An out_dir as this project's older versions wrote it: no process count in the trainer state."""
+def in_format(out_dir, version):
+    """An out_dir whose checkpoints say they are in format `version` (None: no format_version at all, as those
+    written before checkpoints had one), their manifests rewritten so that they still verify."""
     for folder in (out_dir / "checkpoints").glob("step_*"):
         state = json.loads((folder / "trainer_state.json").read_text())
-        del state["processes"]
+        state.pop("format_version")
+        if version is not None:
+            state["format_version"] = version
         (folder / "trainer_state.json").write_text(json.dumps(state))
         (folder / "manifest.json").unlink()
         write_manifest(folder)
@@ -106,9 +109,11 @@ REFUSED = [
       "--gradient_accumulation_steps 2 with 1 process"]),
     ("processes", "two_processes", ["--gradient_accumulation_steps", "1"],
      ["1 x 2 processes there, 1 x 1 process here", "--gradient_accumulation_steps 2 with 1 process"]),
-    ("old checkpoint", "reference", ["--gradient_accumulation_steps", "4"],
-     ["2 x 1 process there, 4 x 1 process here", "--gradient_accumulation_steps 2 with 1 process"]),
 ]
+# checkpoints this version cannot read: (name, the format_version they claim, words the error line must contain)
+OTHER_FORMATS = [("no format_version", None, ["has no format_version", f"reads format_version {FORMAT_VERSION}"]),
+                 ("a later format", FORMAT_VERSION + 1, [f"has format_version {FORMAT_VERSION + 1}",
+                                                         f"reads format_version {FORMAT_VERSION} only"])]
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +122,11 @@ def refusals(runs, demo_data_dir, tmp_path_factory):
     all side by side."""
     root = tmp_path_factory.mktemp("refused")
     cases = {}
-    for name, source, extra, _ in REFUSED:
+    formats = [(name, "reference", [], version) for name, version, _ in OTHER_FORMATS]
+    for name, source, extra, *version in [*REFUSED, *formats]:
         out = shutil.copytree(runs[source], root / name.replace(" ", "_"))
-        if name == "old checkpoint":
-            without_process_count(out)
+        if version:
+            in_format(out, *version)
         accumulation = 1 if source == "two_processes" else 2
         more = ["--max_iters", str(MAX_ITERS + 3)]  # room to train, were the resume not refused
         cases[name] = (out, snapshot(out), subprocess.Popen(
@@ -136,7 +142,18 @@ def refusals(runs, demo_data_dir, tmp_path_factory):
 @pytest.mark.parametrize("name, words", [(name, words) for name, _, _, words in REFUSED],
                          ids=[name for name, *_ in REFUSED])
 def test_a_changed_data_stream_is_refused_with_one_line_and_nothing_written(refusals, name, words):
-    returncode, stderr, before, after = refusals[name]
+    check_refused(refusals[name], words)
+
+
+@pytest.mark.parametrize("name, words", [(name, words) for name, _, words in OTHER_FORMATS],
+                         ids=[name for name, *_ in OTHER_FORMATS])
+def test_a_checkpoint_of_another_format_is_refused_with_one_line_and_nothing_written(refusals, name, words):
+    """No reader of older layouts: a checkpoint whose format_version is not this version's is refused whole."""
+    check_refused(refusals[name], words)
+
+
+def check_refused(refusal, words):
+    returncode, stderr, before, after = refusal
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert returncode == 2, stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]

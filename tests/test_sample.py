@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from accel_train.model import Gemma3, ModelConfig
+from accel_train.models.gemma3 import Gemma3, ModelConfig
 from accel_train.sample import generate
 from helpers import TINY_MODEL, run, tinystories, train
 
@@ -99,7 +99,7 @@ def test_a_gpt2_run_samples_with_the_real_encoding(tmp_path):
     model generates after end-of-text and "Once upon a time" (7454, 2402, 257, 640)."""
     import tiktoken
 
-    from accel_train.sample import load_model
+    from accel_train.checkpointing.trained_model import load_model
 
     (tmp_path / "stories.txt").write_text("<|endoftext|>".join(tinystories()[:200]))
     data, out = tmp_path / "data", tmp_path / "out"

@@ -7,10 +7,10 @@ import warnings
 
 import torch
 
-from accel_train.checkpoint import list_checkpoints, write_manifest
+from accel_train.checkpointing.checkpoint import list_checkpoints, write_manifest
 from accel_train.config import load_config
-from accel_train.schedule import Schedule, lr_at
-from accel_train.tracking import read_metrics
+from accel_train.training.schedule import Schedule, lr_at
+from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, assert_one_error_line, launch, snapshot, train
 
 SCRIPT = str(REPO / "tests" / "scripts" / "train_and_record.py")

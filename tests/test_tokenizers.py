@@ -6,7 +6,7 @@ import json
 import pytest
 
 from accel_train.errors import UserError
-from accel_train.tokenizer import gpt2_tokenizer, hf_tokenizer, load_tokenizer
+from accel_train.data.tokenizer import gpt2_tokenizer, hf_tokenizer, load_tokenizer
 from helpers import gpt2_backend, tinystories
 
 pytest.importorskip("tokenizers")  # the `prepare` extra

@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.tracking import read_metrics
+from accel_train.training.tracking import read_metrics
 from helpers import TINY_MODEL, run
 
 SHORT_RUN = ["--max_iters", "60", "--warmup_steps", "5", "--batch_size", "8", "--block_size", "64",

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from accel_train.config import TrainConfig
-from accel_train.model import Gemma3, ModelConfig
-from accel_train.optim import build_optimizer
-from accel_train.schedule import Schedule, lr_at
-from accel_train.train import make_accelerator, train_step
+from accel_train.models.gemma3 import Gemma3, ModelConfig
+from accel_train.training.optim import build_optimizer
+from accel_train.training.schedule import Schedule, lr_at
+from accel_train.train import train_step
+from accel_train.training.start import make_accelerator
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

@@ -8,8 +8,8 @@ import pytest
 
 from accel_train.config import TrainConfig
 from accel_train.errors import UserError
-from accel_train.schedule import lr_at
-from accel_train.tracking import read_metrics
+from accel_train.training.schedule import lr_at
+from accel_train.training.tracking import read_metrics
 from helpers import train
 from test_resume import args, weights
 

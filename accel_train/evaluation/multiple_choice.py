@@ -219,8 +219,8 @@ def document_prefix(eot_token: int, bos_token: int | None) -> list[int]:
 
 def task_scorer(specs: str, data_dir, block_size: int, batch_rows: int) -> TaskScorer:
     """The tasks of `specs`, encoded with the tokenizer of the data in `data_dir` and after its document prefix."""
-    from accel_train.data import read_meta
-    from accel_train.tokenizer import load_tokenizer
+    from accel_train.data.tokens import read_meta
+    from accel_train.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(data_dir)
     prefix = document_prefix(tokenizer.eot_token, read_meta(Path(data_dir)).get("bos"))

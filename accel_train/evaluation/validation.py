@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from accelerate.utils import reduce
 
-from accel_train.data import get_batch
+from accel_train.data.tokens import get_batch
 
 
 @torch.no_grad()

@@ -13,8 +13,8 @@ import torch
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 from accel_train.config import TrainConfig
-from accel_train.model import Gemma3
-from accel_train.optim import build_optimizer
+from accel_train.models.gemma3 import Gemma3
+from accel_train.training.optim import build_optimizer
 
 HEADROOM = 0.9  # a size whose trial step peaks above this share of the GPU's memory does not count as fitting
 

@@ -62,11 +62,6 @@ def build_optimizers(model: torch.nn.Module, cfg, fused: bool = False, mixed_pre
     return [adamw, muon]
 
 
-def optimizer_count(optimizer: str) -> int:
-    """How many optimizers `build_optimizers` makes for the config's `optimizer`: each saves its own state."""
-    return 2 if optimizer == "muon" else 1
-
-
 class Optimizers:
     """Several prepared optimizers behind one optimizer's interface: the training step steps and clears them
     as one (each has its own scheduler). Gradient clipping covers all parameters before any of them steps."""

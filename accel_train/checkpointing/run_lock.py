@@ -17,10 +17,12 @@ start-up writes nothing).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -159,6 +161,30 @@ class RunLock:
             return os.path.samestat(os.stat(self.out_dir), os.fstat(self._folder_fd))
         except FileNotFoundError:
             return False
+
+
+class StartLock(RunLock):
+    """out_dir's lock, which also notes the folders out_dir held when it was taken: a start that fails (a refused
+    resume, a model too large for memory) removes the folders it made (checkpoints/, a tracker's), so that out_dir
+    is left as it was. Files stay: the only ones a start writes are the lock and the earlier rows it keeps aside."""
+
+    _before: set[Path] | None = None  # None where this process did not take the lock
+
+    def acquire(self) -> None:
+        super().acquire()
+        self._before = self._folders()
+
+    def _folders(self) -> set[Path]:
+        return {path for path in self.out_dir.iterdir() if path.is_dir() and not path.is_symlink()}
+
+    @contextlib.contextmanager
+    def undone_on_failure(self):
+        try:
+            yield
+        except BaseException:
+            for folder in self._folders() - self._before if self._before is not None else ():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 
 def _holder_record() -> bytes:

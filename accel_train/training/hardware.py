@@ -9,7 +9,7 @@ import torch
 from accelerate.utils import DynamoBackend
 
 from accel_train.errors import UserError
-from accel_train.micro_batch import resolve_micro_batch
+from accel_train.training.micro_batch import resolve_micro_batch
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 

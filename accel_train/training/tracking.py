@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from accel_train.atomic import replaced_file
 from accel_train.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -28,12 +29,10 @@ class MetricsLog:
         """Drop the rows past `step` that a resumed run will write again."""
         if self.enabled and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if _step(line) <= step]
-            tmp = self.path.with_name(f".{METRICS_FILE}.tmp")  # replaced in one rename: a kill now loses nothing
             try:
-                tmp.write_text("".join(line + "\n" for line in kept))
-                os.replace(tmp, self.path)
+                with replaced_file(self.path) as tmp:  # a kill now loses nothing
+                    tmp.write_text("".join(line + "\n" for line in kept))
             except OSError as err:
-                tmp.unlink(missing_ok=True)
                 raise UserError(f"cannot rewrite {self.path} for the resumed run: {err.strerror} (disk full?); "
                                 "it is unchanged") from None
 

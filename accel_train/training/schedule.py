@@ -12,12 +12,8 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from pathlib import Path
 
 import torch
-from accelerate.utils import SCHEDULER_NAME
-
-from accel_train.errors import UserError
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -78,15 +74,3 @@ class Schedule(torch.optim.lr_scheduler.LRScheduler):
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
-
-
-def check_saved(folder: Path, optimizers: int) -> None:
-    """Refuse in one line a checkpoint without a scheduler file for each of its `optimizers` (one written
-    before the schedulers were saved): Accelerate's load_state would stop on the missing file with a traceback."""
-    names = [f"{SCHEDULER_NAME}.bin"] + [f"{SCHEDULER_NAME}_{i}.bin" for i in range(1, optimizers)]
-    missing = [name for name in names if not (folder / name).is_file()]
-    if missing:
-        raise UserError(f"cannot resume {folder}: it has no {' or '.join(missing)} (the learning-rate scheduler's "
-                        "state; it was written before checkpoints held it); to go on from its weights, export "
-                        f"them (python -m accel_train.export --checkpoint {folder} --out DIR) and train with "
-                        "--init_from DIR into a new out_dir")

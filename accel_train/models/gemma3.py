@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
-from accel_train.losses import linear_cross_entropy
+from accel_train.models.losses import linear_cross_entropy
 from accel_train.setting import setting
 
 

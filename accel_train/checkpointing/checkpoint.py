@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
+from accel_train.atomic import fsync, install_folder, remove_folder
 from accel_train.errors import UserError
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class _TiedHeadNote(logging.Filter):
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
+FORMAT_VERSION = 1  # what a checkpoint holds and how: raise it with any change that this version's readers cannot take
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
 FSDP_MODEL_NAME = "pytorch_model_fsdp"  # accelerate.utils.constants.FSDP_MODEL_NAME (importing accelerate is slow)
@@ -63,23 +65,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(folder: Path) -> None:
     """Record size and sha256 of every file, fsyncing each, then the manifest itself."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        _fsync(path)
+        fsync(path)
         files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = folder / MANIFEST_FILE
     manifest.write_text(json.dumps({"files": files}, indent=1))
-    _fsync(manifest)
+    fsync(manifest)
 
 
 def verify(folder: Path, checksums: bool = True) -> str | None:
@@ -112,26 +106,17 @@ def verified(folder: Path, use: str) -> Path:
     return folder
 
 
-def _remove(folder: Path) -> None:
-    """Delete a folder so that it vanishes at once: rename it to a hidden name, then remove that."""
-    doomed = folder.with_name(f".deleting_{folder.name}")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(folder, doomed)
-    shutil.rmtree(doomed)
-
-
 def _install(tmp: Path, final: Path) -> None:
     """Rename a complete folder into place. A folder already there (an earlier run's checkpoint of the
     same step, or an older best/) is replaced; one that fails verification is kept, renamed, for inspection."""
     if final.exists():
         if verify(final) is None:
-            _remove(final)
+            remove_folder(final)
         else:
             kept = final.with_name(f"{final.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(final, kept)
             warnings.warn(f"{final} failed verification; kept it as {kept}", stacklevel=3)
-    os.replace(tmp, final)
-    _fsync(final.parent)
+    install_folder(tmp, final)
 
 
 def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
@@ -169,7 +154,7 @@ def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree)
 
 
 def _finish_save(tmp: Path, trainer_state: dict) -> None:
-    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "format_version": FORMAT_VERSION}, indent=1))
     write_manifest(tmp)
 
 
@@ -207,7 +192,7 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
 
 def _copy_synced(src, dst) -> None:
     shutil.copy2(src, dst)
-    _fsync(Path(dst))
+    fsync(Path(dst))
 
 
 def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
@@ -228,7 +213,7 @@ def prune(out_dir, keep_last: int, newest: Path) -> list[Path]:
         if kept < keep_last:
             kept += verify(folder, checksums=False) is None
             continue
-        _remove(folder)
+        remove_folder(folder)
         deleted.append(folder)
     return deleted
 
@@ -348,9 +333,17 @@ def loaded(path: Path, load: Callable[[], T]) -> T:
 
 
 def read_trainer_state(folder: Path) -> dict:
-    """trainer_state.json: an object with the step reached and the run's config, which every reader needs."""
+    """trainer_state.json: an object with the step reached and the run's config, which every reader needs, of a
+    checkpoint in the format this version writes. There is one format: a checkpoint in another is refused in one
+    line, not read half right."""
     path = folder / STATE_FILE
-    return loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
+    state = loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
+    found = state.get("format_version")
+    if found != FORMAT_VERSION:
+        written = f"format_version {found}" if found is not None else "no format_version (it predates them)"
+        raise UserError(f"cannot read checkpoint {folder}: it has {written}, and this accel_train reads format_version "
+                        f"{FORMAT_VERSION} only; use the accel_train version that wrote it, or start a new out_dir")
+    return state
 
 
 def _checked_state(state) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from accel_train.model import Gemma3, ModelConfig
+from accel_train.models.gemma3 import Gemma3, ModelConfig
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, matched in order against the
 # device name; first match wins, so the more specific names come first.

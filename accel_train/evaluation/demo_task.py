@@ -1,6 +1,6 @@
 """The shipped multiple-choice task `story_endings`: which of four endings completes a sentence of a demo story.
 
-    python -m accel_train.demo_task        # rewrites accel_train/tasks/story_endings.jsonl
+    python -m accel_train.evaluation.demo_task        # rewrites accel_train/evaluation/tasks/story_endings.jsonl
 
 Each example is a new story from the demo corpus's grammar, cut inside one of its sentences (after the first),
 and four candidates for the rest of that sentence (2 to 6 words): the story's own, and the rest of a sentence
@@ -15,8 +15,8 @@ import json
 import random
 import re
 
-from accel_train.demo_corpus import story
-from accel_train.multiple_choice import TASKS_DIR
+from accel_train.data.demo_corpus import story
+from accel_train.evaluation.multiple_choice import TASKS_DIR
 
 TASK_FILE = TASKS_DIR / "story_endings.jsonl"
 EXAMPLES, ENDINGS, SEED = 200, 4, 25

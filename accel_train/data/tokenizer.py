@@ -224,7 +224,7 @@ def encodes_like(tokenizer: Tokenizer, file) -> bool:
 def load_tokenizer(data_dir) -> Tokenizer:
     """The tokenizer that `meta.json` in `data_dir` names. GPT-2's is assumed only where it can be: a folder
     without meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
-    from accel_train.data import GPT2_VOCAB_SIZE, read_meta
+    from accel_train.data.tokens import GPT2_VOCAB_SIZE, read_meta
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():  # not the seed's data: no folder at all says nothing about the tokenizer

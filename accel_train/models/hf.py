@@ -18,8 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from accel_train.errors import UserError, first_line
-from accel_train.model import Gemma3, ModelConfig
-from accel_train.tokenizer import EOT_TEXT, PROBE, BpeTokenizer, ByteTokenizer, HFTokenizer
+from accel_train.models.gemma3 import Gemma3, ModelConfig
+from accel_train.data.tokenizer import EOT_TEXT, PROBE, BpeTokenizer, ByteTokenizer, HFTokenizer
 
 HF_PREFIX = "model."  # HuggingFace keeps the decoder under `model.` and lm_head beside it
 SLIDING, FULL = "sliding_attention", "full_attention"

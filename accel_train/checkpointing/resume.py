@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from accel_train.config import TrainConfig
-from accel_train.data import SPLIT_FILES, open_split
+from accel_train.data.tokens import SPLIT_FILES, open_split
 from accel_train.errors import UserError
 
 SAMPLED_CHUNKS = 16  # chunks of each split hashed, spread evenly from its first byte to its last
@@ -30,7 +30,7 @@ def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int)
     if changed:
         raise UserError(f"the config's model shape differs from the checkpoint {folder} "
                         f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
-    saved_optimizer = state["config"].get("optimizer", "adamw")  # checkpoints from before Muon hold AdamW's state
+    saved_optimizer = state["config"]["optimizer"]
     if saved_optimizer != cfg.optimizer:
         raise UserError(f"the checkpoint {folder} holds the state of optimizer {saved_optimizer}, this run asks for "
                         f"{cfg.optimizer}; resume with --optimizer {saved_optimizer} or start a new out_dir")
@@ -43,9 +43,8 @@ def _processes(n: int) -> str:
 
 def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
     """Refuse to resume `folder` where the run would draw other data: global batches come from (seed, b)
-    and an optimizer step takes accumulation x processes of them, so only micro_batch may regroup them.
-    Checkpoints without a process count come from this project's single-process days."""
-    saved, saved_processes = state["config"], state.get("processes", 1)
+    and an optimizer step takes accumulation x processes of them, so only micro_batch may regroup them."""
+    saved, saved_processes = state["config"], state["processes"]
     changed, fixes = [], []
     for k in ("batch_size", "block_size", "seed"):
         if saved[k] != getattr(cfg, k):
@@ -89,14 +88,8 @@ def _sampled_sha256(path: Path) -> str:
 
 def check_same_data(folder: Path, state: dict, identity: dict, cfg: TrainConfig) -> None:
     """Refuse to resume `folder` (its trainer `state`) on data other than the data it was trained on: the data
-    stream's positions would point into other text. accept_data_change continues on purpose; a checkpoint
-    from before the record was kept cannot be checked, so it is resumed with a note."""
-    saved = state.get("data")
-    if saved is None:
-        print(f"note: {folder} does not record which data it was trained on (it predates that record); "
-              f"taking {cfg.data_dir} as that data")
-        return
-    changed = _differences(saved, identity)
+    stream's positions would point into other text. accept_data_change continues on purpose."""
+    changed = _differences(state["data"], identity)
     if not changed:
         return
     if cfg.accept_data_change:

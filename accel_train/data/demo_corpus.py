@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from accel_train.prepare import write_dataset
-from accel_train.tokenizer import ByteTokenizer
+from accel_train.data.tokenizer import ByteTokenizer
 
 GIRLS = ["Lily", "Mia", "Sara", "Anna", "Zoe", "Ella", "Nina", "Ruby", "Lucy", "Ivy", "Emma", "Rosa", "Maya", "Hana",
          "Chloe", "Grace", "Amy", "Lena", "Tara", "Molly", "Daisy", "Kate", "Jenny", "Sophie", "Bella", "Nora",
@@ -351,7 +351,7 @@ def stories(count: int, seed: int = 0):
 
 
 DEMO_DIR = "data/demo"  # relative to the working directory, as out_dir is
-GENERATOR = "accel_train.demo_corpus"
+GENERATOR = "accel_train.demo_corpus"  # stored in meta.json (the module's old path): kept, so data on disk stays ours
 VERSION = 2  # raise it whenever the grammar changes, so that older demo data on disk is written again
 DATA_DIR_HINT = "the demo corpus goes only into a new or empty folder: set --data_dir to another one"  # the trainer's
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from accel_train.atomic import replaced_file
 
 CHUNK = 64 << 20  # tokens per np.max: 128 MiB of uint16
 CACHE_FILE = ".scan.json"
@@ -47,11 +48,6 @@ def _read_cache(folder: Path) -> dict:
 
 
 def _write_cache(folder: Path, cache: dict) -> None:
-    """Write through a temporary file, so a trainer starting at the same time never reads half of one."""
-    tmp = folder / f"{CACHE_FILE}.{os.getpid()}"
-    try:
+    """Written whole in one rename, so a trainer starting at the same time never reads half of one."""
+    with contextlib.suppress(OSError), replaced_file(folder / CACHE_FILE) as tmp:  # read-only: scan again next time
         tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, folder / CACHE_FILE)
-    except OSError:  # a read-only data folder: scan again next time
-        with contextlib.suppress(OSError):
-            tmp.unlink()

@@ -1,0 +1,290 @@
+"""Everything before the first optimizer step: the Accelerator, out_dir taken and checked, the data checked
+against the model, the checkpoint to resume (and what a resume may change), the model, optimizers and
+schedulers prepared, the data stream positioned and the trackers started.
+
+Every check a user's mistake can fail happens in `plan_start`, before anything but the lock is written; the
+loop in train.py then only steps, logs, evaluates and saves. `build_run` gives it all as one `Run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
+from torch._functorch import config as functorch_config
+
+from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping,
+                                                  launch_layout, list_checkpoints, load_state, read_trainer_state,
+                                                  resolve_resume)
+from accel_train.checkpointing.resume import check_resumable, check_same_data, data_identity
+from accel_train.checkpointing.run_lock import RunLock
+from accel_train.config import TrainConfig
+from accel_train.data.token_scan import largest_id
+from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
+from accel_train.data.tokens import open_split, read_meta, split_path, train_loader
+from accel_train.distributed.collective import on_every_process, on_main_process
+from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
+                                              die_with_launcher, outlive_lost_output)
+from accel_train.errors import UserError, first_line
+from accel_train.models.flops import flops_per_token, peak_tflops
+from accel_train.models.gemma3 import Gemma3
+from accel_train.models.hf import hf_model_config, hf_state_dict
+from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
+from accel_train.training.hardware import Settings, resolve_hardware, resolve_settings, switch_on
+from accel_train.training.optim import Optimizers, build_optimizers, group_settings, restore_group_settings
+from accel_train.training.loss_spikes import SpikeGuard
+from accel_train.training.schedule import Schedule
+from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
+                                           start_tracker, watch_model)
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, built by `build_run`: the prepared objects, the trainer state it advances and saves,
+    and the per-run constants its metrics rows and checkpoints are made of."""
+    cfg: TrainConfig
+    accelerator: Accelerator
+    settings: Settings
+    model: torch.nn.Module
+    optimizer: Optimizers
+    schedulers: list  # one per optimizer, each prepared: the rate of the coming step
+    batches: Iterator
+    state: dict
+    resume_from: Path | None
+    metrics: MetricsLog
+    start_step: int
+    first_batch: int
+    batches_per_step: int  # loader batches per optimizer step, all processes together
+    tokens_per_step: int  # all processes together
+    flops_per_token: float
+    peak_tflops: float | None
+    tokens_per_byte: float | None
+    lock: RunLock  # held by the main process: confirmed before each write to out_dir
+    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
+    scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
+
+
+def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
+    """Everything before the first step: the Accelerator, out_dir taken and checked, the automatic settings,
+    the model and optimizers (loaded from the checkpoint when resuming), the data stream and the trackers."""
+    accelerator = make_accelerator(cfg)
+    if not accelerator.is_main_process:
+        warnings.filterwarnings("ignore")  # say things once
+    if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape: a new config, the caller's stays as it is
+        cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
+    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
+                                                                         launch_layout(accelerator)))
+    settings = resolve_settings(cfg, accelerator)
+    accelerator.gradient_accumulation_steps = settings.micro_steps  # the same sequences per step
+    set_seed(cfg.seed)  # the same initial weights whatever the number of processes
+    model = new_model(cfg)
+    if cfg.init_from and resume_from is None:
+        model.load_state_dict(hf_state_dict(cfg.init_from))
+        accelerator.print(f"starting from the weights of {cfg.init_from}")
+    optimizers = build_optimizers(model, cfg, fused=settings.fused_adamw, mixed_precision=accelerator.mixed_precision)
+    world = accelerator.num_processes
+    batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
+    first_batch = state["next_batch"]
+    loader = train_loader(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed,
+                          num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
+                          first_batch=first_batch, pin_memory=not settings.cpu, micro_batch=settings.micro_batch)
+    schedulers = [Schedule(optimizer, cfg) for optimizer in optimizers]  # one each, so Muon's keeps its own scale
+    model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
+    optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
+    start_from(cfg, accelerator, optimizer, resume_from, state["step"])
+    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state["run_id"]))
+    watch_model(accelerator, model, cfg)
+    metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
+    if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
+        last_kept = state["step"] if state["evaluation_owed"] is None else state["step"] - 1
+        on_main_process(accelerator, lambda: metrics.keep_until(last_kept))
+    accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
+                      f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
+                      f"in {settings.micro_steps} micro-batch(es) of {settings.micro_batch} per process")
+    return Run(cfg, accelerator, settings, model, optimizer, schedulers, iter(loader), state, resume_from,
+               metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
+               tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
+               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops),
+               tokens_per_byte=val_tokens_per_byte(cfg.data_dir), lock=lock,
+               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
+               scorer=task_scorer(cfg.tasks, cfg.data_dir, cfg.block_size, cfg.batch_size) if cfg.tasks else None)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
+    outlive_lost_output()
+    cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
+    check_launch(cpu)
+    check_lone_process()
+    # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
+    # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
+    functorch_config.activation_memory_budget = cfg.activation_memory_budget
+    check_tracker_installed(cfg.tracker)  # before out_dir is touched: a run must not go on without its tracker
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=None if cfg.tracker == "none" else cfg.tracker,
+        project_dir=cfg.out_dir,
+        dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
+        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
+        # prepare() compiles the model, loss included; one static shape per micro-batch
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no",
+                                        mode=cfg.compile_mode, dynamic=False),
+    )
+    check_process_count(accelerator.num_processes)  # before anything is written
+    check_fsdp(accelerator.distributed_type, cfg.optimizer)
+    return accelerator
+
+
+def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> tuple[Path | None, dict]:
+    """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from;
+    `layout` is how this launch saves weights (checkpoint.LAYOUTS). Every check a user's mistake can fail
+    happens here, before anything but the lock is written."""
+    lock.acquire()
+    resume_from = resolve_resume(cfg.resume, cfg.out_dir)
+    state = fresh_state(cfg, processes) if resume_from is None else read_trainer_state(resume_from)
+    if resume_from is not None:
+        check_layout(resume_from, layout)
+        check_resumable(resume_from, state, cfg, processes)
+    data = data_identity(cfg.data_dir, check_data(cfg))
+    if cfg.tasks:
+        read_tasks(cfg.tasks)  # a bad task file is refused now, not at the first evaluation
+        load_tokenizer(cfg.data_dir)
+    if resume_from is not None:
+        check_same_data(resume_from, state, data, cfg)
+    state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
+    prepare_out_dir(cfg, resuming=resume_from is not None)
+    if resume_from is not None:
+        finish_bookkeeping(cfg.out_dir, cfg.keep_last, resume_from)
+    return resume_from, state
+
+
+def fresh_state(cfg: TrainConfig, processes: int) -> dict:
+    """The trainer state of a new run, which each checkpoint saves. `evaluation_owed` is None, or the metrics row
+    of the checkpoint's step when a stop signal cut that step's evaluations short: the resumed run does them
+    first."""
+    return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
+            "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
+
+
+def check_data(cfg: TrainConfig) -> dict:
+    """Make the demo corpus if asked, then check both splits and meta.json against the model, down to every
+    token id: one beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
+    data_dir = Path(cfg.data_dir)
+    if cfg.demo_data:
+        from accel_train.data.demo_corpus import ensure_demo_data
+
+        ensure_demo_data(data_dir)
+    split_path(data_dir, "train")  # a missing folder is named as such, before meta.json is looked for
+    meta = read_meta(data_dir)
+    if meta["vocab_size"] > cfg.model.vocab_size:
+        fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
+               else "raise model.vocab_size")
+        raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens but the model has "
+                        f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
+    if cfg.init_from:
+        check_init_tokenizer(data_dir, Path(cfg.init_from))
+    splits = [open_split(str(data_dir), split) for split in ("train", "val")]
+    for split, data in zip(("train", "val"), splits):
+        expected = meta.get("tokens", {}).get(split)
+        if expected is not None and expected != data.num_tokens:
+            raise UserError(f"{data.path} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json "
+                            f"says {expected:,}: the file is truncated or meta.json describes other data")
+        data.num_windows(cfg.block_size)
+    vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
+             else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
+    for data in splits:  # the cheap checks above first: this one reads every token (once, see token_scan)
+        largest = largest_id(data.path, data.dtype)
+        if largest >= meta["vocab_size"]:
+            misread = largest > 0xFFFF and meta["dtype"] == "uint32"  # how a uint16 file read as uint32 looks
+            cause = ("if the file holds uint16 tokens, meta.json's dtype uint32 is wrong" if misread
+                     else "the data was made with a larger vocabulary than that")
+            raise UserError(f"{data.path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
+    return meta
+
+
+def check_init_tokenizer(data_dir: Path, init_from: Path) -> None:
+    """Continued pretraining needs the data encoded by the model's own tokenizer (where its folder holds one):
+    with another, every embedding would be trained on some other token's text."""
+    if not (init_from / TOKENIZER_FILE).is_file():
+        return
+    try:
+        tokenizer = load_tokenizer(data_dir)
+    except UserError as err:  # e.g. tiktoken offline: the check is a safeguard, not a reason to stop
+        print(f"note: data and init_from tokenizers not compared ({err})")
+        return
+    if not encodes_like(tokenizer, init_from / TOKENIZER_FILE):
+        raise UserError(f"the tokenizer of {data_dir} ({tokenizer.name}) is not the one of init_from {init_from}; "
+                        f"prepare the data with --tokenizer {init_from}")
+
+
+def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
+    """Create out_dir, refusing to write a fresh run over an earlier run's checkpoints or metrics.
+
+    An earlier run killed before its first checkpoint leaves only metrics: `--resume auto` then starts
+    afresh and keeps those rows aside, renamed; without it the run is refused."""
+    out_dir = Path(cfg.out_dir)
+    if not resuming and list_checkpoints(out_dir):
+        raise UserError(f"{out_dir} already holds checkpoints of a run; continue it with --resume auto "
+                        "or choose another --out_dir")
+    if not resuming and (checkpoints_root(out_dir) / BEST).exists():
+        raise UserError(f"{out_dir} already holds the best checkpoint of a run ({BEST}/), which a new run would "
+                        "replace; move it away or choose another --out_dir")
+    if not resuming and has_rows(out_dir):
+        if cfg.resume != "auto":
+            raise UserError(f"{out_dir} already holds {METRICS_FILE} of a run (it has no checkpoint); restart it "
+                            "with --resume auto, which keeps those rows aside, or choose another --out_dir")
+        kept = out_dir / f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        os.replace(out_dir / METRICS_FILE, kept)
+        print(f"kept the earlier rows of {out_dir / METRICS_FILE} as {kept}")
+    try:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / "checkpoints" / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
+
+
+def val_tokens_per_byte(data_dir) -> float | None:
+    """Tokens per UTF-8 byte of text in the validation split, from meta.json; None for data prepared before
+    prepare counted bytes. It turns val_loss (nats per token) into val_bpb (bits per byte), which does not
+    depend on the tokenizer."""
+    meta = read_meta(Path(data_dir))
+    tokens, text_bytes = meta.get("tokens", {}).get("val"), meta.get("bytes", {}).get("val")
+    return tokens / text_bytes if tokens and text_bytes else None
+
+
+def new_model(cfg: TrainConfig) -> Gemma3:
+    """The model to train, initialized; a shape too large for memory is a UserError rather than the allocator's
+    traceback (valid shapes have no other upper bound: that depends on the machine)."""
+    try:
+        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers)
+    except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
+        raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
+                        "choose a smaller model") from None
+
+
+def start_from(cfg: TrainConfig, accelerator: Accelerator, optimizer: Optimizers, resume_from: Path | None,
+               step: int) -> None:
+    """Load the checkpoint being resumed into the prepared objects; or, starting afresh, seed the evaluation
+    batches per process."""
+    if resume_from:
+        settings = group_settings(optimizer)
+        on_every_process(accelerator, lambda: load_state(accelerator, resume_from))
+        restore_group_settings(optimizer, settings)  # this config's weight decay and betas, not the checkpoint's;
+        # the rate is this config's schedule at `step`: the schedulers loaded their step count alone
+        accelerator.step = 0  # a checkpoint lies between optimizer steps, whatever micro-batch count it saved
+        accelerator.print(f"resuming from {resume_from} at step {step}")
+    else:
+        if cfg.resume == "auto":
+            accelerator.print(f"no checkpoint in {cfg.out_dir} yet: starting from step 0")
+        set_seed(cfg.seed, device_specific=True)  # each process draws its own evaluation batches
+
