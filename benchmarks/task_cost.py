@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps timed (their mean is reported)")
     args = parser.parse_args()
-    cfg = load_config(["--device", "cpu"])
+    cfg = load_config(["--device", "cpu", "--tasks", "story_endings"])
     ensure_demo_data(cfg.data_dir)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=cfg.gradient_accumulation_steps)

@@ -17,7 +17,7 @@ def test_a_finished_run_writes_the_png(trained_run):
     png = out_dir / "metrics.png"
     assert f"plot: {png}" in stdout
     height, width, _ = image.imread(png).shape
-    assert (width, height) == (1100, 1000)  # with the demo's task scores, a third row
+    assert (width, height) == (1100, 700)
 
 
 def test_the_curves_are_the_logged_values(trained_run):

@@ -53,6 +53,10 @@ def write_task(path=TASK_FILE, examples: int = EXAMPLES, seed: int = SEED) -> No
     path.write_text("".join(json.dumps(example(rng)) + "\n" for _ in range(examples)), encoding="utf-8")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     write_task()
     print(f"wrote {TASK_FILE}")
+
+
+if __name__ == "__main__":
+    main()
