@@ -16,6 +16,7 @@ import random
 import re
 
 from accel_train.data.demo_corpus import story
+from accel_train.errors import Parser
 from accel_train.evaluation.multiple_choice import TASKS_DIR
 
 TASK_FILE = TASKS_DIR / "story_endings.jsonl"
@@ -54,6 +55,7 @@ def write_task(path=TASK_FILE, examples: int = EXAMPLES, seed: int = SEED) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
+    Parser(prog="python -m accel_train.evaluation.demo_task", description=__doc__.splitlines()[0]).parse_args(argv)
     write_task()
     print(f"wrote {TASK_FILE}")
 
