@@ -146,11 +146,20 @@ class TrainConfig:
     # evaluation, logging and checkpoints
     eval_interval: int = setting(500, "optimizer steps between evaluations", low=1)
     eval_iters: int = setting(200, "batches per split per evaluation", low=1)
+    tasks: str = setting("", "multiple-choice task files (HellaSwag-style JSON Lines, comma-separated) or shipped "
+                             "task names (story_endings), scored by log-likelihood; empty: none")
+    task_interval: int = setting(0, "optimizer steps between scorings of the tasks (and at the end); 0: with every "
+                                    "evaluation", low=0)
     log_interval: int = setting(10, "optimizer steps between log rows", low=1)
     checkpoint_interval: int = setting(1_000, "optimizer steps between checkpoints; 0: only the final one", low=0)
     keep_last: int = setting(3, "newest checkpoints kept besides best/; 0 keeps all", low=0)
     nonfinite: str = setting("stop", "on a non-finite loss or gradient norm: stop the run, or skip the update and "
                                      "count it", NONFINITE)
+    spike_sigma: float = setting(0.0, "skip the update of a step whose loss or gradient norm lies more than this "
+                                      "many standard deviations above the mean of the last spike_window steps "
+                                      "(OLMo-core uses 6); costs one synchronization per step; 0: off", low=0)
+    spike_window: int = setting(128, "steps of loss and gradient-norm history that spike_sigma compares with; "
+                                     "skipping starts once half of it is filled", low=2)
     tracker: str = setting("none", "where metrics go besides metrics.jsonl", TRACKERS)
     wandb_project: str = setting("accel_train", "wandb: the project")
     run_name: str = setting("", "the tracker's run name")
@@ -197,9 +206,13 @@ class TrainConfig:
         """Evaluate after optimizer step `step`: every eval_interval steps and at the end."""
         return step % self.eval_interval == 0 or step == self.max_iters
 
+    def tasks_due(self, step: int) -> bool:
+        """Score the multiple-choice tasks after `step`: every task_interval steps (or eval_interval) and at the end."""
+        return bool(self.tasks) and (step % (self.task_interval or self.eval_interval) == 0 or step == self.max_iters)
+
     def log_due(self, step: int) -> bool:
         """Write a metrics row after `step`: every log_interval steps and with every evaluation."""
-        return self.eval_due(step) or step % self.log_interval == 0
+        return self.eval_due(step) or self.tasks_due(step) or step % self.log_interval == 0
 
     def save_due(self, step: int) -> bool:
         """Save a checkpoint after `step`: every checkpoint_interval steps (0: never) and at the end."""

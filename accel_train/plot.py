@@ -32,15 +32,27 @@ def source_keys(records: list[dict], prefix: str) -> list[str]:
     return list(dict.fromkeys(key for r in records for key in r if key.startswith(prefix)))
 
 
+def task_scores(records: list[dict]) -> list[str]:
+    """The multiple-choice scores the rows hold (`<task>/acc`, `<task>/acc_norm`), in the order they appear."""
+    return list(dict.fromkeys(k for r in records for k in r if k.endswith(("/acc", "/acc_norm"))))
+
+
 def draw(records: list[dict], title: str = ""):
-    """A 2 x 2 matplotlib Figure of the metrics rows."""
+    """A 2 x 2 matplotlib Figure of the metrics rows, with a third row of task scores where they have any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    (loss, lr), (grad, speed) = axes
+    scores = task_scores(records)
+    fig, axes = plt.subplots(3 if scores else 2, 2, figsize=(11, 10 if scores else 7), sharex=True)
+    (loss, lr), (grad, speed) = axes[:2]
+    if scores:
+        for ax, kind in zip(axes[2], ("/acc", "/acc_norm")):
+            for key in (k for k in scores if k.endswith(kind)):
+                ax.plot(*series(records, key), "o-", label=key)
+            ax.set(ylabel="accuracy", title=f"multiple choice: {kind[1:]}", xlabel="optimizer step")
+            ax.legend()
     loss.plot(*series(records, "loss"), label="train (step mean)", color="tab:blue", alpha=0.7)
     loss.plot(*series(records, "val_loss"), "o-", label="validation", color="tab:orange")
     for key in source_keys(records, "val_loss/"):  # a mixture: each source's validation loss

@@ -32,11 +32,12 @@ from accel_train.evaluation.validation import estimate_loss
 from accel_train.models.flops import mfu
 from accel_train.plot import write_plot
 from accel_train.sample import sample_text
+from accel_train.training.loss_spikes import SpikeGuard
 from accel_train.training.start import MIXTURE, Run, build_run
 
 
 def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
-               skip_nonfinite: bool):
+               skip_nonfinite: bool, spikes: SpikeGuard | None = None):
     """One optimizer step at the rate its schedulers set over the accumulation window's micro-batches; then each
     scheduler steps once, to the next step's rate, whether the step was skipped or not.
 
@@ -48,6 +49,8 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
     and gradients are all-reduced only on the window's last micro-batch. With `skip_nonfinite`,
     a step whose gradient norm is not finite changes no weight; deciding that costs one device
     synchronization per step, which is why stopping (checked at log and checkpoint steps) is the default.
+    With `spikes`, a step whose loss or gradient norm is an outlier changes no weight either: that costs an
+    all-reduce of the loss and a synchronization per step.
     """
     loss_sum, count = 0.0, 0
     for x, y in micro_batches:
@@ -56,13 +59,17 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
             accelerator.backward(loss)
         loss_sum, count = loss_sum + loss.detach(), count + 1
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    skipped = skip_nonfinite and not torch.isfinite(grad_norm).item()
-    if not skipped or accelerator.scaler is not None:  # the fp16 loss scaler skips such a step itself
+    nonfinite = skip_nonfinite and not torch.isfinite(grad_norm).item()
+    spike = not nonfinite and spikes is not None and spikes.is_spike(
+        accelerator.reduce(loss_sum / count, "mean").item(), grad_norm.item())
+    if not spike and (not nonfinite or accelerator.scaler is not None):  # the fp16 scaler skips a non-finite step
         optimizer.step()
+    elif spike and accelerator.scaler is not None:
+        accelerator.scaler.update()  # it unscaled these gradients for clipping: its step must be closed all the same
     for scheduler in schedulers:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / count, grad_norm, skipped
+    return loss_sum / count, grad_norm, nonfinite or spike
 
 
 def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
@@ -125,12 +132,15 @@ def run_loop(run: Run, after_step) -> int:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
                                                   itertools.islice(run.batches, run.plan.micro_steps),
-                                                  cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip")
+                                                  cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip",
+                                                  spikes=run.spikes)
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
             state["tokens"] += run.tokens_per_step
             state["skipped_steps"] += skipped
+            if skipped and run.spikes is not None:
+                report(f"step {step}: update skipped (z-scores {run.spikes.last_z})")
             progress.update(1)
             stopping = any_process(stop.received is not None)  # a cheap CPU all-reduce: the only per-step sync
             if not (cfg.log_due(step) or cfg.save_due(step) or stopping):
@@ -138,7 +148,7 @@ def run_loop(run: Run, after_step) -> int:
             record = metrics_row(run, step, lr, loss, grad_norm, window_start, window_steps)
             if cfg.nonfinite != "skip":
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
-            if cfg.eval_due(step):
+            if cfg.eval_due(step) or cfg.tasks_due(step):
                 evaluations = evaluate(run, step, stop, report)
                 if evaluations is None:  # a stop signal cut them short: the checkpoint owes them, done on resume
                     state["evaluation_owed"], stopping = record, True
@@ -168,8 +178,10 @@ def metrics_row(run: Run, step: int, lr: float, loss, grad_norm, window_start: f
               "tokens_per_s": window_steps * run.tokens_per_step / (time.perf_counter() - window_start)}
     if run.peak_tflops:
         record["mfu"] = mfu(record["tokens_per_s"], run.flops_per_token, run.peak_tflops, accelerator.num_processes)
-    if cfg.nonfinite == "skip":
+    if cfg.nonfinite == "skip" or run.spikes is not None:
         record["skipped_steps"] = run.state["skipped_steps"]
+    if run.spikes is not None:
+        record.update(run.spikes.last_z)
     return record
 
 
@@ -200,16 +212,46 @@ def write_row(run: Run, record: dict) -> None:
 
 
 def evaluate(run: Run, step: int, stop: StopSignals, report) -> dict | None:
-    """The evaluations of step `step`, as metrics to add to its row; None if a stop signal cut them short (every
-    process agrees, batch by batch). They are one unit: cut short, all of them are owed, and the CPU generator
-    that draws their batches is rewound to where they began, so that the checkpoint saved next redoes exactly
-    the evaluations an uninterrupted run makes. The prepared model autocasts by itself: no extra context."""
-    state = run.state
+    """The evaluations due at step `step` (validation losses, multiple-choice task scores), as metrics to add to
+    its row; None if a stop signal cut them short (every process agrees, batch by batch). They are one unit: cut
+    short, all of them are owed, and the CPU generator that draws their batches is rewound to where they began,
+    so that the checkpoint saved next redoes exactly the evaluations an uninterrupted run makes. The prepared
+    model autocasts by itself: no extra context."""
+    cfg = run.cfg
     rng = torch.get_rng_state()
-    per_source = source_losses(run, stop)
-    if per_source is None:
+
+    def stop_requested() -> bool:
+        return any_process(stop.received is not None)
+
+    per_source = scores = {}
+    if cfg.eval_due(step):
+        per_source = source_losses(run, stop_requested)
+    if per_source is not None and cfg.tasks_due(step):
+        scores = score_tasks(run, stop_requested)
+    if per_source is None or scores is None:
         torch.set_rng_state(rng)
         return None
+    if scores:
+        report(f"step {step}: " + ", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
+    return {**scores, **(validation_metrics(run, step, per_source, report) if per_source else {})}
+
+
+def score_tasks(run: Run, stop_requested) -> dict | None:
+    """The multiple-choice scores of the model as it is, every process scoring its share (None: stopped)."""
+    accelerator, model = run.accelerator, run.model
+    was_training = model.training
+    model.eval()
+    try:
+        return run.scorer.score(lambda x: model(x)[0], accelerator.device, accelerator.process_index,
+                                accelerator.num_processes, stop_requested,
+                                sum_across=lambda counts: accelerator.reduce(counts, "sum"))
+    finally:
+        model.train(was_training)
+
+
+def validation_metrics(run: Run, step: int, per_source: list[dict], report) -> dict:
+    """The validation losses (and bits per byte) as metrics; the best validation loss kept in the state."""
+    state = run.state
     evaluations = mixed_losses(run, per_source)
     if state["best_val_loss"] is None or evaluations["val_loss"] < state["best_val_loss"]:
         state["best_val_loss"] = evaluations["val_loss"]
@@ -217,13 +259,12 @@ def evaluate(run: Run, step: int, stop: StopSignals, report) -> dict | None:
     return evaluations
 
 
-def source_losses(run: Run, stop: StopSignals) -> list[dict] | None:
+def source_losses(run: Run, stop_requested) -> list[dict] | None:
     """estimate_loss of each source in turn ({'train', 'val'} each); None where a stop signal cut one short."""
     cfg, device, per_source = run.cfg, run.accelerator.device, []
     for source in run.stream.sources:
         losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                               device, device.type, data_dir=source.data_dir,
-                               stop_requested=lambda: any_process(stop.received is not None))
+                               device, device.type, data_dir=source.data_dir, stop_requested=stop_requested)
         if losses is None:
             return None
         per_source.append(losses)

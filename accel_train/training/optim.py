@@ -61,12 +61,11 @@ def require_muon() -> None:
                         f"{torch.__version__}: upgrade torch or use --optimizer adamw")
 
 
-def build_optimizers(model: torch.nn.Module, settings: OptimizerHyperparameters, fused: bool = False,
+def build_optimizers(model: torch.nn.Module, s: OptimizerHyperparameters, fused: bool = False,
                      mixed_precision: str = "no") -> list:
-    """The optimizers `settings` names: [AdamW], or [AdamW for embedding, head and norms, Muon for the hidden
+    """The optimizers `s` names: [AdamW], or [AdamW for embedding, head and norms, Muon for the hidden
     matrices]. Muon's group carries `lr_scale` (muon_lr / learning_rate), so one schedule drives both at their
     own peaks."""
-    s = settings
     if s.name == "adamw":
         return [build_optimizer(model, s.learning_rate, s.weight_decay, s.betas, fused=fused)]
     require_muon()

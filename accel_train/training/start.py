@@ -41,7 +41,9 @@ from accel_train.errors import UserError, first_line
 from accel_train.models.flops import flops_per_token, peak_tflops
 from accel_train.models.gemma3 import Gemma3
 from accel_train.models.hf import hf_model_config, hf_state_dict
+from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
 from accel_train.training.hardware import resolve_hardware, switch_on
+from accel_train.training.loss_spikes import SpikeGuard
 from accel_train.training.micro_batch import StepPlan, plan_step
 from accel_train.training.optim import (OptimizerHyperparameters, Optimizers, build_optimizers, group_hyperparameters,
                                         restore_group_hyperparameters)
@@ -72,6 +74,8 @@ class Run:
     stream: WindowStream
     tokens_per_byte: list[float | None]  # of each source's validation split
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
+    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
+    scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
 
 
 def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
@@ -123,7 +127,9 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), stream=stream,
-               tokens_per_byte=[val_tokens_per_byte(source.data_dir) for source in sources], lock=lock)
+               tokens_per_byte=[val_tokens_per_byte(source.data_dir) for source in sources], lock=lock,
+               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
+               scorer=task_scorer(cfg.tasks, first_folder(cfg), cfg.block_size, cfg.batch_size) if cfg.tasks else None)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -165,6 +171,9 @@ def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> 
         check_resumable(resume_from, state, cfg, processes)
     sources = training_sources(cfg.data_mix, cfg.data_dir)
     data = run_identity(cfg, sources, check_data(cfg, sources))
+    if cfg.tasks:
+        read_tasks(cfg.tasks)  # a bad task file is refused now, not at the first evaluation
+        load_tokenizer(first_folder(cfg))
     if resume_from is not None:
         check_same_data(resume_from, state, data, cfg)
     state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's

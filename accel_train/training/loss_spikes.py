@@ -1,0 +1,49 @@
+"""Skip the update of a step whose loss or gradient norm is an outlier against the recent steps, as OLMo-core's
+SkipStepOptimizer does: a finite loss spike (a bad batch) would otherwise be applied to the weights unnoticed.
+
+A step is an outlier when its value lies more than `sigma` standard deviations above the mean of the last
+`window` steps, judged once half the window is filled. Every step's values join the history, skipped or not.
+The history lives in the trainer state (`spike_history`), so a resumed run decides exactly as an uninterrupted
+one, and every process decides alike: the loss is averaged across processes first and the gradient norm is the
+global one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+HISTORY_KEY = "spike_history"  # trainer-state key: {"loss": [...], "grad_norm": [...]}, oldest first
+
+
+class SpikeGuard:
+    """Decides, step by step, whether an update is skipped; `last_z` holds the latest step's z-scores, for its
+    metrics row (none before half a window)."""
+
+    def __init__(self, sigma: float, window: int, state: dict):
+        self.sigma, self.window = sigma, window
+        self.history = state.setdefault(HISTORY_KEY, {"loss": [], "grad_norm": []})  # saved with the state
+        self.last_z: dict[str, float] = {}
+
+    def z_score(self, name: str, value: float) -> float | None:
+        """How many standard deviations `value` lies above the history's mean; None before half a window."""
+        past = self.history[name]
+        if len(past) < max(2, self.window // 2):
+            return None
+        mean, std = statistics.fmean(past), statistics.stdev(past)
+        if std == 0:
+            return math.inf if value > mean else 0.0
+        return (value - mean) / std
+
+    def is_spike(self, loss: float, grad_norm: float) -> bool:
+        """Whether this step's update is to be skipped; the step's values then join the history (a non-finite
+        one is left out: the nonfinite setting deals with it, and it would poison every later mean)."""
+        z_loss, z_grad = self.z_score("loss", loss), self.z_score("grad_norm", grad_norm)
+        self.last_z = {key: z for key, z in (("loss_z", z_loss), ("grad_norm_z", z_grad)) if z is not None}
+        spike = any(z is not None and z > self.sigma for z in (z_loss, z_grad))
+        for name, value in (("loss", loss), ("grad_norm", grad_norm)):
+            if math.isfinite(value):
+                past = self.history[name]
+                past.append(value)
+                del past[:-self.window]
+        return spike
