@@ -223,8 +223,10 @@ def check_folder(cfg: TrainConfig, data_dir: Path) -> dict:
     for split, data in zip(("train", "val"), splits):
         expected = meta.get("tokens", {}).get(split)
         if expected is not None and expected != data.num_tokens:
-            raise UserError(f"the {split} split of {data_dir} holds {data.num_tokens:,} {meta['dtype']} tokens but "
-                            f"its meta.json says {expected:,}: a file is truncated or meta.json describes other data")
+            shards = len(data.paths)
+            where = data.paths[0] if shards == 1 else f"the {split} split of {data_dir} ({shards} shards)"
+            raise UserError(f"{where} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json says "
+                            f"{expected:,}: a file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
     if cfg.window_start == "document":
         boundary_token(meta, data_dir)
