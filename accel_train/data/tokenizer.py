@@ -140,8 +140,11 @@ class HFTokenizer(Tokenizer):
 def leading_special_token(tokenizer) -> int | None:
     """The one token the tokenizer's post-processor puts before every text (Gemma's and Llama's BOS), as
     transformers adds it with add_special_tokens; None where it puts none (GPT-2's, a trained BPE)."""
-    plain = tokenizer.encode(PROBE, add_special_tokens=False).ids
-    full = tokenizer.encode(PROBE, add_special_tokens=True).ids
+    try:
+        plain = tokenizer.encode(PROBE, add_special_tokens=False).ids
+        full = tokenizer.encode(PROBE, add_special_tokens=True).ids
+    except Exception as err:  # tokenizers raises a bare Exception, e.g. for a word a WordLevel model lacks
+        raise UserError(f"the tokenizer cannot encode the text {PROBE!r}: {first_line(err)}") from None
     starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
     return full[0] if starts and starts[0] == 1 else None
 
