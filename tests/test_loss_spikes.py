@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 from safetensors.numpy import load_file
 
-from accel_train.data.tokens import train_loader
+from accel_train.data.stream import WindowStream
 from helpers import TINY_MODEL, run_side_by_side, command, TRAIN
 from interrupt import finish, kill_all, reached_step, start, wait_until
 
@@ -24,8 +24,8 @@ SKIP = ["--spike_sigma", "3", "--spike_window", "8"]
 def corrupted_copy(data_dir, out):
     """A copy of the data whose windows drawn at SPIKE_STEP hold random bytes: a finite loss spike."""
     shutil.copytree(data_dir, out)
-    loader = train_loader(out, BLOCK, BATCH, seed=5, num_batches=SPIKE_STEP, first_batch=SPIKE_STEP - 1)
-    starts = [first for batch in loader.batch_sampler for first in batch]
+    stream = WindowStream.of_folder(out, BLOCK, BATCH, seed=5)  # the stream the run draws
+    starts = [first for _, first in stream.batch(SPIKE_STEP - 1)]  # one stream batch per step here
     tokens = np.memmap(out / "train.bin", dtype=np.uint16, mode="r+")
     rng = np.random.default_rng(0)
     for first in starts:
