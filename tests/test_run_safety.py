@@ -224,7 +224,9 @@ def changed_copy(source, target, split_file, change):
     tokens = change(np.fromfile(target / split_file, dtype=np.uint16))
     tokens.tofile(target / split_file)
     meta = json.loads((target / "meta.json").read_text())
-    meta["tokens"][split_file.removesuffix(".bin")] = len(tokens)
+    split = split_file.removesuffix(".bin")
+    meta["tokens"][split] = len(tokens)
+    meta["shards"][split] = [{"file": split_file, "tokens": len(tokens)}]  # the split's one shard
     (target / "meta.json").write_text(json.dumps(meta))
     return target
 
