@@ -61,9 +61,10 @@ def test_every_step_of_a_resumed_two_process_accumulating_run_takes_its_own_conf
 
 
 def test_a_checkpoint_without_its_scheduler_state_is_one_error_line(trained_run, demo_data_dir, tmp_path):
-    """A checkpoint from before the schedulers were saved (no scheduler.bin, and a manifest without it) cannot
-    be loaded by Accelerate: --resume auto, and --resume PATH into a new out_dir, both stop in one line that
-    says what to do, and leave every file as it was (no new out_dir)."""
+    """A checkpoint without its scheduler state (no scheduler.bin, and a manifest written without it: every
+    checkpoint of this format has one, so it was damaged or written by other code) cannot be loaded:
+    --resume auto, and --resume PATH into a new out_dir, both stop in one line that names the file and says
+    what to do, and leave every file as it was (no new out_dir)."""
     out = tmp_path / "out"
     shutil.copytree(trained_run[0], out)
     newest = list_checkpoints(out)[-1]
@@ -76,7 +77,8 @@ def test_a_checkpoint_without_its_scheduler_state_is_one_error_line(trained_run,
     for extra in (["--out_dir", str(out), "--resume", "auto"],
                   ["--out_dir", str(tmp_path / "new"), "--resume", str(newest)]):
         result = train([*common, *extra])
-        assert_one_error_line(result.returncode, result.stderr, str(newest), "scheduler.bin", "--init_from")
+        assert_one_error_line(result.returncode, result.stderr, str(newest), "scheduler.bin",
+                              "use another checkpoint")
     assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
 
 
