@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from accel_train.errors import run_cli
+from accel_train.stopping import exit_at_once_on_signals
 
 
 def _command(module: str):
@@ -18,8 +19,13 @@ def _command(module: str):
     return command
 
 
+def prepare() -> None:
+    """`python -m accel_train.prepare`, as a console command: a signal while it imports ends it with one line."""
+    exit_at_once_on_signals()
+    _command("prepare")()
+
+
 train = _command("train")
-prepare = _command("prepare")
 sample = _command("sample")
 export = _command("export")
 plot = _command("plot")

@@ -39,20 +39,24 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
-from tqdm.auto import tqdm
+from accel_train.stopping import SIGNALS, exit_at_once_on_signals, signals_held, stopping_on_signals, threads_born_deaf
 
-from accel_train.atomic import alive, check_out_dir, staged_folder, staging_prefix
-from accel_train.errors import Parser, UserError, first_line, number, run_cli
-from accel_train.data.meta import SPLITS, dataset_meta, write_meta
-from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
-from accel_train.data.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
+if __name__ == "__main__":
+    exit_at_once_on_signals()
+with threads_born_deaf():  # before numpy starts its BLAS threads, which must leave the signals to the main thread
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from accel_train.atomic import alive, check_out_dir, staged_folder, staging_prefix
+    from accel_train.errors import Parser, UserError, first_line, number, run_cli
+    from accel_train.data.meta import SPLITS, dataset_meta, write_meta
+    from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
+    from accel_train.data.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
 READ_CHARS = 1 << 22  # text read at a time from a file split on a separator
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 BUILT_IN = ("gpt2", "byte", "bpe")  # --tokenizer names; anything else is a path
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SPLIT_FILE = re.compile(r"(train|val)(_\d{5})?\.bin")  # what prepare writes a split into
 
@@ -162,64 +166,6 @@ def chunks(docs: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[tupl
         yield index, chunk
 
 
-# ---- signals ----
-
-class Stopped(BaseException):
-    """SIGINT or SIGTERM arrived. Like KeyboardInterrupt, no `except Exception` catches it: it unwinds through the
-    cleanup (workers ended, staging folder removed) and nothing else."""
-
-
-_held = 0  # how many `signals_held` blocks are running
-_arrived: int | None = None  # a signal that came during one, raised at the end of the outermost
-
-
-def _stop(signum, frame):
-    global _arrived
-    for sig in SIGNALS:  # a second signal must not cut the cleanup short; SIGKILL remains for impatience
-        signal.signal(sig, signal.SIG_IGN)
-    if not _held:
-        raise Stopped(signum)
-    _arrived = signum
-
-
-@contextlib.contextmanager
-def stopping_on_signals() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM end prepare after its cleanup, with one line on stderr and the status
-    128 + the signal's number, as a shell reports a process that a signal ended. One that prepare was started
-    ignoring (a background job's Ctrl-C) stays ignored."""
-    global _arrived
-    previous = {sig: signal.signal(sig, _stop) for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
-    try:
-        yield
-    except Stopped as stop:
-        signum = stop.args[0]
-        print(f"error: stopped by {signal.Signals(signum).name}; no partial output is left", file=sys.stderr)
-        sys.exit(128 + signum)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _arrived = None  # one held in a block that ended with an error has done its work: prepare stopped
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done, so that no interruption leaves it half done: the kernel
-    holds one that comes meanwhile, and `_stop` one whose handler Python runs only now (it runs them late).
-    Threads and processes started in the block keep them held, so the kernel gives them to the main thread:
-    one taken by another thread would not wake the main thread from a read of a pipe."""
-    global _held, _arrived
-    _held += 1
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        _held -= 1
-    if not _held and _arrived is not None:
-        signum, _arrived = _arrived, None
-        raise Stopped(signum)
-
-
 # ---- tokenizing in parallel ----
 
 class ChunkEncoder:
@@ -244,13 +190,14 @@ _worker_encoder: ChunkEncoder | None = None
 
 
 def _start_worker(encoder: ChunkEncoder, parent: int) -> None:
-    """Set a worker up. Its parent alone answers signals, and ends its workers (Ctrl-C signals the whole process
-    group); on Linux the kernel ends a worker whose parent was killed outright. The worker was forked with
-    signals held, so none reaches the parent's handlers it inherited."""
+    """Set a worker up. Its parent alone answers signals and ends its workers, so a worker ignores SIGINT and
+    SIGTERM (Ctrl-C, or a `kill` of the process group, signals every worker too: one that died while it sent a
+    result would hang the pool); on Linux the kernel ends a worker whose parent was killed outright. The worker
+    was forked with signals held, so none reaches the parent's handlers it inherited."""
     global _worker_encoder
     _worker_encoder = encoder
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL))
@@ -269,7 +216,10 @@ def encode_in_order(encoder: ChunkEncoder, jobs: Iterable, workers: int) -> Iter
     holds. (Terminating a worker while it sends a result would hang the pool.)
     """
     if workers == 1:
-        yield from map(encoder, jobs)
+        for job in jobs:
+            with signals_held():  # threads the tokenizer starts (its thread pool) are born deaf to the signals
+                result = encoder(job)
+            yield result
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
     # fork: workers inherit the tokenizer as loaded (no second download, no re-pickling per job)
@@ -447,11 +397,11 @@ def check_apart(out_dir: Path, inputs: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     with stopping_on_signals():
+        args = parse_args(sys.argv[1:] if argv is None else argv)
         meta = prepare(args)
-    print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
-          f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
+        print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
+              f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
     return meta
 
 

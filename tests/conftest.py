@@ -1,5 +1,7 @@
+import fcntl
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from accelerate.state import AcceleratorState, GradientState
@@ -23,27 +25,45 @@ def gpt2_offline(tmp_path_factory):
     return cache
 
 
-@pytest.fixture(scope="session")
-def demo_data_dir(tmp_path_factory):
-    """The built-in demo corpus, written once per test session."""
-    path = tmp_path_factory.mktemp("demo") / "data"
-    write_demo_data(path)
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """tmp/`name`, made by `make(path)` once per test run however many pytest-xdist workers ask: the first makes it
+    while the others wait on a lock, then all read the same files."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a worker that failed to make it left part of it
+            make(path)
+            done.touch()
     return path
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, demo_data_dir):
-    """(out_dir, stdout) of a tiny model trained for 24 steps on the demo corpus, through the real CLI;
-    shared by the sampling, export and plot tests, which only read it."""
+def demo_data_dir(tmp_path_factory):
+    """The built-in demo corpus, written once per test run."""
+    return made_once(tmp_path_factory, "demo_data", write_demo_data)
+
+
+def train_tiny_run(out: Path, data_dir: Path) -> None:
+    """A tiny model trained for 24 steps on data_dir through the real CLI; its stdout is kept as out/stdout.txt."""
     from helpers import TINY_MODEL, train
 
-    out = tmp_path_factory.mktemp("trained") / "run"
-    result = train(["--data_dir", str(demo_data_dir), "--out_dir", str(out), *TINY_MODEL, "--max_iters", "24",
+    result = train(["--data_dir", str(data_dir), "--out_dir", str(out), *TINY_MODEL, "--max_iters", "24",
                     "--warmup_steps", "2", "--batch_size", "8", "--gradient_accumulation_steps", "1",
                     "--learning_rate", "3e-3", "--min_lr", "3e-4", "--eval_interval", "12", "--eval_iters", "2",
                     "--log_interval", "3", "--sample_tokens", "40"])
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
+    (out / "stdout.txt").write_text(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_data_dir):
+    """(out_dir, stdout) of a tiny model trained for 24 steps on the demo corpus, once per test run; shared by
+    the sampling, export and plot tests, which only read it."""
+    out = made_once(tmp_path_factory, "trained_run", lambda path: train_tiny_run(path, demo_data_dir))
+    return out, (out / "stdout.txt").read_text()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """`prepare` never costs data: --overwrite replaces only the files prepare writes, an --out that overlaps an input
 is refused, and nothing (a file, a worker, a temporary folder) is left behind by an error or a signal."""
 
+import contextlib
 import json
 import os
 import signal
@@ -137,18 +138,30 @@ def gone(process: psutil.Process) -> bool:
         return True
 
 
+def careless_parent(left: str):
+    """A preexec_fn leaving the child SIGINT and SIGTERM as a parent may: untouched, blocked or ignored."""
+    def setup():
+        if left == "blocked":
+            signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+        elif left == "ignored":
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+    return setup
+
+
 @pytest.fixture
-def stalled_prepare(tmp_path):
+def stalled_prepare(tmp_path, request):
     """A `prepare --workers 2` caught in the middle of its work: its input is a pipe that got 5 MB of documents
-    and stays open, so prepare has started its workers and its staging folder, and waits for more text.
+    and stays open, so prepare has started its workers and its staging folder, and waits for more text. The
+    test's `parent` parameter says how its parent left the signals (untouched by default).
     Yields (the process, its workers, its --out, the file that gets its stderr)."""
     pipe, out = tmp_path / "corpus.pipe", tmp_path / "out"
     os.mkfifo(pipe)
     writer = os.open(pipe, os.O_RDWR)  # opens without a reader; while it is open, prepare sees no end of input
     text = (corpus_text(200) + SEP) * (5_000_000 // len(corpus_text(200)) + 1)
 
-    def feed():
-        with os.fdopen(os.dup(writer), "w") as copy:  # closing the copy leaves the pipe open
+    def feed():  # its own descriptor: once prepare and `writer` are gone, it ends with a broken pipe, not a hang
+        with contextlib.suppress(BrokenPipeError), open(pipe, "w") as copy:
             copy.write(text)
     threading.Thread(target=feed, daemon=True).start()
     stderr = tmp_path / "stderr.txt"  # a file, not a pipe, which orphaned workers would hold open
@@ -156,7 +169,8 @@ def stalled_prepare(tmp_path):
         proc = subprocess.Popen(command("prepare", "--input", pipe, "--out", out, "--tokenizer", "byte", "--separator",
                                         SEP, "--workers", "2"), cwd=REPO,
                                 env=subprocess_env({"PYTHONPATH": str(REPO)}), stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=careless_parent(getattr(request, "param", "untouched")))
     parent = psutil.Process(proc.pid)
 
     def working():
@@ -171,9 +185,14 @@ def stalled_prepare(tmp_path):
     proc.wait()
 
 
-@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+@pytest.mark.parametrize("sig, group, stalled_prepare", [(signal.SIGTERM, False, "untouched"),
+                                                       (signal.SIGINT, True, "ignored"),
+                                                       (signal.SIGTERM, True, "blocked")],
+                         indirect=["stalled_prepare"])
 def test_a_signal_ends_prepare_with_its_workers_and_staging(stalled_prepare, tmp_path, sig, group):
-    """SIGTERM as a scheduler sends it (to prepare alone), SIGINT as Ctrl-C does (to the whole process group)."""
+    """SIGTERM as a scheduler sends it (to prepare alone), SIGINT as Ctrl-C does and SIGTERM as `kill -- -PGID`
+    does (to the whole process group, workers too), whatever the parent left: scripts/soak_prepare_signals.py
+    sends hundreds at random moments."""
     proc, workers, out, stderr = stalled_prepare
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     assert proc.wait(timeout=120) == 128 + sig, stderr.read_text()
