@@ -7,7 +7,8 @@ on a pipe that stalls half way (its writer stays open), with a parent that left 
 blocked, or ignored; after a random delay it sends SIGINT or SIGTERM to prepare alone or to its whole process
 group (as Ctrl-C does). A run passes when, within --deadline seconds, prepare has either finished (status 0,
 the output complete) or stopped with status 128 + the signal and one `error:` line naming it, leaving no
-output, no staging folder and no process of its session behind. `--burners N` keeps N processes spinning
+staging folder, no process of its session and no output (or, for a signal after it was published, the whole
+output) behind. `--burners N` keeps N processes spinning
 beside it. A signal that comes while Python itself starts, before prepare's first line runs, ends it as
 Python does (counted apart: nothing may be written). Prints one line per failure and a summary; exits 1 if
 any run failed.
@@ -145,8 +146,8 @@ def one_run(root: Path, corpus: Path, rng: random.Random, deadline: float, max_d
         outcome = f"FAILED: status {status}"
     elif len(lines) != 1 or not lines[0].startswith("error: ") or sig.name not in lines[0]:
         outcome = "FAILED: not one error line naming the signal"
-    elif staging or out.exists():
-        outcome = "FAILED: output or staging left behind"
+    elif staging or (out.exists() and not (out / "meta.json").is_file()):
+        outcome = "FAILED: staging or part of the output left behind"
     else:
         outcome = "stopped"
     shutil.rmtree(work)
