@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
 from accel_train.atomic import fsync, install_folder, remove_folder
+from accel_train.checkpointing.trainer_state import FORMAT_VERSION, STATE_FILE, check_format, field_problems
 from accel_train.errors import UserError
 
 T = TypeVar("T")
@@ -41,8 +42,6 @@ class _TiedHeadNote(logging.Filter):
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
-FORMAT_VERSION = 1  # what a checkpoint holds and how: raise it with any change that this version's readers cannot take
-STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
 FSDP_MODEL_NAME = "pytorch_model_fsdp"  # accelerate.utils.constants.FSDP_MODEL_NAME (importing accelerate is slow)
 FSDP_FULL_WEIGHTS = f"{FSDP_MODEL_NAME}.bin"  # FSDP, FULL_STATE_DICT: the whole model, gathered by rank 0
@@ -170,8 +169,8 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
         return False
     if best.is_dir():
         try:
-            best_loss = json.loads((best / STATE_FILE).read_text()).get("val_loss")
-        except (OSError, ValueError, AttributeError):  # AttributeError: JSON, but not an object
+            best_loss = read_trainer_state(best)["val_loss"]
+        except UserError:
             best_loss = None  # unreadable: replace it
         if best_loss is not None and best_loss <= val_loss:
             return False
@@ -293,8 +292,8 @@ def _check_same_run(out_dir, folder: Path, run_id: str | None) -> None:
     steps, best/ and metrics rows would mix. Checkpoints without a run id (or unreadable) say nothing."""
     for other in [*list_checkpoints(out_dir), checkpoints_root(out_dir) / BEST]:
         try:
-            theirs = json.loads((other / STATE_FILE).read_text()).get("run_id")
-        except (OSError, ValueError, AttributeError):
+            theirs = read_trainer_state(other)["run_id"]
+        except UserError:
             continue
         if run_id and theirs and theirs != run_id:
             raise UserError(f"{out_dir} holds checkpoints of another run ({other.name} is of run {theirs}, {folder} "
@@ -334,21 +333,21 @@ def loaded(path: Path, load: Callable[[], T]) -> T:
 
 def read_trainer_state(folder: Path) -> dict:
     """trainer_state.json: an object with the step reached and the run's config, which every reader needs, of a
-    checkpoint in the format this version writes. There is one format: a checkpoint in another is refused in one
-    line, not read half right."""
+    checkpoint in the format this version writes, every field of its type. There is one format: a checkpoint in
+    another is refused in one line, not read half right."""
     path = folder / STATE_FILE
-    state = loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
-    found = state.get("format_version")
-    if found != FORMAT_VERSION:
-        written = f"format_version {found}" if found is not None else "no format_version (it predates them)"
-        raise UserError(f"cannot read checkpoint {folder}: it has {written}, and this accel_train reads format_version "
-                        f"{FORMAT_VERSION} only; use the accel_train version that wrote it, or start a new out_dir")
+    state = loaded(path, lambda: _json_object(path))
+    check_format(folder, state)
+    problems = field_problems(state)
+    if problems:
+        raise UserError(f"cannot read checkpoint {folder}: its {STATE_FILE} has {'; '.join(problems)} (its files "
+                        f"match {MANIFEST_FILE}, so it was edited or written by other code); use another checkpoint")
     return state
 
 
-def _checked_state(state) -> dict:
-    if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0
-            and isinstance(state.get("config"), dict)):
+def _json_object(path: Path) -> dict:
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(state, dict):
         raise ValueError(f"{STATE_FILE} is not an object holding a step (a whole number) and a config")
     return state
 

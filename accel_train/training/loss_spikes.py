@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
-HISTORY_KEY = "spike_history"  # trainer-state key: {"loss": [...], "grad_norm": [...]}, oldest first
+from accel_train.checkpointing.trainer_state import SPIKE_HISTORY  # oldest first
 
 
 class SpikeGuard:
@@ -22,7 +22,7 @@ class SpikeGuard:
 
     def __init__(self, sigma: float, window: int, state: dict):
         self.sigma, self.window = sigma, window
-        self.history = state.setdefault(HISTORY_KEY, {"loss": [], "grad_norm": []})  # saved with the state
+        self.history = state.setdefault(SPIKE_HISTORY, {"loss": [], "grad_norm": []})  # saved with the state
         self.last_z: dict[str, float] = {}
 
     def z_score(self, name: str, value: float) -> float | None:
