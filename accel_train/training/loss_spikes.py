@@ -35,6 +35,12 @@ class SpikeGuard:
             return math.inf if value > mean else 0.0
         return (value - mean) / std
 
+    def outlier_reason(self) -> str:
+        """Why the latest step was judged a spike: each of its values that lies more than sigma above its history."""
+        words = {"loss_z": "loss", "grad_norm_z": "gradient norm"}
+        return " and ".join(f"{words[key]} {z:.1f} standard deviations above its recent mean (spike_sigma "
+                            f"{self.sigma:g})" for key, z in self.last_z.items() if z > self.sigma)
+
     def is_spike(self, loss: float, grad_norm: float) -> bool:
         """Whether this step's update is to be skipped; the step's values then join the history (a non-finite
         one is left out: the nonfinite setting deals with it, and it would poison every later mean)."""
