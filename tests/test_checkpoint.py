@@ -60,6 +60,8 @@ def test_resume_auto_takes_newest_sound_checkpoint_and_keeps_broken_ones(tmp_pat
     flip_a_byte(checkpoints_root(tmp_path) / "step_12" / "model.safetensors")
     truncate(checkpoints_root(tmp_path) / "step_8" / "model.safetensors")
     (checkpoints_root(tmp_path) / ".tmp_step_16").mkdir()  # a save that was killed
+    for name in ("step_\u00b2", "step_+3", "step_ 5"):  # not step folders (str.isdigit() takes the first)
+        (checkpoints_root(tmp_path) / name).mkdir()
     with pytest.warns(UserWarning) as caught:
         assert resolve_resume("auto", tmp_path) == checkpoints_root(tmp_path) / "step_4"
     assert ["step_12" in str(w.message) for w in caught] == [True, False]

@@ -29,6 +29,7 @@ from safetensors.torch import load_model as load_safetensors
 from accel_train.atomic import fsync, install_folder, remove_folder
 from accel_train.checkpointing.trainer_state import FORMAT_VERSION, STATE_FILE, check_format, field_problems
 from accel_train.errors import UserError
+from accel_train.numerals import whole_number
 
 T = TypeVar("T")
 
@@ -236,8 +237,9 @@ def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
         remove_leftovers(out_dir)
 
 
-def step_of(folder: Path) -> int:
-    return int(folder.name[len(PREFIX):])
+def step_of(folder: Path) -> int | None:
+    """The step N of a folder named step_<N>, None for any other name."""
+    return whole_number(folder.name[len(PREFIX):]) if folder.name.startswith(PREFIX) else None
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -245,7 +247,7 @@ def list_checkpoints(out_dir) -> list[Path]:
     root = checkpoints_root(out_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(found, key=step_of)
 
 
