@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from accel_train.errors import UserError
+from accel_train.numerals import whole_number
 
 
 def fsync(path: Path) -> None:
@@ -94,8 +95,8 @@ def _remove_stale_staging(out_dir: Path) -> None:
     prefix = f"{staging_prefix(out_dir)}{socket.gethostname()}-"
     for where in (out_dir.parent, out_dir):
         for path in where.iterdir() if where.is_dir() else ():
-            pid = path.name[len(prefix):]
-            if path.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
+            pid = whole_number(path.name[len(prefix):])
+            if path.name.startswith(prefix) and pid is not None and not alive(pid):
                 shutil.rmtree(path, ignore_errors=True)
 
 

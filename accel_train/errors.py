@@ -7,10 +7,8 @@ import math
 import os
 import signal
 import sys
-import time
 from typing import Callable
 
-RANK_0_HEADSTART_S = 10  # well within torchrun's 30 s between its SIGTERM and SIGKILL
 
 
 class UserError(Exception):
@@ -52,9 +50,9 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run `main`, turning a UserError into `error: ...` on stderr and exit status 2, and output cut off by a
     closed pipe into status 141, as for a program that SIGPIPE ended.
 
-    Under `accelerate launch` every process hits the same error; only rank 0 prints it so the
-    message appears once. The launcher stops every process as soon as one has ended, so the others
-    give rank 0 a few seconds to get there first.
+    Under `accelerate launch` the error is printed once for the whole run, by rank 0 when it meets it too, else by
+    the process that met it, naming it; a process that another's exit cut off in a collective leaves quietly
+    (distributed/failures.py).
     """
     try:
         main()
@@ -62,8 +60,13 @@ def run_cli(main: Callable[[], object]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error flushing stdout at exit
         sys.exit(128 + signal.SIGPIPE)
     except UserError as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        else:
-            time.sleep(RANK_0_HEADSTART_S)
+        from accel_train.distributed.failures import report_error
+
+        report_error(str(err))
         sys.exit(2)
+    except Exception:
+        from accel_train.distributed.failures import another_process_failed
+
+        if another_process_failed():  # that process's error line tells the user why: no traceback of this one
+            sys.exit(2)
+        raise

@@ -327,12 +327,24 @@ def add_counts(counts: dict, result: dict) -> None:
 
 
 def check_splits(counts: dict, source: dict, block_size: int) -> None:
-    if not sum(counts["documents"].values()):
+    """Refuse a split shorter than one block, naming the remedies that can lengthen it: each document goes whole
+    to one split (val with probability --val_fraction), so a fraction moves documents between the splits, but for
+    a single document only splitting it into several can fill both."""
+    documents = counts["documents"]
+    if not sum(documents.values()):
         raise UserError(f"no documents in {describe(source)}: the input is empty")
     for split, n in counts["tokens"].items():
-        if n <= block_size:
-            raise UserError(f"the {split} split holds {n:,} tokens, fewer than one block of {block_size + 1}; "
-                            "use more data, a larger --val_fraction or a smaller --block_size")
+        if n > block_size:
+            continue
+        if sum(documents.values()) == 1:
+            remedies = ["split the input into documents (--separator for text files; JSON Lines hold one per line)",
+                        "use more data"]
+        else:
+            remedies = ["use more data", f"a {'smaller' if split == 'train' else 'larger'} --val_fraction"]
+            remedies += ["a smaller --block_size"] if n else []  # no block size fits in nothing
+        raise UserError(f"the {split} split holds {n:,} tokens ({documents[split]:,} of the input's "
+                        f"{sum(documents.values()):,} documents), fewer than one block of {block_size + 1}; "
+                        f"{', '.join(remedies[:-1])} or {remedies[-1]}")
 
 
 def describe(source: dict) -> str:

@@ -44,7 +44,7 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
     `optimizer` is one optimizer or several as one (optim.Optimizers: AdamW and Muon); the gradient is
     clipped once, over every parameter, before any of them steps.
 
-    Returns (mean micro-batch loss, pre-clip gradient norm, skipped?) without
+    Returns (mean micro-batch loss, pre-clip gradient norm, why the update was skipped or None) without
     synchronizing with the device. `accelerator.backward` scales each loss by 1/accumulation
     and gradients are all-reduced only on the window's last micro-batch. With `skip_nonfinite`,
     a step whose gradient norm is not finite changes no weight; deciding that costs one device
@@ -69,7 +69,9 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
     for scheduler in schedulers:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / count, grad_norm, nonfinite or spike
+    skipped = (f"gradient norm {grad_norm.item()} is not finite (nonfinite skip)" if nonfinite else
+               spikes.outlier_reason() if spike else None)
+    return loss_sum / count, grad_norm, skipped
 
 
 def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
@@ -138,9 +140,9 @@ def run_loop(run: Run, after_step) -> int:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
             state["tokens"] += run.tokens_per_step
-            state["skipped_steps"] += skipped
-            if skipped and run.spikes is not None:
-                report(f"step {step}: update skipped (z-scores {run.spikes.last_z})")
+            if skipped is not None:
+                state["skipped_steps"] += 1
+                report(f"step {step}: update skipped: {skipped}")
             progress.update(1)
             stopping = any_process(stop.received is not None)  # a cheap CPU all-reduce: the only per-step sync
             if not (cfg.log_due(step) or cfg.save_due(step) or stopping):

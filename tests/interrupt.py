@@ -1,8 +1,8 @@
 """Interrupting real training runs the ways they die in practice, then resuming them.
 
 An interruption is one of: SIGKILL to every process at a random moment of a chosen step
-("kill-step"), SIGKILL while a checkpoint is being written ("kill-save"), or SIGTERM / SIGINT
-to one process only ("term" / "int"), after which every process must save and exit 0.
+("kill-step"), SIGKILL while a checkpoint is being written ("kill-save": checked to have landed mid-save), or
+SIGTERM / SIGINT to one process only ("term" / "int"), after which every process must save and exit 0.
 Runs need `--log_interval 1`, so that metrics.jsonl shows which step a run has reached.
 """
 
@@ -22,6 +22,10 @@ from helpers import REPO, TRAIN, command, subprocess_env
 
 KINDS = ("kill-step", "kill-save", "term", "int")
 SIGNAL_GRACE_S = 60  # a signalled run must be gone within this (torchrun itself allows 30 s before SIGKILL)
+# A tiny model's save takes tens of milliseconds, less than it may take to notice it and kill: a "kill-save" run's
+# saves wait this long before their last file (tests/slow_save), so that the SIGKILL lands while the save runs.
+# The wait costs nothing: the run is killed in it.
+SAVE_HELD_OPEN = {"PYTHONPATH": str(REPO / "tests" / "slow_save"), "SLOW_SAVE_S": "600"}
 
 
 def start(args: list[str], processes: int, log: Path, config_file: str | None = None,
@@ -62,8 +66,22 @@ def reached_step(out_dir: Path) -> int:
     return 0
 
 
-def saving(out_dir: Path) -> bool:
-    return any((out_dir / "checkpoints").glob(".tmp_step_*"))
+def saves_under_way(out_dir: Path) -> set[tuple[str, int, int]]:
+    """(name, inode, ctime) of each checkpoint being written (a `.tmp_step_<N>` folder): a save's folder is renamed
+    when it is complete, and a folder left by a killed save keeps its inode and ctime while no process touches it."""
+    found = set()
+    for path in (out_dir / "checkpoints").glob(".tmp_step_*"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # renamed in between: that save is complete
+            continue
+        found.add((path.name, stat.st_ino, stat.st_ctime_ns))
+    return found
+
+
+def is_saving(out_dir: Path, folders: set) -> bool:
+    """Whether any of `folders` (from saves_under_way) is still where and what it was: its save never finished."""
+    return bool({folder[:2] for folder in folders} & {folder[:2] for folder in saves_under_way(out_dir)})
 
 
 def wait_until(proc: subprocess.Popen, condition, timeout: float = 300) -> bool:
@@ -106,11 +124,13 @@ def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: ra
     last = max_iters - (4 if kind in ("term", "int") else 1)  # a signal must land before training ends
     last = min(last, start_step + ahead) if ahead else last
     target = rng.randint(start_step + 1, last) if start_step + 1 <= last else max_iters
-    proc = start([*args, "--resume", "auto"], processes, log)
+    left_by_earlier_kills = saves_under_way(out_dir)
+    proc = start([*args, "--resume", "auto"], processes, log, env=SAVE_HELD_OPEN if kind == "kill-save" else None)
     event = {"kind": kind, "from_step": start_step, "target": target}
     try:
         if kind == "kill-save":
-            hit = wait_until(proc, lambda: saving(out_dir))
+            hit = wait_until(proc, lambda: saves_under_way(out_dir) - left_by_earlier_kills)
+            own_save = saves_under_way(out_dir) - left_by_earlier_kills
             time.sleep(rng.uniform(0, 0.02))
         elif kind.startswith("kill"):
             hit = wait_until(proc, lambda: reached_step(out_dir) >= target)
@@ -124,6 +144,8 @@ def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: ra
             return event
         if kind.startswith("kill"):
             event.update(interrupted=True, returncode=kill_all(proc))
+            if kind == "kill-save":
+                assert is_saving(out_dir, own_save), f"the save {own_save} had finished before the kill"
             return event
         sent = time.monotonic()
         victim_process.send_signal(signal.SIGTERM if kind == "term" else signal.SIGINT)

@@ -5,6 +5,7 @@ checkpoints are exercised end to end in test_resume.py.
 """
 
 import json
+import sys
 
 import pytest
 
@@ -12,11 +13,14 @@ from accel_train.checkpointing.checkpoint import (FORMAT_VERSION, STATE_FILE, ch
                                                   list_checkpoints, prune, resolve_resume, update_best, verify,
                                                   write_manifest)
 from accel_train.errors import UserError
+from helpers import assert_one_error_line, run
 
 
 def trainer_state(step, **more):
-    """The least trainer_state.json that every reader takes: a step, a config and this version's format."""
-    return {"step": step, "config": {}, "format_version": FORMAT_VERSION, **more}
+    """A trainer_state.json that every reader takes: each field the trainer writes, in this version's format."""
+    return {"step": step, "tokens": 0, "next_batch": 0, "skipped_steps": 0, "processes": 1, "run_id": "run",
+            "config": {}, "data": {}, "best_val_loss": None, "val_loss": None, "evaluation_owed": None,
+            "format_version": FORMAT_VERSION, **more}
 
 
 def make_checkpoint(out_dir, name, step, val_loss=None, payload=b"weights"):
@@ -56,6 +60,8 @@ def test_resume_auto_takes_newest_sound_checkpoint_and_keeps_broken_ones(tmp_pat
     flip_a_byte(checkpoints_root(tmp_path) / "step_12" / "model.safetensors")
     truncate(checkpoints_root(tmp_path) / "step_8" / "model.safetensors")
     (checkpoints_root(tmp_path) / ".tmp_step_16").mkdir()  # a save that was killed
+    for name in ("step_\u00b2", "step_+3", "step_ 5"):  # not step folders (str.isdigit() takes the first)
+        (checkpoints_root(tmp_path) / name).mkdir()
     with pytest.warns(UserWarning) as caught:
         assert resolve_resume("auto", tmp_path) == checkpoints_root(tmp_path) / "step_4"
     assert ["step_12" in str(w.message) for w in caught] == [True, False]
@@ -139,3 +145,30 @@ def test_resume_path_into_an_out_dir_of_another_run_is_refused(tmp_path):
         resolve_resume(str(mine), tmp_path / "b")
     assert resolve_resume(str(mine), tmp_path / "a") == mine
     assert resolve_resume(str(mine), tmp_path / "empty") == mine
+
+
+
+WRONG_FIELDS = [  # (fields of trainer_state.json as edited by hand, words its one error line must hold)
+    ({"format_version": "1"}, ['has format_version "1", not a whole number', "reads format_version 1 only"]),
+    ({"step": "8"}, ["'step' must be a whole number, not \"8\""]),
+    ({"processes": 0, "best_val_loss": "low"}, ["'processes' must be a positive whole number, not 0",
+                                                "'best_val_loss' must be a number or null, not \"low\""]),
+    ({"config": {"batch_size": "8"}}, ["config is not a valid one", "config key 'batch_size' must be int"]),
+    ({"run_id": None, "data": None}, ["'run_id' must be a string", "'data' must be an object"]),
+    ({"spike_history": {"loss": ["x"], "grad_norm": []}}, ["'spike_history' must be {\"loss\": [numbers]"]),
+]
+
+
+def test_every_trainer_state_field_is_read_with_its_type_checked(tmp_path):
+    """A hand-edited trainer_state.json (its manifest rewritten to match) is refused naming each wrong field as
+    the file holds it, by every reader (resume here, sample's command line in one error line, as each reader reads
+    it through read_trainer_state); never a traceback deep in a resume, nor "1" shown as if it were 1."""
+    for i, (fields, words) in enumerate(WRONG_FIELDS):
+        folder = make_checkpoint(tmp_path / str(i), "step_8", 8)
+        (folder / STATE_FILE).write_text(json.dumps({**trainer_state(8), **fields}))
+        write_manifest(folder)
+        with pytest.raises(UserError) as refused:
+            resolve_resume(str(folder), tmp_path / "elsewhere")
+        assert all(word in str(refused.value) for word in words), refused.value
+    sampled = run([sys.executable, "-m", "accel_train.sample", "--checkpoint", str(tmp_path / "0")])
+    assert_one_error_line(sampled.returncode, sampled.stderr, "cannot read checkpoint", *WRONG_FIELDS[0][1])

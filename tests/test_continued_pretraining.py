@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from accel_train.data.tokens import train_loader
 from accel_train.models.hf import hf_config
@@ -17,7 +18,6 @@ from accel_train.data.tokenizer import load_tokenizer
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINYSTORIES, run, tinystories, train
 
-transformers = pytest.importorskip("transformers")  # the `hf` extra
 CONFIG = str(REPO / "configs" / "gemma3_270m_continue.json")
 SMALL = ["--device", "cpu", "--dtype", "float32", "--max_iters", "2", "--warmup_steps", "1", "--batch_size", "4",
          "--block_size", "32", "--gradient_accumulation_steps", "1", "--eval_interval", "2", "--eval_iters", "1",

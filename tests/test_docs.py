@@ -223,3 +223,10 @@ def test_the_check_reads_blocks_spans_and_links(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text("# Top\n[a](missing.md) [b](#top) [c](#nowhere)\n")
     assert link_problems(doc) == ["x.md: link to missing missing.md", "x.md: link to missing heading #nowhere"]
+
+
+def test_benchmark_results_name_no_path_of_the_machine_they_ran_on():
+    """benchmarks/RESULTS.md's commands rerun from any checkout: every path in it is relative to the repository."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    absolute = re.findall(r"(?<![\w.~:/])/[\w.-]+/[\w./-]*", text)  # /x/y, not tokens/s nor https://
+    assert not absolute, absolute

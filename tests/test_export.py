@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 from accel_train.errors import UserError
 from accel_train.models.hf import (FULL, SLIDING, hf_config, hf_model_config, hf_state_dict, model_config_from_hf,
@@ -17,8 +18,6 @@ from accel_train.checkpointing.trained_model import find_checkpoint, load_model
 from accel_train.data.tokenizer import ByteTokenizer
 from accel_train.training.tracking import read_metrics
 from helpers import assert_one_error_line, run, run_side_by_side, tinystories, train
-
-transformers = pytest.importorskip("transformers")  # the `hf` extra
 
 
 def export_cli(*args):

@@ -139,7 +139,8 @@ def test_a_damaged_shard_fails_verification(sharded, tmp_path):
 
 
 def test_export_and_sample_read_the_sharded_checkpoint(sharded, exported):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(exported), dtype=torch.float32)
     assert hf.lm_head.weight is hf.model.embed_tokens.weight
     ours = final_weights(sharded)

@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 from accel_train.models.hf import hf_config, hf_state_dict
 from accel_train.models.gemma3 import ModelConfig
 from helpers import TRAIN, assert_one_error_line, command, run_side_by_side
 
-transformers = pytest.importorskip("transformers")  # the `hf` extra
 SHAPE = ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                     num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window=16,
                     sliding_window_pattern=2, max_position_embeddings=256)

@@ -1,6 +1,7 @@
 """spike_sigma: a step whose loss is an outlier (here a batch of garbage tokens, written into a copy of the data at
 the windows that step draws) changes no weight, while the same run without the option takes the update; a run
-killed (SIGKILL) before the spike and resumed decides exactly as the uninterrupted one, from the history it saved."""
+killed (SIGKILL) before the spike and resumed decides exactly as the uninterrupted one, from the history it saved.
+On 2 processes the loss that decides is the one averaged across them, and a spike in the gradient norm alone counts."""
 
 import json
 import re
@@ -10,7 +11,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from accel_train.data.stream import WindowStream
-from helpers import TINY_MODEL, run_side_by_side, command, TRAIN
+from helpers import TINY_MODEL, run_side_by_side, command, TRAIN, train
 from interrupt import finish, kill_all, reached_step, start, wait_until
 
 SPIKE_STEP, MAX_ITERS, BATCH, BLOCK = 12, 14, 8, 64
@@ -80,3 +81,40 @@ def test_a_spike_is_skipped_and_a_resumed_run_skips_it_alike(demo_data_dir, tmp_
     final = f"checkpoints/step_{MAX_ITERS}/model.safetensors"
     assert (resumed / final).read_bytes() == (guarded / final).read_bytes()
     assert rows(resumed)[MAX_ITERS]["skipped_steps"] == 1
+
+
+GRAD_SPIKE_STEP, LOSS_SPIKE_STEP = 9, 14  # on 2 processes, judged from the last 4 steps
+
+
+def test_on_two_processes_a_spike_in_either_value_is_skipped_from_the_loss_of_both(demo_data_dir, tmp_path):
+    """On 2 processes: at GRAD_SPIKE_STEP every window is one repeated common byte (a low loss, a gradient all in one
+    direction: a spike in the gradient norm alone); at SPIKE_STEP only rank 1's windows are garbage, so rank 0's own
+    loss is ordinary and only the loss averaged across the processes spikes. Both updates are skipped, and the
+    history that decides holds the averaged losses the metrics rows show."""
+    data = shutil.copytree(demo_data_dir, tmp_path / "data")
+    stream = WindowStream.of_folder(data, BLOCK, BATCH, seed=5)  # batch b goes to rank b % 2: two per step
+    tokens = np.memmap(data / "train.bin", dtype=np.uint16, mode="r+")
+    for batch in (2 * (GRAD_SPIKE_STEP - 1), 2 * (GRAD_SPIKE_STEP - 1) + 1):
+        for _, first in stream.batch(batch):
+            tokens[first:first + BLOCK + 1] = ord(" ")
+    for _, first in stream.batch(2 * (LOSS_SPIKE_STEP - 1) + 1):
+        tokens[first:first + BLOCK + 1] = np.random.default_rng(0).integers(0, 256, BLOCK + 1)
+    tokens.flush()
+    out = tmp_path / "out"
+    result = train(args(data, out, "--spike_sigma", "3", "--spike_window", "4", "--max_iters", str(LOSS_SPIKE_STEP)),
+                   processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = rows(out)
+    grad, loss = logged[GRAD_SPIKE_STEP], logged[LOSS_SPIKE_STEP]
+    assert grad["grad_norm_z"] > 3 >= grad["loss_z"] and grad["skipped_steps"] == 1, grad  # the gradient norm alone
+    assert loss["loss_z"] > 3 >= loss["grad_norm_z"] and loss["skipped_steps"] == 2, loss  # the loss alone
+    for step in (GRAD_SPIKE_STEP, LOSS_SPIKE_STEP):
+        assert same(weights(out, step), weights(out, step - 1)), step  # rank 0, whose own loss was ordinary, skipped
+    assert not same(weights(out, GRAD_SPIKE_STEP + 1), weights(out, GRAD_SPIKE_STEP))
+    saved = json.loads((out / "checkpoints" / f"step_{LOSS_SPIKE_STEP}" / "trainer_state.json").read_text())
+    last_four = range(LOSS_SPIKE_STEP - 3, LOSS_SPIKE_STEP + 1)
+    assert saved["spike_history"]["loss"] == [logged[step]["loss"] for step in last_four]  # the averaged losses
+    reasons = dict(re.findall(r"step (\d+): update skipped: (.*)", result.stdout))
+    assert reasons.keys() == {str(GRAD_SPIKE_STEP), str(LOSS_SPIKE_STEP)}, result.stdout[-3000:]
+    assert reasons[str(GRAD_SPIKE_STEP)].startswith("gradient norm") and "loss" not in reasons[str(GRAD_SPIKE_STEP)]
+    assert reasons[str(LOSS_SPIKE_STEP)].startswith("loss") and "gradient" not in reasons[str(LOSS_SPIKE_STEP)]

@@ -12,8 +12,6 @@ import torch
 from accel_train.models.hf import to_hf
 from accel_train.models.gemma3 import Gemma3, KVCache, ModelConfig
 
-pytest.importorskip("transformers")  # a test extra, not a runtime dependency
-
 CFG = ModelConfig(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, sliding_window=7, sliding_window_pattern=2,
                   rope_local_base_freq=10_000.0, rope_theta=1_000_000.0, query_pre_attn_scalar=24.0,

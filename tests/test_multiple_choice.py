@@ -116,17 +116,18 @@ def test_the_shipped_task_is_what_its_generator_writes(tmp_path):
 def test_bad_task_files_are_one_line_before_training(demo_data_dir, tmp_path):
     good = '{"ctx": "A", "endings": ["b", "c"], "label": 1}\n'
     files = {"malformed": good + "{not json\n", "out_of_range": '{"ctx": "A", "endings": ["b", "c"], "label": 2}\n',
-             "no_endings": '{"context": "A", "endings": [], "gold": 0}\n', "no_label": '{"ctx": "A", "endings": ["b"]}'}
+             "no_endings": '{"context": "A", "endings": [], "gold": 0}\n', "no_label": '{"ctx": "A", "endings": ["b"]}',
+             "superscript": good + '{"ctx": "A", "endings": ["b", "c"], "label": "\u00b2"}\n'}  # isdigit, not int
     for name, text in files.items():
         (tmp_path / f"{name}.jsonl").write_text(text)
     words = {"missing": ["missing.jsonl", "not found"], "malformed": ["line 2", "not JSON"],
              "out_of_range": ["line 1", "label", "0 to 1"], "no_endings": ["line 1", "endings"],
-             "no_label": ["line 1", "'label'"]}
+             "no_label": ["line 1", "'label'"], "superscript": ["line 2", "0 to 1", "'\u00b2'"]}
     cases = [(name, command(TRAIN, ["--data_dir", str(demo_data_dir), "--out_dir", str(tmp_path / f"out_{name}"),
                                     *TINY_MODEL, "--demo_data", "false", "--tasks", str(tmp_path / f"{name}.jsonl")]),
               expected) for name, expected in words.items()]
     cases.append(("command", [sys.executable, "-m", "accel_train.score", "--checkpoint", str(tmp_path),
-                              "--task", str(tmp_path / "malformed.jsonl")], ["line 2", "not JSON"]))
+                              "--task", str(tmp_path / "superscript.jsonl")], words["superscript"]))
     for name, (status, stderr, expected) in run_side_by_side(cases).items():
         assert_one_error_line(status, stderr, *expected)
         assert not (tmp_path / f"out_{name}" / "checkpoints").exists(), name

@@ -2,14 +2,13 @@
 
 import sys
 
+import matplotlib.image as image
 import pytest
 
 from accel_train.errors import UserError
 from accel_train.plot import draw, write_plot
 from accel_train.training.tracking import read_metrics
 from helpers import run
-
-image = pytest.importorskip("matplotlib.image")  # the `plot` extra
 
 
 def test_a_finished_run_writes_the_png(trained_run):

@@ -213,7 +213,6 @@ def test_existing_output_is_kept_unless_overwrite(corpus, tmp_path):
     ({"a.txt": "fine text", "b.txt": b"\xff\xfe\x00broken"}, [], "b.txt is not UTF-8 text"),
     ({"a.jsonl": '{"text": "ok"}\n{"text": 3}\n'}, [], "a.jsonl line 2: expected a JSON object"),
     ({"a.txt": "x" * 500}, ["--tokenizer", "bpe", "--vocab_size", "70000", "--dtype", "uint16"], "does not fit uint16"),
-    ({"a.txt": "short doc"}, ["--val_fraction", "0.5"], "split holds"),
     ({"a.txt": "fine text"}, ["--tokenizer", "no/such/folder"], "no tokenizer at no/such/folder"),
     ({"a.txt": "fine text"}, ["--tokenizer", "gpt2", "--eot_token", "<eos>"], "--eot_token is for a --tokenizer PATH"),
 ])
@@ -224,6 +223,27 @@ def test_bad_input_is_a_clear_error(tmp_path, files, extra, message):
         (src / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(UserError, match=message):
         prepare(["--input", str(src), "--out", str(tmp_path / "out"), "--tokenizer", "byte", *extra])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"], "no output and no temporary folder"
+
+
+@pytest.mark.parametrize("documents, extra, remedy, wrong", [
+    (1, ["--val_fraction", "0.5"], "--separator", "--val_fraction"),  # one document: no fraction fills both splits
+    (3, ["--val_fraction", "0.999"], "a smaller --val_fraction", "--block_size"),  # train empty: no block fits
+    (3, ["--val_fraction", "0.001"], "a larger --val_fraction", "--block_size"),  # val empty
+    (20, ["--val_fraction", "0.3", "--block_size", "5000"], "a smaller --block_size", "--separator"),
+])
+def test_a_short_split_names_the_remedy_that_lengthens_it(tmp_path, documents, extra, remedy, wrong):
+    """Each document goes whole to one split: --val_fraction moves documents (down to fill train, up to fill val),
+    --block_size helps a split that holds some tokens, and one document needs splitting whatever the fraction."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(documents):
+        (src / f"{i}.txt").write_text(f"document {i} " * 40)
+    with pytest.raises(UserError) as refused:
+        prepare(["--input", str(src), "--out", str(tmp_path / "out"), "--tokenizer", "byte", "--block_size", "64",
+                 *extra])
+    assert "fewer than one block" in str(refused.value) and remedy in str(refused.value), refused.value
+    assert wrong not in str(refused.value), refused.value
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"], "no output and no temporary folder"
 
 

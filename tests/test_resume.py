@@ -118,10 +118,14 @@ def test_injected_nan_stops_with_a_message_and_the_checkpoint_intact(demo_data_d
 
 
 def test_skip_mode_skips_non_finite_steps_and_counts_them(demo_data_dir, tmp_path):
+    """Each skipped step says why, spike_sigma or not: a non-finite gradient norm is not a spike's z-scores."""
     out = tmp_path / "out"  # a rate of 1e30 sends the weights to inf: every step after the first is non-finite
     result = train(args(demo_data_dir, out, "--max_iters", "5", "--learning_rate", "1e30", "--min_lr", "0",
-                        "--weight_decay", "0", "--nonfinite", "skip", "--checkpoint_interval", "0"))
+                        "--weight_decay", "0", "--nonfinite", "skip", "--checkpoint_interval", "0",
+                        "--spike_sigma", "3", "--spike_window", "4"))
     assert result.returncode == 0, result.stderr
+    skips = [line for line in result.stdout.splitlines() if "update skipped" in line]
+    assert len(skips) == 4 and all("is not finite (nonfinite skip)" in line for line in skips), result.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0, 1, 2, 3, 4]
     state = json.loads((out / "checkpoints" / "step_5" / "trainer_state.json").read_text())

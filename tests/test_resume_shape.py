@@ -122,11 +122,12 @@ def refusals(runs, demo_data_dir, tmp_path_factory):
     all side by side."""
     root = tmp_path_factory.mktemp("refused")
     cases = {}
-    formats = [(name, "reference", [], version) for name, version, _ in OTHER_FORMATS]
-    for name, source, extra, *version in [*REFUSED, *formats]:
+    formats = {name: version for name, version, _ in OTHER_FORMATS}  # only these are rewritten in another format
+    for name, source, extra in [*((name, source, extra) for name, source, extra, _ in REFUSED),
+                                *((name, "reference", []) for name in formats)]:
         out = shutil.copytree(runs[source], root / name.replace(" ", "_"))
-        if version:
-            in_format(out, *version)
+        if name in formats:
+            in_format(out, formats[name])
         accumulation = 1 if source == "two_processes" else 2
         more = ["--max_iters", str(MAX_ITERS + 3)]  # room to train, were the resume not refused
         cases[name] = (out, snapshot(out), subprocess.Popen(

@@ -9,8 +9,6 @@ from accel_train.errors import UserError
 from accel_train.data.tokenizer import gpt2_tokenizer, hf_tokenizer, load_tokenizer
 from helpers import gpt2_backend, tinystories
 
-pytest.importorskip("tokenizers")  # the `prepare` extra
-
 
 @pytest.fixture(scope="module")
 def gpt2_file(tmp_path_factory):

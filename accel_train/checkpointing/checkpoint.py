@@ -27,7 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
 from accel_train.atomic import fsync, install_folder, remove_folder
+from accel_train.checkpointing.trainer_state import FORMAT_VERSION, STATE_FILE, check_format, field_problems
 from accel_train.errors import UserError
+from accel_train.numerals import whole_number
 
 T = TypeVar("T")
 
@@ -41,8 +43,6 @@ class _TiedHeadNote(logging.Filter):
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
-FORMAT_VERSION = 1  # what a checkpoint holds and how: raise it with any change that this version's readers cannot take
-STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
 FSDP_MODEL_NAME = "pytorch_model_fsdp"  # accelerate.utils.constants.FSDP_MODEL_NAME (importing accelerate is slow)
 FSDP_FULL_WEIGHTS = f"{FSDP_MODEL_NAME}.bin"  # FSDP, FULL_STATE_DICT: the whole model, gathered by rank 0
@@ -170,8 +170,8 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
         return False
     if best.is_dir():
         try:
-            best_loss = json.loads((best / STATE_FILE).read_text()).get("val_loss")
-        except (OSError, ValueError, AttributeError):  # AttributeError: JSON, but not an object
+            best_loss = read_trainer_state(best)["val_loss"]
+        except UserError:
             best_loss = None  # unreadable: replace it
         if best_loss is not None and best_loss <= val_loss:
             return False
@@ -237,8 +237,9 @@ def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
         remove_leftovers(out_dir)
 
 
-def step_of(folder: Path) -> int:
-    return int(folder.name[len(PREFIX):])
+def step_of(folder: Path) -> int | None:
+    """The step N of a folder named step_<N>, None for any other name."""
+    return whole_number(folder.name[len(PREFIX):]) if folder.name.startswith(PREFIX) else None
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -246,7 +247,7 @@ def list_checkpoints(out_dir) -> list[Path]:
     root = checkpoints_root(out_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(found, key=step_of)
 
 
@@ -293,8 +294,8 @@ def _check_same_run(out_dir, folder: Path, run_id: str | None) -> None:
     steps, best/ and metrics rows would mix. Checkpoints without a run id (or unreadable) say nothing."""
     for other in [*list_checkpoints(out_dir), checkpoints_root(out_dir) / BEST]:
         try:
-            theirs = json.loads((other / STATE_FILE).read_text()).get("run_id")
-        except (OSError, ValueError, AttributeError):
+            theirs = read_trainer_state(other)["run_id"]
+        except UserError:
             continue
         if run_id and theirs and theirs != run_id:
             raise UserError(f"{out_dir} holds checkpoints of another run ({other.name} is of run {theirs}, {folder} "
@@ -334,21 +335,21 @@ def loaded(path: Path, load: Callable[[], T]) -> T:
 
 def read_trainer_state(folder: Path) -> dict:
     """trainer_state.json: an object with the step reached and the run's config, which every reader needs, of a
-    checkpoint in the format this version writes. There is one format: a checkpoint in another is refused in one
-    line, not read half right."""
+    checkpoint in the format this version writes, every field of its type. There is one format: a checkpoint in
+    another is refused in one line, not read half right."""
     path = folder / STATE_FILE
-    state = loaded(path, lambda: _checked_state(json.loads(path.read_text(encoding="utf-8"))))
-    found = state.get("format_version")
-    if found != FORMAT_VERSION:
-        written = f"format_version {found}" if found is not None else "no format_version (it predates them)"
-        raise UserError(f"cannot read checkpoint {folder}: it has {written}, and this accel_train reads format_version "
-                        f"{FORMAT_VERSION} only; use the accel_train version that wrote it, or start a new out_dir")
+    state = loaded(path, lambda: _json_object(path))
+    check_format(folder, state)
+    problems = field_problems(state)
+    if problems:
+        raise UserError(f"cannot read checkpoint {folder}: its {STATE_FILE} has {'; '.join(problems)} (its files "
+                        f"match {MANIFEST_FILE}, so it was edited or written by other code); use another checkpoint")
     return state
 
 
-def _checked_state(state) -> dict:
-    if not (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0
-            and isinstance(state.get("config"), dict)):
+def _json_object(path: Path) -> dict:
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(state, dict):
         raise ValueError(f"{STATE_FILE} is not an object holding a step (a whole number) and a config")
     return state
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from accel_train.errors import UserError
+from accel_train.numerals import whole_number
 
 CONTEXT_FIELDS = ("ctx", "context")
 ENDING_FIELDS = ("endings", "choices")
@@ -99,8 +100,8 @@ def parse_example(path: Path, n: int, line: str) -> Example:
         raise UserError(f"{where}: the endings must be a non-empty list")
     if not all(isinstance(e, str) and e for e in endings):
         raise UserError(f"{where}: every ending must be a non-empty string")
-    if isinstance(label, str) and label.strip().isdigit():  # HuggingFace's HellaSwag writes the label as text
-        label = int(label)
+    if isinstance(label, str) and whole_number(label.strip()) is not None:  # HuggingFace's HellaSwag writes text
+        label = whole_number(label.strip())
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
         raise UserError(f"{where}: the label must be the index of an ending, 0 to {len(endings) - 1}; got {label!r}")
     return Example(context, tuple(endings), label)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
-HISTORY_KEY = "spike_history"  # trainer-state key: {"loss": [...], "grad_norm": [...]}, oldest first
+from accel_train.checkpointing.trainer_state import SPIKE_HISTORY  # oldest first
 
 
 class SpikeGuard:
@@ -22,7 +22,7 @@ class SpikeGuard:
 
     def __init__(self, sigma: float, window: int, state: dict):
         self.sigma, self.window = sigma, window
-        self.history = state.setdefault(HISTORY_KEY, {"loss": [], "grad_norm": []})  # saved with the state
+        self.history = state.setdefault(SPIKE_HISTORY, {"loss": [], "grad_norm": []})  # saved with the state
         self.last_z: dict[str, float] = {}
 
     def z_score(self, name: str, value: float) -> float | None:
@@ -34,6 +34,12 @@ class SpikeGuard:
         if std == 0:
             return math.inf if value > mean else 0.0
         return (value - mean) / std
+
+    def outlier_reason(self) -> str:
+        """Why the latest step was judged a spike: each of its values that lies more than sigma above its history."""
+        words = {"loss_z": "loss", "grad_norm_z": "gradient norm"}
+        return " and ".join(f"{words[key]} {z:.1f} standard deviations above its recent mean (spike_sigma "
+                            f"{self.sigma:g})" for key, z in self.last_z.items() if z > self.sigma)
 
     def is_spike(self, loss: float, grad_norm: float) -> bool:
         """Whether this step's update is to be skipped; the step's values then join the history (a non-finite

@@ -25,6 +25,7 @@ from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoint
                                                   resolve_resume)
 from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
 from accel_train.checkpointing.run_lock import RunLock
+from accel_train.checkpointing.trainer_state import MIXTURE
 from accel_train.config import TrainConfig
 from accel_train.data.documents import first_folder, masking_separator
 from accel_train.data.token_scan import largest_id
@@ -189,9 +190,6 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
     first."""
     return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
             "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
-
-
-MIXTURE = "mixture"  # trainer-state key: data_mix's weights and each source's windows given, at next_batch
 
 
 def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
