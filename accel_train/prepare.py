@@ -49,6 +49,7 @@ with threads_born_deaf():  # before numpy starts its BLAS threads, which must le
 
     from accel_train.atomic import alive, check_out_dir, staged_folder, staging_prefix
     from accel_train.errors import Parser, UserError, first_line, number, run_cli
+    from accel_train.numerals import whole_number
     from accel_train.data.meta import SPLITS, dataset_meta, write_meta
     from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
     from accel_train.data.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
@@ -255,10 +256,11 @@ def adopt_unfinished(out_dir: Path, staging: Path) -> bool:
     """Take over, as `staging`, the newest staging folder of a prepare on this machine that was killed after it
     finished a shard (it holds a progress record); True where there was one."""
     prefix = f"{staging_prefix(out_dir)}{socket.gethostname()}-"
+    def killed(path: Path) -> bool:
+        pid = whole_number(path.name[len(prefix):]) if path.name.startswith(prefix) else None
+        return pid is not None and (path == staging or not alive(pid))
     candidates = [path for where in (out_dir.parent, out_dir) if where.is_dir() for path in where.iterdir()
-                  if path.name.startswith(prefix) and path.name[len(prefix):].isdigit()
-                  and (path == staging or not alive(int(path.name[len(prefix):])))
-                  and (path / PROGRESS_FILE).is_file()]
+                  if killed(path) and (path / PROGRESS_FILE).is_file()]
     if not candidates:
         return False
     newest = max(candidates, key=lambda path: (path / PROGRESS_FILE).stat().st_mtime_ns)
