@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with stopping_on_signals():
         meta = prepare(args)
-    print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
-          f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
+    print(f"wrote {args.out}: {meta.tokens['train']:,} train and {meta.tokens['val']:,} val tokens "
+          f"({meta.dtype}, {meta.tokenizer} vocabulary of {meta.vocab_size:,})")
     return meta
 
 
