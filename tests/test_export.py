@@ -130,19 +130,20 @@ def test_init_from_continues_pretraining(exported, demo_data_dir, tmp_path):
 
 
 def test_the_exported_tokenizer_gives_the_datas_ids(exported, tokenized, tmp_path):
-    """Whatever tokenizer made the data, AutoTokenizer on the export encodes as it did: a tokenizer_config.json
-    without a tokenizer_class used to load as GemmaTokenizer, whose spaces are <unk> (or which raises without one)."""
+    """Whatever tokenizer made the data, AutoTokenizer on the export's files encodes as it did: a
+    tokenizer_config.json without a tokenizer_class used to load as GemmaTokenizer, whose spaces are <unk> (or which
+    raises without one). (Export itself refuses these tokenizers for the byte-level trained_run's model.)"""
     from accel_train.data.tokenizer import load_tokenizer
+    from accel_train.models.hf import check_tokenizer_files, save_tokenizer
 
-    checkpoint, _ = exported
-    results = run_side_by_side([(name, export_command(checkpoint, tmp_path / name, data), [])
-                                for name, data in tokenized.items()])
     texts = STORIES + ["Tom and Lily went to the zoo. The sun was warm; Ça va? ☃"]
-    for name, data in tokenized.items():
-        status, stderr, _ = results[name]
-        assert status == 0, (name, stderr)
-        theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
+    for name, data in tokenized.items():  # as export writes and checks them beside a Gemma 3 config.json
+        (tmp_path / name).mkdir()
+        shutil.copy(exported[1] / "config.json", tmp_path / name)
         ours = load_tokenizer(data)
+        assert save_tokenizer(ours, tmp_path / name)
+        check_tokenizer_files(ours, tmp_path / name, texts)
+        theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
         assert theirs(texts, add_special_tokens=False)["input_ids"] == [ours.encode(text) for text in texts]
         assert theirs.eos_token_id == ours.eot_token
 
