@@ -64,7 +64,8 @@ class DataMeta:
         return cls(**known, how={key: value for key, value in meta.items() if key not in cls.__dataclass_fields__})
 
     def to_json(self) -> dict:
-        meta = {key: value for key, value in asdict(self).items() if key not in ("how", "found")}
+        meta = {key: value for key, value in asdict(self).items()
+                if key not in ("how", "found") and not (key == "shards" and value is None)}  # one file per split
         return {**meta, **self.how}
 
     def meaning(self) -> dict:
