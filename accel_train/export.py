@@ -14,7 +14,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from accel_train.atomic import check_out_dir, staged_folder
-from accel_train.checkpointing.trained_model import load_model
+from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.data.tokens import open_split
 from accel_train.errors import Parser, UserError, run_cli
 from accel_train.models.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
@@ -24,16 +24,19 @@ from accel_train.data.tokenizer import load_tokenizer
 SAMPLE_TOKENS = 4096  # of the validation split, decoded to check the exported tokenizer on the data's own text
 
 
-def find_tokenizer(data_dir, run_data_dir):
+def find_tokenizer(trained: TrainedModel, data_dir):
     """The tokenizer of `data_dir` as the user gave it (a mistake there is an error), or else of the run's data
-    folder, or None (with a note) where that folder or its files are gone."""
+    folder, or None (with a note) where that folder or its files are gone; either way one the model was trained
+    with (TrainedModel.check_tokenizer), as an export must not publish ids its embedding does not mean."""
     if data_dir is not None:
-        return load_tokenizer(data_dir)
+        return trained.tokenizer(data_dir)
     try:
-        return load_tokenizer(run_data_dir)
+        tokenizer = load_tokenizer(trained.data_dir())
     except UserError as err:
         print(f"note: writing no tokenizer files ({err})")
         return None
+    trained.check_tokenizer(trained.data_dir())
+    return tokenizer
 
 
 def data_sample(tokenizer, data_dir) -> list[str]:
@@ -52,8 +55,8 @@ def export(checkpoint, out, data_dir=None) -> Path:
     its tokenizer encodes as the data's did)."""
     out, hint = Path(out).resolve(), "choose another --out"
     check_out_dir(out, False, hint)  # before the slow load
-    model, cfg = load_model(checkpoint)
-    tokenizer = find_tokenizer(data_dir, cfg.data_dir)
+    trained = TrainedModel(checkpoint)
+    model, tokenizer = trained.model, find_tokenizer(trained, data_dir)
     transformers_module().utils.logging.disable_progress_bar()  # stderr is for errors
     with staged_folder(out, False, hint) as tmp:
         try:
@@ -61,7 +64,7 @@ def export(checkpoint, out, data_dir=None) -> Path:
         except SafetensorError as err:  # a failed write (disk full) of the weights
             raise OSError(str(err)) from None
         if tokenizer and save_tokenizer(tokenizer, tmp):
-            check_tokenizer_files(tokenizer, tmp, data_sample(tokenizer, data_dir or cfg.data_dir))
+            check_tokenizer_files(tokenizer, tmp, data_sample(tokenizer, trained.data_dir(data_dir)))
     return out
 
 

@@ -414,8 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     with stopping_on_signals():
         args = parse_args(sys.argv[1:] if argv is None else argv)
         meta = prepare(args)
-        print(f"wrote {args.out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} val tokens "
-              f"({meta['dtype']}, {meta['tokenizer']} vocabulary of {meta['vocab_size']:,})")
+        print(f"wrote {args.out}: {meta.tokens['train']:,} train and {meta.tokens['val']:,} val tokens "
+              f"({meta.dtype}, {meta.tokenizer} vocabulary of {meta.vocab_size:,})")
     return meta
 
 

@@ -5,7 +5,8 @@
 The prompt is fed once, then each new token alone through the model's KV cache, so a sample's
 cost grows linearly with its length. Every prompt starts after an end-of-text token, as every
 training document did; a sample ends at the next end-of-text token, at --max_new_tokens, or at
-the model's context length.
+the model's context length. --data_dir (default: the run's folder) must hold the tokenizer the model was
+trained with: another is refused in one line.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import sys
 
 import torch
 
-from accel_train.checkpointing.trained_model import load_model
+from accel_train.checkpointing.trained_model import TrainedModel
+from accel_train.data.tokenizer import Tokenizer
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
+from accel_train.evaluation.multiple_choice import document_prefix
 from accel_train.models.gemma3 import Gemma3, KVCache
-from accel_train.data.tokenizer import load_tokenizer
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
@@ -57,17 +59,14 @@ def generate(model: Gemma3, ids: list[int], max_new_tokens: int, temperature: fl
     return new
 
 
-def sample_text(model: Gemma3, data_dir, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
-                top_k: int = 50, seed: int = 0) -> str:
-    """The prompt and its continuation as text."""
+def sample_text(model: Gemma3, tokenizer: Tokenizer, prompt: str = "", max_new_tokens: int = 200,
+                temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> str:
+    """The prompt and its continuation as text, in the ids of `tokenizer` (the one the model was trained with)."""
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as err:  # a shell passes bytes that are not UTF-8 on as lone surrogates
         raise UserError(f"the prompt is not UTF-8 text (character {err.start}); pass it in UTF-8") from None
-    tokenizer = load_tokenizer(data_dir)
-    # the context a document of the data starts in: the previous one's end-of-text, then BOS where the data has it
-    start = [tokenizer.eot_token] if tokenizer.bos_token is None else [tokenizer.eot_token, tokenizer.bos_token]
-    ids = start + tokenizer.encode(prompt)
+    ids = document_prefix(tokenizer.eot_token, tokenizer.bos_token) + tokenizer.encode(prompt)
     if len(ids) >= model.config.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens, at or beyond the model's context of "
                         f"{model.config.max_position_embeddings}; shorten it")
@@ -101,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
     device = usable_device(args.device)
-    model, cfg = load_model(args.checkpoint)
+    trained = TrainedModel(args.checkpoint)
+    model, tokenizer = trained.model, trained.tokenizer(args.data_dir)
     try:
         model.to(device)
     except RuntimeError as err:  # e.g. out of GPU memory
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.num_samples):
         if i:
             print("-" * 40)
-        print(sample_text(model, args.data_dir or cfg.data_dir, args.prompt, args.max_new_tokens, args.temperature,
-                          args.top_k, args.seed + i), flush=True)
+        print(sample_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                          args.seed + i), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
-from accel_train.checkpointing.trained_model import load_model
+from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.sample import usable_device
 
 HF_CONFIG = "config.json"
@@ -31,9 +31,24 @@ def is_hf_folder(path: Path) -> bool:
 
 def checkpoint_scorer(path, tasks: str, batch_size: int | None, data_dir) -> tuple:
     """(model, logits function, scorer) of a run's checkpoint: its tokenizer, block_size and batch size."""
-    model, cfg = load_model(path)
-    scorer = task_scorer(tasks, data_dir or cfg.data_dir, cfg.block_size, batch_size or cfg.batch_size)
+    trained = TrainedModel(path)
+    model, cfg = trained.model, trained.cfg
+    scorer = task_scorer(tasks, trained.tokenizer(data_dir), cfg.block_size, batch_size or cfg.batch_size)
     return model, (lambda x: model(x)[0]), scorer
+
+
+def check_fits(path: Path, config, vocab_size: int, block_size: int | None) -> None:
+    """Refuse a tokenizer whose ids lie beyond the model's embedding (an IndexError mid-way, or a wrong score), and
+    a block_size beyond the positions the model was trained for (scored silently past them, or a huge allocation),
+    as the trainer refuses them."""
+    if vocab_size > config.vocab_size:
+        raise UserError(f"the tokenizer in {path} has {vocab_size} tokens but the model's embedding has "
+                        f"{config.vocab_size} (vocab_size in {path / HF_CONFIG}): it is not this model's tokenizer; "
+                        "export the model again with the --data_dir it was trained on")
+    positions = getattr(config, "max_position_embeddings", None)
+    if block_size is not None and positions is not None and block_size > positions:
+        raise UserError(f"--block_size {block_size} is above the {positions} positions of the model in {path} "
+                        f"(max_position_embeddings); use --block_size {positions} or less")
 
 
 def hf_scorer(path: Path, tasks: str, batch_size: int | None, block_size: int | None) -> tuple:
@@ -42,12 +57,15 @@ def hf_scorer(path: Path, tasks: str, batch_size: int | None, block_size: int | 
     from accel_train.data.tokenizer import hf_tokenizer
 
     transformers = transformers_module()
+    transformers.utils.logging.disable_progress_bar()  # stderr is for errors
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        tokenizer = hf_tokenizer(path)
+        check_fits(path, config, tokenizer.vocab_size, block_size)  # before the slow load
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), config=config, local_files_only=True,
                                                                   dtype=torch.float32).eval()
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"transformers cannot load the model in {path}: {first_line(err)}") from None
-    tokenizer = hf_tokenizer(path)
     bos = tokenizer.config.get("bos_token")
     bos = bos.get("content") if isinstance(bos, dict) else bos
     bos_id = tokenizer.tokenizer.token_to_id(bos) if bos else None

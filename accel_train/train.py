@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from accel_train.checkpointing.checkpoint import prune, save_checkpoint, update_best
 from accel_train.checkpointing.run_lock import StartLock
 from accel_train.config import TrainConfig, load_config
+from accel_train.data.documents import first_folder
+from accel_train.data.tokenizer import load_tokenizer
 from accel_train.distributed.collective import on_main_process
 from accel_train.distributed.preemption import StopSignals, any_process
 from accel_train.errors import UserError, run_cli
@@ -91,7 +93,8 @@ def show_results(cfg: TrainConfig, model, sample: bool) -> None:
     is a one-line note and the run still succeeds."""
     extras = {"plot": lambda: write_plot(cfg.out_dir)} if cfg.plot else {}
     if cfg.sample_tokens and sample:
-        extras["sample"] = lambda: sample_text(model, cfg.data_dir, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+        extras["sample"] = lambda: sample_text(model, load_tokenizer(first_folder(cfg)),
+                                               max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
     for name, make in extras.items():
         try:
             print(f"{name}: {make()}")

@@ -16,7 +16,6 @@ this process (`time.process_time`, so other programs on the machine count less),
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from tokens_to_loss import MODEL, prepare, run, run_arguments, tokens_to_reach  # noqa: E402
 
 from accel_train.config import load_config  # noqa: E402
+from accel_train.data.meta import read_meta  # noqa: E402
+from accel_train.data.tokens import open_split  # noqa: E402
 from accel_train.models.gemma3 import Gemma3  # noqa: E402
 from accel_train.checkpointing.trained_model import load_model  # noqa: E402
 
@@ -51,12 +52,12 @@ def mean_loss(model: Gemma3, windows: list[np.ndarray], batch: int = 32) -> floa
 def evaluation_sets(data: Path, count: int, block: int = 128) -> tuple[dict[str, list[np.ndarray]], int]:
     """Fixed validation windows at evenly spaced positions, the first `count` whole documents, and the
     end-of-text id."""
-    meta = json.loads((data / "meta.json").read_text())
-    val = np.fromfile(data / "val.bin", dtype=meta["dtype"])
+    meta = read_meta(data)
+    val = open_split(str(data), "val").tokens(0)
     starts = np.linspace(0, len(val) - block - 1, count).astype(np.int64)
-    eots = np.flatnonzero(val == meta["eot_token"])
+    eots = np.flatnonzero(val == meta.eot_token)
     docs = [val[a:min(b + 1, a + block + 1)] for a, b in zip(eots[:-1], eots[1:])][:count]
-    return {"windows": [val[s:s + block + 1] for s in starts], "documents": docs}, meta["eot_token"]
+    return {"windows": [val[s:s + block + 1] for s in starts], "documents": docs}, meta.eot_token
 
 
 def cross_evaluation(work: Path, names: dict, data: Path) -> None:
@@ -120,9 +121,9 @@ def main() -> None:
     for mode, evals in runs.items():
         print(f"{mode}: " + ", ".join(f"{r['tokens']}: {r['val_loss']:.3f}" for r in evals))
     cross_evaluation(work, {f"document_mask {mode}": name for mode, name in names.items()}, data)
-    meta = json.loads((data / "meta.json").read_text())
+    meta = read_meta(data)
     for block in (128, 512):
-        ratio = cpu_cost(meta["vocab_size"], meta["eot_token"], block)
+        ratio = cpu_cost(meta.vocab_size, meta.eot_token, block)
         print(f"CPU time of a training forward and backward, masked / plain, block {block}: {ratio:.2f}")
 
 

@@ -9,7 +9,6 @@ slices, two stacks) is the baseline; the printed ratio is ours over it.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from accel_train.bench import baseline_get_batch
+from accel_train.data.meta import DataMeta, write_meta
 from accel_train.data.tokens import get_batch
 
 
@@ -42,7 +42,7 @@ def main() -> None:
             for start in range(0, args.tokens, 10_000_000):
                 n = min(10_000_000, args.tokens - start)
                 np.random.default_rng(start).integers(0, 50_257, n, dtype=np.uint16).tofile(f)
-        (folder / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 50_257}))
+        write_meta(folder, DataMeta("uint16", 50_257))
         T, B = args.block_size, args.batch_size
         seed_rate = batches_per_second(lambda: baseline_get_batch(folder / "train.bin", T, B), args.calls)
         ours_rate = batches_per_second(lambda: get_batch("train", T, B, "cpu", "cpu", data_dir=folder), args.calls)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from accel_train.data.demo_corpus import stories
+from accel_train.data.meta import read_meta
 
 REPO = Path(__file__).resolve().parent.parent
 SEP = "<|endoftext|>"
@@ -122,9 +123,9 @@ def main() -> None:
         print(f"corpus: {size / 1e6:,.0f} MB of {args.text or 'generated stories'}", flush=True)
         seconds, cpu = run_prepare(corpus, out, args)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        meta = json.loads((out / "meta.json").read_text())
-        tokens = sum(meta["tokens"].values())
-        shards = sum(map(len, meta["shards"].values()))
+        meta = read_meta(out)
+        tokens = sum(meta.tokens.values())
+        shards = sum(map(len, meta.shards.values()))
         print(f"prepare ({args.tokenizer}, {args.workers} workers): {size / 1e6 / seconds:.2f} MB/s of text "
               f"({size / 1e6 / cpu:.2f} MB per CPU second), {tokens:,} tokens in {seconds:.1f} s, {shards} shards; "
               f"peak resident {peak_mb:.0f} MB (cap {args.limit_mb} MB of private memory per process)", flush=True)
@@ -136,7 +137,7 @@ def main() -> None:
                   flush=True)
         corpus.unlink()
         for attempt in ("first start (scans every token id)", "second start (scan cached)"):
-            first_step = seconds_to_first_step(out, Path(tmp) / f"run_{attempt[0]}", meta["vocab_size"])
+            first_step = seconds_to_first_step(out, Path(tmp) / f"run_{attempt[0]}", meta.vocab_size)
             print(f"trainer launch to first training step, {attempt}: {first_step:.1f} s", flush=True)
 
 

@@ -23,6 +23,7 @@ from accel_train.data.demo_corpus import ensure_demo_data
 from accel_train.evaluation.validation import estimate_loss
 from accel_train.models.gemma3 import Gemma3
 from accel_train.evaluation.multiple_choice import task_scorer
+from accel_train.data.tokenizer import load_tokenizer
 from accel_train.training.optim import build_optimizers
 from accel_train.train import train_step
 
@@ -44,7 +45,7 @@ def main() -> None:
     model = Gemma3(cfg.model)
     (optimizer,) = build_optimizers(model, cfg, fused=False, mixed_precision="no")
     model, optimizer = accelerator.prepare(model, optimizer)
-    scorer = task_scorer(cfg.tasks, cfg.data_dir, cfg.block_size, cfg.batch_size)
+    scorer = task_scorer(cfg.tasks, load_tokenizer(cfg.data_dir), cfg.block_size, cfg.batch_size)
 
     def batches():
         return (get_batch("train", cfg.block_size, cfg.batch_size, "cpu", "cpu", cfg.data_dir)

@@ -30,6 +30,7 @@ prints the share of training tokens each stream never shows as an input over the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -37,6 +38,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from accel_train.data.meta import read_meta, write_meta
+from accel_train.data.tokens import open_split
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the streams and the model, for the --windows comparison
@@ -55,17 +59,19 @@ def prepare(text: Path, work: Path) -> Path:
         subprocess.run([sys.executable, "-m", "accel_train.prepare", "--input", str(text), "--separator",
                         "<|endoftext|>", "--tokenizer", "gpt2", "--val_fraction", "0.05", "--out", str(gpt2)],
                        cwd=REPO, check=True)
-    meta = json.loads((gpt2 / "meta.json").read_text())
-    splits = {s: np.fromfile(gpt2 / f"{s}.bin", dtype=meta["dtype"]) for s in ("train", "val")}
+    meta = read_meta(gpt2)
+    splits = {s: open_split(str(gpt2), s).tokens(0) for s in ("train", "val")}
     used = np.unique(np.concatenate(list(splits.values())))
-    dense = np.zeros(meta["vocab_size"], dtype=np.uint16)
+    dense = np.zeros(meta.vocab_size, dtype=np.uint16)
     dense[used] = np.arange(len(used), dtype=np.uint16)
     data.mkdir(parents=True)
     for split, tokens in splits.items():
         dense[tokens].tofile(data / f"{split}.bin")
-    meta.update(vocab_size=len(used), eot_token=int(dense[meta["eot_token"]]), dtype="uint16",
-                tokenizer="gpt2, renumbered densely by benchmarks/tokens_to_loss.py")
-    (data / "meta.json").write_text(json.dumps(meta, indent=1))
+    # other ids than GPT-2's: no tokenizer reads them, so no fingerprint
+    write_meta(data, dataclasses.replace(
+        meta, vocab_size=len(used), eot_token=int(dense[meta.eot_token]), dtype="uint16", tokenizer_fingerprint=None,
+        tokenizer="gpt2, renumbered densely by benchmarks/tokens_to_loss.py",
+        shards={s: [{"file": f"{s}.bin", "tokens": len(tokens)}] for s, tokens in splits.items()}))
     return data
 
 
@@ -75,7 +81,7 @@ def run(name: str, keys: dict, data: Path, work: Path, args) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] \
         if (out / "metrics.jsonl").exists() else []
     if not rows or rows[-1]["step"] != args.steps:
-        vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
+        vocab = read_meta(data).vocab_size
         settings = {"data_dir": str(data), "out_dir": str(out), "device": "cpu", "dtype": "float32",
                     "max_iters": args.steps, "warmup_steps": args.steps // 10, "batch_size": args.batch_size,
                     "block_size": 128, "gradient_accumulation_steps": 1, "eval_interval": args.steps // 10,
@@ -146,7 +152,7 @@ def never_seen(keys: dict, data: Path, windows: int, batch_size: int) -> float:
 
 def compare_windows(data: Path, work: Path, args) -> None:
     """The --windows comparison (see the module's docstring), printed as Markdown."""
-    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
+    vocab = read_meta(data).vocab_size
     streams = {"random windows": {"sampling": "random"}, "every window once per epoch": {"sampling": "epoch"},
                "document-aligned, once per epoch": {"sampling": "epoch", "window_start": "document"}}
     print("| stream | keys | train tokens never an input | fixed-set val loss by tokens |\n| --- | --- | --- | --- |")

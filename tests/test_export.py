@@ -129,38 +129,87 @@ def test_init_from_continues_pretraining(exported, demo_data_dir, tmp_path):
 
 
 def test_the_exported_tokenizer_gives_the_datas_ids(exported, tokenized, tmp_path):
-    """Whatever tokenizer made the data, AutoTokenizer on the export encodes as it did: a tokenizer_config.json
-    without a tokenizer_class used to load as GemmaTokenizer, whose spaces are <unk> (or which raises without one)."""
+    """Whatever tokenizer made the data, AutoTokenizer on the export's files encodes as it did: a
+    tokenizer_config.json without a tokenizer_class used to load as GemmaTokenizer, whose spaces are <unk> (or which
+    raises without one). (Export itself refuses these tokenizers for the byte-level trained_run's model.)"""
     from accel_train.data.tokenizer import load_tokenizer
+    from accel_train.models.hf import check_tokenizer_files, save_tokenizer
 
-    checkpoint, _ = exported
-    results = run_side_by_side([(name, export_command(checkpoint, tmp_path / name, data), [])
-                                for name, data in tokenized.items()])
     texts = STORIES + ["Tom and Lily went to the zoo. The sun was warm; Ça va? ☃"]
-    for name, data in tokenized.items():
-        status, stderr, _ = results[name]
-        assert status == 0, (name, stderr)
-        theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
+    for name, data in tokenized.items():  # as export writes and checks them beside a Gemma 3 config.json
+        (tmp_path / name).mkdir()
+        shutil.copy(exported[1] / "config.json", tmp_path / name)
         ours = load_tokenizer(data)
+        assert save_tokenizer(ours, tmp_path / name)
+        check_tokenizer_files(ours, tmp_path / name, texts)
+        theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
         assert theirs(texts, add_special_tokens=False)["input_ids"] == [ours.encode(text) for text in texts]
         assert theirs.eos_token_id == ours.eot_token
 
 
 def test_export_refuses_a_tokenizer_transformers_reads_otherwise(exported, tokenized, tmp_path):
-    """A data folder whose tokenizer_config.json names a class that rebuilds the tokenizer differently, or a
-    --data_dir that does not exist: one error line, and no export folder (an existing empty one stays empty)."""
-    checkpoint, _ = exported
-    gemma_class = tmp_path / "gemma class"
+    """A tokenizer_config.json that names a class that rebuilds the tokenizer differently is refused by the export's
+    check of its own files."""
+    from accel_train.data.tokenizer import load_tokenizer
+    from accel_train.errors import UserError
+    from accel_train.models.hf import check_tokenizer_files, save_tokenizer
+
+    gemma_class, hf_dir = tmp_path / "gemma class", tmp_path / "hf"
     shutil.copytree(tokenized["with unk"], gemma_class)
     config = json.loads((gemma_class / "tokenizer_config.json").read_text())
     (gemma_class / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GemmaTokenizer"}))
+    shutil.copytree(exported[1], hf_dir)
+    tokenizer = load_tokenizer(gemma_class)
+    assert save_tokenizer(tokenizer, hf_dir)
+    with pytest.raises(UserError, match="as GemmaTokenizer, which encodes"):
+        check_tokenizer_files(tokenizer, hf_dir, STORIES[:2])
+
+
+def test_a_checkpoint_meets_only_the_tokenizer_it_was_trained_with(exported, tokenized, demo_data_dir, tmp_path):
+    """sample, score and export of a byte-level model with the --data_dir of another tokenizer (GPT-2's, beyond its
+    320 embeddings; a BPE that fits them), a --data_dir that does not exist, and score of a HuggingFace folder
+    with a --block_size beyond its positions or a tokenizer beyond its embeddings: one error line each, no export
+    folder (an existing empty one stays empty). A folder prepared before fingerprints is compared by what its
+    meta.json records, so the run's own tokenizer in one still samples."""
+    from accel_train.data.tokenizer import gpt2_tokenizer
+    from accel_train.models.hf import save_tokenizer
+    from accel_train.prepare import write_dataset
+
+    checkpoint, hf_dir = exported
+    write_dataset(tmp_path / "gpt2", STORIES, gpt2_tokenizer(), source={"input": "stories"}, val_fraction=0.3)
+    gpt2_hf = tmp_path / "gpt2 hf"
+    shutil.copytree(hf_dir, gpt2_hf)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (gpt2_hf / name).unlink(missing_ok=True)
+    save_tokenizer(gpt2_tokenizer(), gpt2_hf)
+    old = tmp_path / "old"  # the demo data's meta.json as written before fingerprints
+    old.mkdir()
+    meta = json.loads((demo_data_dir / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "tokenizer_fingerprint"}))
     (tmp_path / "empty").mkdir()
-    cases = [("new", export_command(checkpoint, tmp_path / "new", gemma_class), ["as GemmaTokenizer", "encodes"]),
-             ("empty", export_command(checkpoint, tmp_path / "empty", gemma_class), ["as GemmaTokenizer"]),
-             ("typo", export_command(checkpoint, tmp_path / "typo", tmp_path / "dta"), [f"{tmp_path}/dta not found"])]
-    for status, stderr, words in run_side_by_side(cases).values():
-        assert_one_error_line(status, stderr, *words)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "gemma class"]
+
+    def tool(name, *args):
+        return [sys.executable, "-m", f"accel_train.{name}", "--checkpoint", str(checkpoint), *map(str, args)]
+
+    task = ["--task", "story_endings"]
+    cases = [("sample gpt2", tool("sample", "--data_dir", tmp_path / "gpt2", "--max_new_tokens", "2"),
+              ["gpt2", "byte", "tokenizer", str(checkpoint)]),
+             ("export gpt2", export_command(checkpoint, tmp_path / "new", tmp_path / "gpt2"), ["gpt2", "byte"]),
+             ("score bpe", tool("score", *task, "--data_dir", tokenized["bpe"]),
+              ["tokenizer is byte there, bpe here", "tokenizer_fingerprint"]),
+             ("export bpe", export_command(checkpoint, tmp_path / "empty", tokenized["bpe"]), ["bpe", "byte"]),
+             ("typo", export_command(checkpoint, tmp_path / "typo", tmp_path / "dta"), [f"{tmp_path}/dta not found"]),
+             ("positions", [sys.executable, "-m", "accel_train.score", "--checkpoint", str(hf_dir), *task,
+                            "--block_size", "100000"], ["--block_size 100000", "512", "max_position_embeddings"]),
+             ("hf gpt2", [sys.executable, "-m", "accel_train.score", "--checkpoint", str(gpt2_hf), *task],
+              ["50257 tokens", "320", "not this model's tokenizer"]),
+             ("old", tool("sample", "--data_dir", old, "--max_new_tokens", "2"), None)]
+    for name, (status, stderr, words) in run_side_by_side(cases).items():
+        if words is None:
+            assert status == 0, stderr[-3000:]
+        else:
+            assert_one_error_line(status, stderr, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "gpt2", "gpt2 hf", "old"]
     assert not list((tmp_path / "empty").iterdir())
 
 

@@ -11,6 +11,8 @@ import pytest
 from safetensors.torch import load_file
 
 from accel_train.checkpointing.checkpoint import STATE_FILE
+from accel_train.data.tokenizer import train_bpe
+from accel_train.prepare import write_dataset
 from accel_train.plot import draw
 from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TINYSTORIES, assert_one_error_line, max_difference, run_side_by_side,
@@ -97,6 +99,22 @@ def test_weights_changed_on_resume_after_a_sigkill_continue_exactly(folders, tmp
     assert [(list(line.get_xdata()), list(line.get_ydata())) for line in lines[2:]] == \
         [([4, 8], [r[f"val_loss/{n}"] for r in evaluations]) for n in NAMES]
 
+    # a source is its folder's name: moved elsewhere, web goes on from its count; renamed, it is refused, as its
+    # windows would start over
+    shutil.copytree(folders / "web", tmp_path / "moved" / "web")
+    shutil.copytree(folders / "web", tmp_path / "renamed" / "web2")
+    moved = ",".join(f"{folders / n}={w}" for n, w in zip(NAMES[:2], W2[:2])) + f",{tmp_path / 'moved' / 'web'}=0.25"
+    renamed = moved.replace(str(tmp_path / "moved" / "web"), str(tmp_path / "renamed" / "web2"))
+    results = run_side_by_side([(out.name, [sys.executable, str(REPO / "accel_train" / "train.py"), *RUN, "--out_dir",
+                                            str(out), "--resume", "auto", "--max_iters", "9", "--data_mix", data_mix],
+                                 None) for out, data_mix in ((killed, moved), (reference, renamed))])
+    status, stderr, _ = results["killed"]
+    assert status == 0, stderr[-3000:]
+    assert state(killed, 9)["mixture"]["counts"]["web"] == after["web"] + 1  # its quarter of a batch of 4
+    status, stderr, _ = results["reference"]
+    assert_one_error_line(status, stderr, "web2", "web", "renamed")
+    assert not (reference / "checkpoints" / "step_9").exists()
+
 
 def test_two_processes_train_a_document_aligned_mixture_as_one_does(folders, tmp_path):
     outs = {}
@@ -113,14 +131,32 @@ def test_two_processes_train_a_document_aligned_mixture_as_one_does(folders, tmp
     assert np.allclose(losses[0], losses[1], rtol=1e-6)
 
 
+def two_bpe_folders(root) -> list:
+    """Two folders, each made with a BPE of 300 tokens trained on its own stories: one name, one size, one
+    end-of-text id, but other ids for the same text."""
+    stories = TINYSTORIES.read_text(encoding="utf-8").split("<|endoftext|>")
+    tokenizers = [train_bpe(stories[i::2], 300) for i in (0, 1)]
+    assert tokenizers[0].encode(stories[0]) != tokenizers[1].encode(stories[0])
+    assert tokenizers[0].vocab_size == tokenizers[1].vocab_size
+    return [write_dataset(root / f"bpe{i}", stories[i::2], tokenizer, source={"input": "stories"}, val_fraction=0.2)
+            and root / f"bpe{i}" for i, tokenizer in enumerate(tokenizers)]
+
+
 def test_folders_that_cannot_be_mixed_are_refused_in_one_line(folders, tmp_path):
     base = [sys.executable, str(REPO / "accel_train" / "train.py"), *RUN, "--max_iters", "2"]
+    bpe = two_bpe_folders(tmp_path)
     cases = [("tokenizer", [*base, "--out_dir", str(tmp_path / "a"), "--model.vocab_size", "50257", "--data_mix",
                             f"{folders / 'web'}=1,{folders / 'gpt2'}=1"], ["gpt2", "tokenizer", "data_mix"]),
              ("missing", [*base, "--out_dir", str(tmp_path / "b"), "--data_mix",
                           f"{folders / 'web'}=1,{folders / 'nowhere'}=1"], ["nowhere", "does not exist"]),
              ("weight", [*base, "--out_dir", str(tmp_path / "c"), "--data_mix", f"{folders / 'web'}=-1"],
-              ["data_mix", "positive"])]
+              ["data_mix", "positive"]),
+             # one folder by two paths is one source: two weights for it would leave one unused
+             ("repeated", [*base, "--out_dir", str(tmp_path / "d"), "--data_mix",
+                           f"{folders / 'web'}=0.3,{folders / 'books'}=0.4,{folders}/./web=0.3"],
+              ["data_mix", str(folders / "web"), "twice"]),
+             ("bpe", [*base, "--out_dir", str(tmp_path / "e"), "--data_mix", f"{bpe[0]}=1,{bpe[1]}=1"],
+              ["data_mix", "tokenizer_fingerprint", "one tokenizer"])]
     for name, (status, stderr, words) in run_side_by_side(cases).items():
         assert_one_error_line(status, stderr, *words)
-    assert not any((tmp_path / name).exists() for name in "abc")  # refused before anything was written
+    assert not any((tmp_path / name).exists() for name in "abcde")  # refused before anything was written

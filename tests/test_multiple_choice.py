@@ -40,13 +40,15 @@ import json, sys
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-out = simple_evaluate(model=HFLM(pretrained=sys.argv[1], device="cpu", batch_size=8, dtype="float32"),
+out = simple_evaluate(model=HFLM(pretrained=sys.argv[1], device="cpu", batch_size=8, dtype="float32",
+                                 **json.loads(sys.argv[3])),
                       tasks=["mine"], task_manager=TaskManager(include_path=sys.argv[2]), log_samples=True)
 samples = sorted(out["samples"]["mine"], key=lambda s: s["doc_id"])
 print(json.dumps({"results": out["results"]["mine"], "lls": [[r[0] for r in s["filtered_resps"]] for s in samples]}))
 """
-# lm-eval's multiple_choice task on our file. The context starts with the end-of-text token written as text, which
-# the exported tokenizer reads as that token: lm-eval feeds a non-empty context after nothing otherwise.
+# lm-eval's multiple_choice task on our file. The context starts with the document prefix written as text (end-of-text,
+# then BOS where the data has it), which the exported tokenizer reads as those tokens: lm-eval feeds a non-empty
+# context after nothing otherwise.
 TASK_YAML = """task: mine
 dataset_path: json
 dataset_kwargs:
@@ -54,7 +56,7 @@ dataset_kwargs:
     test: {path}
 test_split: test
 output_type: multiple_choice
-doc_to_text: "<|endoftext|>{{{{ctx}}}}"
+doc_to_text: "{prefix}{{{{ctx}}}}"
 doc_to_choice: "{{{{endings}}}}"
 doc_to_target: "{{{{label}}}}"
 metric_list:
@@ -63,11 +65,11 @@ metric_list:
 """
 
 
-def lm_eval_scores(hf_dir, task, tmp_path) -> dict:
-    (tmp_path / "mine.yaml").write_text(TASK_YAML.format(path=task))
+def lm_eval_scores(hf_dir, task, tmp_path, prefix: str = "<|endoftext|>", **hflm) -> dict:
+    (tmp_path / "mine.yaml").write_text(TASK_YAML.format(path=task, prefix=prefix))
     env = subprocess_env({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
-    result = subprocess.run([sys.executable, "-c", LM_EVAL, str(hf_dir), str(tmp_path)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", LM_EVAL, str(hf_dir), str(tmp_path), json.dumps(hflm)], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -85,6 +87,57 @@ def test_our_score_equals_lm_evaluation_harness(trained_run, tmp_path):
     assert score(out, str(task)) == expected  # the checkpoint itself, as the loop scores it
     model, logits_of, scorer = hf_scorer(hf_dir, str(task), None, None)
     ours = scorer.log_likelihoods(0, range(8), logits_of, "cpu")
+    for mine, reference in zip(ours, theirs["lls"], strict=True):
+        assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-3, (mine, reference)
+
+
+def bos_bpe_folder(root):
+    """TinyStories prepared with a byte-level BPE of 512 tokens (with merges) whose post-processor puts <bos> before
+    every text, as Gemma's does: every document of the data starts with BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from accel_train.data.tokenizer import EOT_TEXT, hf_tokenizer
+    from accel_train.prepare import write_dataset
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(tinystories(), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=[EOT_TEXT, "<bos>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    (root / "tokenizer").mkdir(parents=True)
+    backend.save(str(root / "tokenizer" / "tokenizer.json"))
+    (root / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOT_TEXT, "bos_token": "<bos>"}))
+    tokenizer = hf_tokenizer(root / "tokenizer")
+    assert tokenizer.bos_token == 1 and len(tokenizer.encode("Once upon a time")) < 8  # words merged
+    write_dataset(root / "data", tinystories(), tokenizer, source={"input": "tinystories"}, val_fraction=0.1)
+    return root / "data"
+
+
+def test_a_bos_bpe_models_scores_equal_lm_evaluation_harness_with_contexts_cut_from_the_left(tmp_path):
+    """The loop's scoring of data whose documents start with BOS puts BOS before the context, as training did and as
+    lm-eval does given that prefix; a block_size of 24 cuts most contexts from the left, in both alike."""
+    from accel_train.export import export
+    from accel_train.score import checkpoint_scorer
+
+    data, out, task = bos_bpe_folder(tmp_path), tmp_path / "run", own_task(tmp_path / "mine.jsonl", 8)
+    result = train(["--data_dir", str(data), "--out_dir", str(out), *TINY_MODEL, "--model.vocab_size", "512",
+                    "--max_iters", "3", "--warmup_steps", "1", "--batch_size", "4", "--block_size", "24",
+                    "--gradient_accumulation_steps",
+                    "1", "--learning_rate", "3e-3", "--eval_interval", "3", "--eval_iters", "1", "--sample_tokens", "0",
+                    "--plot", "false",
+                    "--demo_data", "false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    hf_dir = export(out, tmp_path / "hf")
+    theirs = lm_eval_scores(hf_dir, task, tmp_path, prefix="<|endoftext|><bos>", add_bos_token=False, max_length=24)
+    assert score(out, str(task)) == {"mine/acc": theirs["results"]["acc,none"],
+                                     "mine/acc_norm": theirs["results"]["acc_norm,none"]}
+    _, logits_of, scorer = checkpoint_scorer(out, str(task), None, None)
+    assert sum(len(tokens) == 25 for ex in scorer.encoded[0] for tokens, _ in ex) > 16  # cut from the left
+    assert any(tokens[:2] == [0, 1] for ex in scorer.encoded[0] for tokens, _ in ex)  # the prefix: eot, bos
+    ours = [lls for group in scorer.groups(scorer.tasks[0])
+            for lls in scorer.log_likelihoods(0, group, logits_of, "cpu")]
     for mine, reference in zip(ours, theirs["lls"], strict=True):
         assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-3, (mine, reference)
 

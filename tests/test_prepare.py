@@ -181,7 +181,7 @@ def test_uint32_where_the_vocabulary_needs_it(corpus, tmp_path):
     out = tmp_path / "big"
     meta = prepare(["--input", str(tmp_path / "docs.jsonl"), "--out", str(out), "--val_fraction", "0.3",
                     "--block_size", "16", "--workers", "1", "--tokenizer", str(tmp_path), "--eot_token", EOT_TEXT])
-    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_257 and meta["eot_token"] == 50256
+    assert meta.dtype == "uint32" and meta.vocab_size == 70_257 and meta.eot_token == 50256
     assert 70_256 in np.fromfile(out / "train.bin", dtype=np.uint32).tolist() + np.fromfile(
         out / "val.bin", dtype=np.uint32).tolist()
     assert_round_trip(out, docs)
@@ -267,7 +267,7 @@ def test_demo_corpus_is_seeded_well_formed_and_written_like_any_corpus(tmp_path)
     assert "{" not in text and "}" not in text, "every slot of the grammar is filled"
     assert text.count('"') % 2 == 0 and all(s.count('"') % 2 == 0 for s in first), "quotes are closed"
     meta = write_demo_data(tmp_path / "demo", num_stories=400, seed=1)
-    assert meta | {"tokenizer": "byte", "vocab_size": 257, "eot_token": 256, "dtype": "uint16"} == meta
+    assert (meta.tokenizer, meta.vocab_size, meta.eot_token, meta.dtype) == ("byte", 257, 256, "uint16")
     assert_round_trip(tmp_path / "demo", first)
 
 

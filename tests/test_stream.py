@@ -99,16 +99,41 @@ def test_document_windows_need_document_boundaries(tmp_path):
         single(data, window_start="document")
 
 
-def test_a_mixture_gives_each_source_its_weight_per_batch_and_over_10000_windows(tmp_path):
-    sources = [Source(name, str(folder(tmp_path / name, np.arange(500))), w)
-               for name, w in (("a", 0.7), ("b", 0.2), ("c", 0.1))]
+def fed_sources(loader, block_size: int) -> list[list[int]]:
+    """The source of each row of each batch that `loader` (prepared by Accelerate, as the trainer feeds the model)
+    yields, read from the tokens themselves: source i holds the ids i x 500 .. i x 500 + 499 in order, so a row
+    is a window of source i exactly when its ids are consecutive ones of that range."""
+    fed = []
+    for x, y in loader:
+        rows = []
+        for inputs, targets in zip(x.tolist(), y.tolist()):
+            source = inputs[0] // 500
+            assert inputs + targets[-1:] == list(range(inputs[0], inputs[0] + block_size + 1)), inputs
+            assert (inputs[-1] + 1) // 500 == source  # inside one source's content
+            rows.append(source)
+        fed.append(rows)
+    return fed
+
+
+def test_a_mixture_feeds_each_source_its_weight_per_batch_and_over_10000_windows(tmp_path, fresh_accelerate_state):
+    from accelerate import Accelerator
+
+    sources = [Source(name, str(folder(tmp_path / name, i * 500 + np.arange(500), vocab_size=1500)), w)
+               for i, (name, w) in enumerate((("a", 0.7), ("b", 0.2), ("c", 0.1)))]
     stream = WindowStream(sources, 16, 32, 7, "epoch", "any", mixture=True)
-    per_batch = np.array([np.bincount([s for s, _ in stream.batch(b)], minlength=3) for b in range(313)])
+    accelerator = Accelerator(cpu=True)
+    fed = fed_sources(accelerator.prepare(train_loader(stream, 313)), 16)
+    per_batch = np.array([np.bincount(rows, minlength=3) for rows in fed])
     quota = np.array([0.7, 0.2, 0.1]) * 32
     assert (np.abs(per_batch - quota) < 1).all()  # floor or ceil of its share in every batch
     realized = per_batch.sum(0) / per_batch.sum()
     assert np.abs(realized - [0.7, 0.2, 0.1]).max() < 0.005
     assert stream.counts_at(313) == dict(zip("abc", per_batch.sum(0).tolist()))
+    # a run resumed at batch 200 from the counts a checkpoint there records is fed the same windows
+    resumed = WindowStream(sources, 16, 32, 7, "epoch", "any", 200, counts=stream.counts_at(200), mixture=True)
+    tokens = [x for x, _ in accelerator.prepare(train_loader(stream, 313, 200))]
+    assert all((a == b).all() for a, b in zip(tokens, (x for x, _ in accelerator.prepare(
+        train_loader(resumed, 313, 200))), strict=True))
 
 
 def test_mixture_weights_are_checked():

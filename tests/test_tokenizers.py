@@ -76,3 +76,30 @@ def _saved(backend, folder):
     path = folder / "tokenizer.json"
     backend.save(str(path))
     return path
+
+
+def test_a_tokenizer_is_its_fingerprint_and_the_data_keeps_its_own(gpt2_file, tmp_path):
+    """Fingerprints tell apart two BPEs of one size (and the byte, GPT-2 and HuggingFace tokenizers), survive a save
+    and a load, and are recorded by prepare: a tokenizer.json replaced beside the data is refused in one line,
+    while a folder prepared before fingerprints loads as before."""
+    import shutil
+
+    from accel_train.data.tokenizer import ByteTokenizer, train_bpe
+    from accel_train.prepare import write_dataset
+
+    stories = tinystories()
+    first, second = train_bpe(stories[0::2], 300), train_bpe(stories[1::2], 300)
+    assert first.vocab_size == second.vocab_size
+    meta = write_dataset(tmp_path / "first", stories[:40], first, source={"input": "stories"}, val_fraction=0.2)
+    write_dataset(tmp_path / "second", stories[:40], second, source={"input": "stories"}, val_fraction=0.2)
+    assert meta.tokenizer_fingerprint == first.fingerprint() == load_tokenizer(tmp_path / "first").fingerprint()
+    prints = {first.fingerprint(), second.fingerprint(), ByteTokenizer().fingerprint(), gpt2_tokenizer().fingerprint(),
+              hf_tokenizer(gpt2_file, "<|endoftext|>").fingerprint()}
+    assert len(prints) == 5
+    shutil.copy(tmp_path / "second" / "tokenizer.json", tmp_path / "first" / "tokenizer.json")
+    with pytest.raises(UserError, match="not the one its data was prepared with"):
+        load_tokenizer(tmp_path / "first")
+    old = json.loads((tmp_path / "second" / "meta.json").read_text())
+    del old["tokenizer_fingerprint"]
+    (tmp_path / "second" / "meta.json").write_text(json.dumps(old))
+    assert load_tokenizer(tmp_path / "second").encode(stories[0]) == second.encode(stories[0])

@@ -18,11 +18,10 @@ import numpy as np
 from accel_train.config import TrainConfig
 from accel_train.data.tokens import TokenFile, open_split
 from accel_train.errors import UserError
-from accel_train.data.meta import SPLITS
+from accel_train.data.meta import SPLITS, DataMeta, meaning_differences
 
 SAMPLED_CHUNKS = 16  # chunks of each split hashed, spread evenly from its first byte to its last
 CHUNK_BYTES = 4096
-META_KEYS = ("dtype", "vocab_size", "tokenizer", "eot_token", "bos_token")  # what meta.json says the token ids mean
 
 
 def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
@@ -69,7 +68,7 @@ def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: i
                         f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
 
 
-def run_identity(cfg: TrainConfig, sources: list, metas: list[dict]) -> dict:
+def run_identity(cfg: TrainConfig, sources: list, metas: list[DataMeta]) -> dict:
     """data_identity of data_dir, or of each source of data_mix, by its name."""
     if not cfg.data_mix:
         return data_identity(cfg.data_dir, metas[0])
@@ -93,11 +92,12 @@ def _check_window_stream(folder: Path, state: dict, cfg: TrainConfig) -> None:
                         f"{fixes or 'the data settings it was trained with'}, or start a new out_dir")
 
 
-def data_identity(data_dir, meta: dict) -> dict:
+def data_identity(data_dir, meta: DataMeta) -> dict:
     """What identifies the data in `data_dir`, and not where it lies or how it is cut into shards: each split's
     token count and a hash of a few chunks at fixed places in it (a whole-file hash would read terabytes at every
-    start), and what meta.json says the ids mean. `meta` is the folder's checked meta.json."""
-    identity = {"meta": {key: meta.get(key) for key in META_KEYS}}
+    start), and what meta.json says the ids mean (its tokenizer's fingerprint included), which sample, score and
+    export compare a tokenizer with. `meta` is the folder's checked meta.json."""
+    identity = {"meta": {"dtype": meta.dtype, **meta.meaning()}}
     for split in SPLITS:
         tokens = open_split(str(data_dir), split)
         identity[split] = {"tokens": tokens.num_tokens, "sampled_sha256": _sampled_sha256(tokens)}
@@ -119,6 +119,7 @@ def _sampled_sha256(data: TokenFile) -> str:
 def check_same_data(folder: Path, state: dict, identity: dict, cfg: TrainConfig) -> None:
     """Refuse to resume `folder` (its trainer `state`) on data other than the data it was trained on: the data
     stream's positions would point into other text. accept_data_change continues on purpose."""
+    check_no_renamed_source(folder, state, identity)
     changed = _differences(state["data"], identity)
     if not changed:
         return
@@ -144,10 +145,27 @@ def _differences(saved: dict, identity: dict) -> list[str]:
             for difference in _folder_differences(was[name], now)]
 
 
+def check_no_renamed_source(folder: Path, state: dict, identity: dict) -> None:
+    """Refuse a mixture source the checkpoint knew under another name: a source is its folder's name, so a renamed
+    folder would start its data over from its first window. (A folder moved elsewhere under its name is the same
+    source.) Where the checkpoint's source is still in the mixture, the new one is another copy: allowed."""
+    was, now = state.get("data", {}).get("sources", {}), identity.get("sources", {})
+    for name, current in now.items():
+        if name in was:
+            continue
+        for old_name, old in was.items():
+            if old_name not in now and not _folder_differences(old, current):
+                raise UserError(f"data_mix's source {name} holds the data that {folder} trained on as source "
+                                f"{old_name} (its folder was named {old_name}); a renamed folder is a new source "
+                                f"whose windows start over: give the folder its name {old_name} again, or start a "
+                                "new out_dir")
+
+
 def _folder_differences(saved: dict, identity: dict) -> list[str]:
-    was_meta = saved.get("meta", {})
-    changed = [f"meta.json's {key} is {was_meta.get(key)} there, {value} here"
-               for key, value in identity["meta"].items() if was_meta.get(key) != value]
+    was_meta, now_meta = saved.get("meta", {}), identity["meta"]
+    changed = [f"meta.json's {difference}" for difference in meaning_differences(was_meta, now_meta)]
+    if was_meta.get("dtype") != now_meta["dtype"]:
+        changed.append(f"meta.json's dtype is {was_meta.get('dtype')} there, {now_meta['dtype']} here")
     for split in SPLITS:
         was, now = saved.get(split, {}), identity[split]
         if was.get("tokens") != now["tokens"]:

@@ -1,5 +1,6 @@
-"""The trained model in a checkpoint, for the tools that use one outside a run (sample, export): found from a
-checkpoint folder or a run's out_dir, verified against its manifest, loaded whatever layout the run saved."""
+"""The trained model in a checkpoint, for the tools that use one outside a run (sample, score, export): found from
+a checkpoint folder or a run's out_dir, verified against its manifest, loaded whatever layout the run saved, with
+the tokenizer its data was prepared with (checked, wherever the user points --data_dir)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from accel_train.checkpointing.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint,
                                                   load_weights, read_trainer_state, verified)
 from accel_train.config import TrainConfig, config_from_dict
+from accel_train.data.documents import first_folder
+from accel_train.data.meta import meaning_differences, read_meta
 from accel_train.errors import UserError
 from accel_train.models.gemma3 import Gemma3
 
@@ -25,10 +28,49 @@ def find_checkpoint(path) -> Path:
     return newest
 
 
+class TrainedModel:
+    """A checkpoint's model (fp32, eval mode, on the CPU), its run's config and what its data's ids meant."""
+
+    def __init__(self, checkpoint):
+        self.folder = find_checkpoint(checkpoint)
+        state = read_trainer_state(self.folder)
+        self.cfg: TrainConfig = config_from_dict(state["config"])
+        self.model = Gemma3(self.cfg.model)
+        load_weights(self.model, self.folder)  # any layout the run saved, lm_head re-tied; unreadable is one line
+        self.model.eval()
+        data = state.get("data") or {}  # checkpoints from before data identities record none
+        self.meaning = next(iter(data["sources"].values()))["meta"] if "sources" in data else data.get("meta")
+
+    def data_dir(self, data_dir=None) -> str:
+        """The folder whose tokenizer reads this model's ids: `data_dir` as given, else the run's (data_mix's
+        first folder: a mixture's folders share one tokenizer)."""
+        return str(data_dir) if data_dir is not None else first_folder(self.cfg)
+
+    def check_tokenizer(self, data_dir) -> None:
+        """Refuse, in one line saying what differs, a data folder whose tokenizer is not the one this model was
+        trained with: its ids would be read as other text (mojibake, wrong scores) or lie beyond the embedding
+        (an IndexError). Compared by fingerprint where both record one, else by what both record (see
+        meta.meaning_differences); a checkpoint that records no data is checked against its vocabulary alone."""
+        meta = read_meta(data_dir)
+        differ = meaning_differences(self.meaning, meta.meaning()) if self.meaning else []
+        if meta.vocab_size > self.cfg.model.vocab_size:
+            differ.append(f"the model's vocab_size is {self.cfg.model.vocab_size}, the tokenizer's {meta.vocab_size}")
+        if differ:
+            raise UserError(f"the tokenizer of {data_dir} is not the one {self.folder} was trained with "
+                            f"({'; '.join(differ)}; there is the checkpoint, here {data_dir}); pass the --data_dir "
+                            f"it was trained on ({first_folder(self.cfg)}) or one prepared with its tokenizer")
+
+    def tokenizer(self, data_dir=None):
+        """The tokenizer of `data_dir` (default: the run's folder), checked against this model."""
+        from accel_train.data.tokenizer import load_tokenizer
+
+        folder = self.data_dir(data_dir)
+        tokenizer = load_tokenizer(folder)  # a missing folder is named before it is compared
+        self.check_tokenizer(folder)
+        return tokenizer
+
+
 def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
     """The trained model (fp32, eval mode, on the CPU) and the run's config from a checkpoint."""
-    folder = find_checkpoint(checkpoint)
-    cfg = config_from_dict(read_trainer_state(folder)["config"])
-    model = Gemma3(cfg.model)
-    load_weights(model, folder)  # any layout the run saved, lm_head re-tied; anything unreadable is one line
-    return model.eval(), cfg
+    trained = TrainedModel(checkpoint)
+    return trained.model, trained.cfg

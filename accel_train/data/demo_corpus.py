@@ -380,7 +380,7 @@ def ensure_demo_data(data_dir) -> None:
         write_demo_data(data_dir)
         return
     try:
-        source = read_meta(data_dir).get("source") if (data_dir / META_FILE).is_file() else None
+        source = read_meta(data_dir).how.get("source") if (data_dir / META_FILE).is_file() else None
     except UserError:
         return  # not ours to judge: the trainer's own checks report a broken data folder
     older = source == "demo-stories" or (isinstance(source, dict) and source.get("generator") == GENERATOR

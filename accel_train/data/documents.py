@@ -9,24 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accel_train.data.meta import read_meta
+from accel_train.data.meta import DataMeta, read_meta
 from accel_train.data.mixture import training_sources
 from accel_train.errors import UserError
 
-SEPARATOR_KEYS = ("bos_token", "eot_token")  # meta.json's keys, the first present wins
 
-
-def document_separator(meta: dict, where: str = "meta.json") -> int | None:
-    """The id of the token that opens each document of the data described by `meta`; None if it names none."""
-    for key in SEPARATOR_KEYS:
-        value = meta.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < meta["vocab_size"]:
-            raise UserError(f"{where}: '{key}' must be a token id below vocab_size {meta['vocab_size']}, "
-                            f"got {value!r:.60}")
-        return value
-    return None
+def document_boundary(meta: DataMeta, data_dir, needed_by: str | None = None) -> tuple[str, int] | None:
+    """('bos', id) where the data marks document starts with BOS, else ('eot', id) where it ends them with
+    end-of-text (that token also opens the next document); None where meta.json names neither, unless a setting
+    (`needed_by`, e.g. "window_start document") needs documents: then it is refused in one line."""
+    if meta.bos_token is not None:
+        return "bos", meta.bos_token
+    if meta.eot_token is not None:
+        return "eot", meta.eot_token
+    if needed_by is None:
+        return None
+    raise UserError(f"{needed_by} needs documents, but {Path(data_dir) / 'meta.json'} names no token that marks "
+                    f"them (bos_token or eot_token); prepare the data with python -m accel_train.prepare, or "
+                    f"change {needed_by.split()[0]}")
 
 
 def masking_separator(mode: str, data_dir) -> int | None:
@@ -34,12 +34,8 @@ def masking_separator(mode: str, data_dir) -> int | None:
     plain causal attention; `on` for data that names no separator is refused in one line."""
     if mode == "off":
         return None
-    meta_path = Path(data_dir) / "meta.json"
-    separator = document_separator(read_meta(Path(data_dir)), str(meta_path)) if meta_path.exists() else None
-    if separator is None and mode == "on":
-        raise UserError(f"document_mask is on but {meta_path} names no token that starts documents (bos_token or "
-                        "eot_token); prepare the data with python -m accel_train.prepare or set --document_mask off")
-    return separator
+    boundary = document_boundary(read_meta(Path(data_dir)), data_dir, "document_mask on" if mode == "on" else None)
+    return None if boundary is None else boundary[1]
 
 
 def first_folder(cfg) -> str:

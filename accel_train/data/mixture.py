@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from accel_train.data.meta import DataMeta, meaning_differences
 from accel_train.errors import UserError
 
 MIX_STREAM = 0x6D6978  # a key part for the mixture's own draws, apart from every source's order
@@ -32,29 +34,43 @@ class Source:
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """{folder: weight} from a JSON object or `path=weight,...`; weights must be positive finite numbers."""
+    """{folder: weight} from a JSON object or `path=weight,...`; weights must be positive finite numbers, and a
+    folder may be named once (by any path to it: see `same_folders`)."""
     if text.lstrip().startswith("{"):
         try:
-            mix = json.loads(text)
+            pairs = json.loads(text, object_pairs_hook=list)  # pairs, not a dict: a repeated folder is seen
         except ValueError as err:
             raise UserError(f"data_mix is not a JSON object of folder: weight ({err})") from None
     else:
-        pairs = [item.rpartition("=") for item in text.split(",") if item.strip()]
-        if any(not sep or not path.strip() for path, sep, _ in pairs):
+        split = [item.rpartition("=") for item in text.split(",") if item.strip()]
+        if any(not sep or not path.strip() for path, sep, _ in split):
             raise UserError(f"data_mix must be a JSON object or folder=weight,...; got {text!r:.80}")
-        mix = {}
-        for path, _, weight in pairs:
+        pairs = []
+        for path, _, weight in split:
             try:
-                mix[path.strip()] = float(weight)
+                pairs.append((path.strip(), float(weight)))
             except ValueError:
                 raise UserError(f"data_mix: the weight of {path.strip()} must be a number, got {weight!r}") from None
-    if not mix:
+    if not pairs:
         raise UserError("data_mix names no folder")
-    for path, weight in mix.items():
+    for path, weight in pairs:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                 or weight <= 0:
             raise UserError(f"data_mix: the weight of {path} must be a positive number, got {weight!r:.40}")
-    return mix
+    same_folders([path for path, _ in pairs])
+    return dict(pairs)
+
+
+def same_folders(paths: list[str]) -> None:
+    """Refuse a folder named twice: a source is a folder, whatever path names it (data/mA, ./data/mA, a symbolic
+    link to it), so two weights for one would leave one of them silently unused."""
+    seen = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise UserError(f"data_mix names the folder {real} twice (as {seen[real]} and {path}); give each "
+                            "folder one weight")
+        seen[real] = path
 
 
 def sources_of(mix: dict[str, float]) -> list[Source]:
@@ -99,19 +115,17 @@ class Tally:
         return self.counts.copy()
 
 
-TOKEN_MEANING = ("tokenizer", "vocab_size", "eot_token", "bos_token")  # meta.json keys that must agree in a mixture
-
-
-def check_compatible(sources: list[Source], metas: list[dict]) -> None:
-    """Refuse a mixture of folders whose token ids mean different things. Their dtypes may differ: a uint16 and
-    a uint32 folder of one tokenizer hold the same ids."""
+def check_compatible(sources: list[Source], metas: list[DataMeta]) -> None:
+    """Refuse a mixture of folders whose token ids mean different things (by tokenizer fingerprint where both
+    record one, see meta.meaning_differences). Their dtypes may differ: a uint16 and a uint32 folder of one
+    tokenizer hold the same ids."""
     first, first_meta = sources[0], metas[0]
     for source, meta in zip(sources[1:], metas[1:]):
-        differ = [f"{key} {meta.get(key)!r} there, {first_meta.get(key)!r} in {first.data_dir}"
-                  for key in TOKEN_MEANING if meta.get(key) != first_meta.get(key)]
+        differ = meaning_differences(meta.meaning(), first_meta.meaning())
         if differ:
-            raise UserError(f"data_mix: {source.data_dir} was not made like {first.data_dir} ({'; '.join(differ)}); "
-                            "a mixture's folders must be prepared with one tokenizer")
+            raise UserError(f"data_mix: {source.data_dir} was not made like {first.data_dir} ({'; '.join(differ)}: "
+                            f"there is {source.data_dir}, here {first.data_dir}); a mixture's folders must be "
+                            "prepared with one tokenizer")
 
 
 def training_sources(data_mix: str, data_dir: str) -> list[Source]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from accel_train.data.meta import read_meta
+from accel_train.data.meta import DataMeta, read_meta
 from accel_train.data.tokens import open_split
 from accel_train.data.mixture import Source, Tally, slot_sources
 from accel_train.data.order import window_order
@@ -22,16 +22,18 @@ from accel_train.data.windows import window_set
 
 class WindowStream:
     """Global batches of `batch_size` windows drawn from `sources` (see the module's docstring): data_dir's alone,
-    or with `mixture`, data_mix's, each from its `counts` at `first_batch` (0 for a source without one)."""
+    or with `mixture`, data_mix's, each from its `counts` at `first_batch` (0 for a source without one). `metas`
+    are the sources' meta.json where the caller has read them."""
 
     def __init__(self, sources: list[Source], block_size: int, batch_size: int, seed: int, sampling: str,
                  window_start: str, first_batch: int = 0, counts: dict[str, int] | None = None,
-                 mixture: bool = False):
+                 mixture: bool = False, metas: list[DataMeta] | None = None):
         self.sources, self.block_size, self.batch_size, self.seed = sources, block_size, batch_size, seed
         self.mixture = mixture
         self.splits = [open_split(str(source.data_dir), "train") for source in sources]
         self.window_sets = [window_set(split, block_size, window_start, sampling, source.data_dir, "train",
-                                       read_meta(source.data_dir)) for split, source in zip(self.splits, sources)]
+                                       meta) for split, source, meta in
+                            zip(self.splits, sources, metas or [read_meta(source.data_dir) for source in sources])]
         self.orders = [window_order(sampling, len(windows), self._key(source), batch_size)
                        for windows, source in zip(self.window_sets, sources)]
         self.weights = np.array([source.weight for source in sources])

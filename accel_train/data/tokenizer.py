@@ -37,9 +37,16 @@ class Tokenizer:
     def save(self, data_dir: Path) -> None:
         """Write what `load_tokenizer` needs besides meta.json into a data folder (most need nothing)."""
 
-    def fingerprint(self) -> list:
-        """What tells this tokenizer from another one that encodes differently."""
-        return [self.name, self.vocab_size, self.eot_token, self.bos_token]
+    def fingerprint(self) -> str:
+        """What tells this tokenizer from another one that encodes differently: a SHA-256 of its vocabulary, merges,
+        special tokens and the rules that split a text, recorded in meta.json and compared wherever ids from two
+        places meet (mixtures, resume, sample, score, export). Two trained BPEs of one size differ here."""
+        identity = [self.name, self.vocab_size, self.eot_token, self.bos_token, self._definition()]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+    def _definition(self) -> str:
+        """Everything that decides the ids of a text besides the special tokens (vocabulary, merges, rules)."""
+        raise NotImplementedError
 
     def _decode_run(self, ids: list[int]) -> str:
         """Text of ordinary in-vocabulary ids."""
@@ -72,6 +79,9 @@ class ByteTokenizer(Tokenizer):
 
     name, vocab_size, eot_token = "byte", 257, 256
 
+    def _definition(self) -> str:
+        return "utf-8 bytes"
+
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
@@ -93,6 +103,16 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)  # "<|endoftext|>" inside a text is just text
+
+    def _definition(self) -> str:
+        """The bytes of every token in id order (the merge ranks), the pre-tokenizing pattern and special tokens."""
+        digest = hashlib.sha256(getattr(self.encoding, "_pat_str", "").encode())
+        for i in range(self.vocab_size):
+            token = self._token_bytes(i)
+            digest.update(len(token).to_bytes(4, "little") + token)
+        specials = sorted((text, self.encoding.encode_single_token(text)) for text in self.encoding.special_tokens_set)
+        digest.update(json.dumps(specials).encode())
+        return digest.hexdigest()
 
     def _decode_run(self, ids: list[int]) -> str:
         return b"".join(map(self._token_bytes, ids)).decode("utf-8", errors="replace")
@@ -128,8 +148,9 @@ class HFTokenizer(Tokenizer):
     def _decode_run(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def fingerprint(self) -> list:
-        return [*super().fingerprint(), hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()]
+    def _definition(self) -> str:
+        """The whole tokenizer.json (vocabulary, merges, added tokens, normalizer, pre-tokenizer), keys sorted."""
+        return hashlib.sha256(json.dumps(json.loads(self.tokenizer.to_str()), sort_keys=True).encode()).hexdigest()
 
     def save(self, data_dir: Path) -> None:
         self.tokenizer.save(str(Path(data_dir) / TOKENIZER_FILE))
@@ -247,19 +268,24 @@ def encodes_like(tokenizer: Tokenizer, file) -> bool:
 def load_tokenizer(data_dir) -> Tokenizer:
     """The tokenizer that `meta.json` in `data_dir` names, starting documents with BOS only where that data does
     (data prepared before BOS was added has none). GPT-2's is assumed only where it can be: a folder without
-    meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size."""
+    meta.json (the seed's data) or a meta.json without a tokenizer but with GPT-2's vocabulary size. Where
+    meta.json records the tokenizer's fingerprint, the tokenizer loaded must have it: a tokenizer.json replaced
+    beside the data would encode and decode with other ids."""
     from accel_train.data.meta import GPT2_VOCAB_SIZE, read_meta
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():  # not the seed's data: no folder at all says nothing about the tokenizer
         raise UserError(f"data folder {data_dir} not found: its meta.json names the tokenizer; pass --data_dir")
     meta = read_meta(data_dir)
-    name = meta.get("tokenizer")
-    if name is None and meta["vocab_size"] != GPT2_VOCAB_SIZE:
-        raise UserError(f"{data_dir}/meta.json names no tokenizer and its vocab_size {meta['vocab_size']} is not "
+    if meta.tokenizer is None and meta.vocab_size != GPT2_VOCAB_SIZE:
+        raise UserError(f"{data_dir}/meta.json names no tokenizer and its vocab_size {meta.vocab_size} is not "
                         f"GPT-2's {GPT2_VOCAB_SIZE}; add \"tokenizer\": \"byte\", \"gpt2\" or \"bpe\" to it")
-    tokenizer = _named_tokenizer(name or "gpt2", data_dir)
-    tokenizer.bos_token = meta.get("bos_token")
+    tokenizer = _named_tokenizer(meta.tokenizer or "gpt2", data_dir)
+    tokenizer.bos_token = meta.bos_token
+    if meta.tokenizer_fingerprint not in (None, tokenizer.fingerprint()):
+        raise UserError(f"the {tokenizer.name} tokenizer in {data_dir} is not the one its data was prepared with "
+                        "(its fingerprint differs from meta.json's tokenizer_fingerprint); put back the tokenizer "
+                        "files prepare wrote, or prepare the data again")
     return tokenizer
 
 

@@ -148,7 +148,7 @@ def open_split(data_dir: str, split: str) -> TokenFile:
     """The split `split` ("train" or "val") of the data folder `data_dir`, every shard checked against meta.json."""
     data_folder(data_dir)  # a missing folder is named as such, before meta.json is looked for
     meta = read_meta(data_dir)
-    return TokenFile(split_shards(data_dir, split, meta), meta["dtype"])
+    return TokenFile(split_shards(data_dir, split, meta), meta.dtype)
 
 
 def get_batch(split, block_size, batch_size, device, device_type, data_dir="data/demo"):

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from accel_train.data.documents import document_separator
+from accel_train.data.documents import document_boundary
+from accel_train.data.meta import DataMeta
 from accel_train.errors import UserError
 
 WINDOW_STARTS = ("any", "document")
@@ -62,7 +63,7 @@ class Grid:
 class DocumentStarts:
     """Windows starting at document starts, and every block_size tokens inside longer documents."""
 
-    def __init__(self, data, block_size: int, data_dir: Path, split: str, meta: dict):
+    def __init__(self, data, block_size: int, data_dir: Path, split: str, meta: DataMeta):
         data.num_windows(block_size)
         self.table = _cached_starts(data, block_size, Path(data_dir), split, meta)
         if not len(self.table):
@@ -76,25 +77,16 @@ class DocumentStarts:
         return np.asarray(self.table[indices], dtype=np.int64)
 
 
-def window_set(data, block_size: int, window_start: str, sampling: str, data_dir, split: str, meta: dict):
+def window_set(data, block_size: int, window_start: str, sampling: str, data_dir, split: str, meta: DataMeta):
     """The windows of `data` (an open split) that `window_start` and `sampling` train on."""
     if window_start == "document":
         return DocumentStarts(data, block_size, data_dir, split, meta)
     return Grid(data, block_size) if sampling == "epoch" else AllPositions(data, block_size)
 
 
-def boundary_token(meta: dict, data_dir) -> tuple[str, int]:
-    """('bos', id) where the data marks document starts, else ('eot', id) where it marks their ends."""
-    token = document_separator(meta, f"{data_dir}/meta.json")
-    if token is not None:
-        return ("bos" if token == meta.get("bos_token") else "eot"), token
-    raise UserError(f"{data_dir}/meta.json names no eot_token (nor bos_token), so documents cannot be found; "
-                    "prepare the data again with accel_train.prepare or use window_start any")
-
-
-def scan_starts(data, block_size: int, meta: dict, data_dir, write) -> None:
+def scan_starts(data, block_size: int, meta: DataMeta, data_dir, write) -> None:
     """Pass `write` the window starts of `data` chunk by chunk, in order (see DocumentStarts)."""
-    kind, token = boundary_token(meta, data_dir)
+    kind, token = document_boundary(meta, data_dir, "window_start document")
     last_start, pending = data.num_tokens - block_size - 1, 0  # pending: the document not yet closed
     for first in range(0, data.num_tokens, SCAN_TOKENS):
         count = min(SCAN_TOKENS, data.num_tokens - first)
@@ -124,10 +116,11 @@ def _chunked(bounds: np.ndarray, block_size: int, last_start: int) -> np.ndarray
     return out[out <= last_start].astype(np.int64)
 
 
-def _cached_starts(data, block_size: int, data_dir: Path, split: str, meta: dict) -> np.ndarray:
+def _cached_starts(data, block_size: int, data_dir: Path, split: str, meta: DataMeta) -> np.ndarray:
     """The window starts from the cache beside the data, scanned (and cached where the folder allows) if stale."""
     meta_file = data_dir / "meta.json"
-    key = {"tokens": data.num_tokens, "block_size": block_size, "boundary": list(boundary_token(meta, data_dir)),
+    boundary = document_boundary(meta, data_dir, "window_start document")
+    key = {"tokens": data.num_tokens, "block_size": block_size, "boundary": list(boundary),
            "meta_mtime_ns": meta_file.stat().st_mtime_ns if meta_file.exists() else None}
     folder, name = data_dir / CACHE_DIR, f"{split}_{block_size}"
     with contextlib.suppress(OSError, ValueError):

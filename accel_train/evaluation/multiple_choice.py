@@ -218,11 +218,8 @@ def document_prefix(eot_token: int, bos_token: int | None) -> list[int]:
     return [eot_token] + ([bos_token] if bos_token is not None else [])
 
 
-def task_scorer(specs: str, data_dir, block_size: int, batch_rows: int) -> TaskScorer:
-    """The tasks of `specs`, encoded with the tokenizer of the data in `data_dir` and after its document prefix."""
-    from accel_train.data.tokens import read_meta
-    from accel_train.data.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(data_dir)
-    prefix = document_prefix(tokenizer.eot_token, read_meta(Path(data_dir)).get("bos"))
+def task_scorer(specs: str, tokenizer, block_size: int, batch_rows: int) -> TaskScorer:
+    """The tasks of `specs`, encoded with `tokenizer` (load_tokenizer's of the data, whose bos_token is
+    meta.json's) and after the data's document prefix, as training saw every document."""
+    prefix = document_prefix(tokenizer.eot_token, tokenizer.bos_token)
     return TaskScorer(read_tasks(specs), tokenizer.encode, prefix, block_size, batch_rows)

@@ -27,14 +27,13 @@ from accel_train.checkpointing.resume import check_resumable, check_same_data, r
 from accel_train.checkpointing.run_lock import RunLock
 from accel_train.checkpointing.trainer_state import MIXTURE
 from accel_train.config import TrainConfig
-from accel_train.data.documents import first_folder, masking_separator
+from accel_train.data.documents import document_boundary, first_folder, masking_separator
 from accel_train.data.token_scan import largest_id
 from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
-from accel_train.data.meta import read_meta
+from accel_train.data.meta import DataMeta, read_meta
 from accel_train.data.mixture import Source, check_compatible, training_sources
 from accel_train.data.stream import WindowStream
 from accel_train.data.tokens import data_folder, open_split, train_loader
-from accel_train.data.windows import boundary_token
 from accel_train.distributed.collective import on_every_process, on_main_process
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                               die_with_launcher, outlive_lost_output)
@@ -102,9 +101,10 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
     sources = training_sources(cfg.data_mix, cfg.data_dir)
+    metas = [read_meta(source.data_dir) for source in sources]  # checked by plan_start on the main process
     stream = on_every_process(accelerator, lambda: WindowStream(
         sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
-        counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix)))
+        counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix), metas=metas))
     loader = train_loader(stream, first_batch=first_batch, pin_memory=not plan.cpu,
                           num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
                           micro_batch=plan.micro_batch)
@@ -128,9 +128,10 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), stream=stream,
-               tokens_per_byte=[val_tokens_per_byte(source.data_dir) for source in sources], lock=lock,
+               tokens_per_byte=[meta.tokens_per_byte("val") for meta in metas], lock=lock,
                spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
-               scorer=task_scorer(cfg.tasks, first_folder(cfg), cfg.block_size, cfg.batch_size) if cfg.tasks else None)
+               scorer=task_scorer(cfg.tasks, load_tokenizer(first_folder(cfg)), cfg.block_size, cfg.batch_size)
+               if cfg.tasks else None)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -192,7 +193,7 @@ def fresh_state(cfg: TrainConfig, processes: int) -> dict:
             "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
-def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
+def check_data(cfg: TrainConfig, sources: list[Source]) -> list[DataMeta]:
     """Make the demo corpus if asked, then check every source's folder (see check_folder) and, for a mixture,
     that their token ids mean the same; each source's meta.json."""
     if cfg.demo_data and not cfg.data_mix:
@@ -202,38 +203,40 @@ def check_data(cfg: TrainConfig, sources: list[Source]) -> list[dict]:
     for source in sources:
         data_folder(source.data_dir)
     masking_separator(cfg.document_mask, sources[0].data_dir)  # document_mask on without a separator: refused here
-    check_compatible(sources, [read_meta(Path(source.data_dir)) for source in sources])
-    return [check_folder(cfg, Path(source.data_dir)) for source in sources]
+    metas = [read_meta(Path(source.data_dir)) for source in sources]
+    check_compatible(sources, metas)
+    for source, meta in zip(sources, metas):
+        check_folder(cfg, Path(source.data_dir), meta)
+    return metas
 
 
-def check_folder(cfg: TrainConfig, data_dir: Path) -> dict:
-    """Check both splits of `data_dir` and its meta.json against the model, down to every token id: one beyond
-    the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
+def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
+    """Check both splits of `data_dir` and its meta.json (`meta`) against the model, down to every token id: one
+    beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
     splits = [open_split(str(data_dir), split) for split in ("train", "val")]  # a missing folder or file is named
-    meta = read_meta(data_dir)
-    if meta["vocab_size"] > cfg.model.vocab_size:
+    if meta.vocab_size > cfg.model.vocab_size:
         fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
                else "raise model.vocab_size")
-        raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens but the model has "
+        raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta.vocab_size} tokens but the model has "
                         f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
     if cfg.init_from:
         check_init_tokenizer(data_dir, Path(cfg.init_from))
     for split, data in zip(("train", "val"), splits):
-        expected = meta.get("tokens", {}).get(split)
+        expected = meta.tokens.get(split)
         if expected is not None and expected != data.num_tokens:
             shards = len(data.paths)
             where = data.paths[0] if shards == 1 else f"the {split} split of {data_dir} ({shards} shards)"
-            raise UserError(f"{where} holds {data.num_tokens:,} {meta['dtype']} tokens but {data_dir}/meta.json says "
+            raise UserError(f"{where} holds {data.num_tokens:,} {meta.dtype} tokens but {data_dir}/meta.json says "
                             f"{expected:,}: a file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
     if cfg.window_start == "document":
-        boundary_token(meta, data_dir)
-    vocab = (f"vocab_size {meta['vocab_size']:,} of {data_dir}/meta.json" if (data_dir / "meta.json").exists()
-             else f"{meta['vocab_size']:,}, GPT-2's vocabulary, assumed without a meta.json")
+        document_boundary(meta, data_dir, "window_start document")
+    vocab = (f"vocab_size {meta.vocab_size:,} of {data_dir}/meta.json" if meta.found
+             else f"{meta.vocab_size:,}, GPT-2's vocabulary, assumed without a meta.json")
     for path in (path for data in splits for path in data.paths):  # the cheap checks first: this reads every token
-        largest = largest_id(path, meta["dtype"])  # once, see token_scan
-        if largest >= meta["vocab_size"]:
-            misread = largest > 0xFFFF and meta["dtype"] == "uint32"  # how a uint16 file read as uint32 looks
+        largest = largest_id(path, meta.dtype)  # once, see token_scan
+        if largest >= meta.vocab_size:
+            misread = largest > 0xFFFF and meta.dtype == "uint32"  # how a uint16 file read as uint32 looks
             cause = ("if the file holds uint16 tokens, meta.json's dtype uint32 is wrong" if misread
                      else "the data was made with a larger vocabulary than that")
             raise UserError(f"{path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
@@ -281,15 +284,6 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
-
-
-def val_tokens_per_byte(data_dir) -> float | None:
-    """Tokens per UTF-8 byte of text in the validation split, from meta.json; None for data prepared before
-    prepare counted bytes. It turns val_loss (nats per token) into val_bpb (bits per byte), which does not
-    depend on the tokenizer."""
-    meta = read_meta(Path(data_dir))
-    tokens, text_bytes = meta.get("tokens", {}).get("val"), meta.get("bytes", {}).get("val")
-    return tokens / text_bytes if tokens and text_bytes else None
 
 
 def new_model(cfg: TrainConfig) -> Gemma3:
