@@ -22,7 +22,7 @@ def _command(module: str):
 def prepare() -> None:
     """`python -m accel_train.prepare`, as a console command: a signal while it imports ends it with one line."""
     exit_at_once_on_signals()
-    _command("prepare")()
+    importlib.import_module("accel_train.prepare").command()
 
 
 train = _command("train")

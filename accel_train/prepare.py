@@ -39,7 +39,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from accel_train.stopping import SIGNALS, exit_at_once_on_signals, signals_held, stopping_on_signals, threads_born_deaf
+from accel_train.stopping import (SIGNALS, exit_at_once_on_signals, ignore_signals, signals_held, stopping_on_signals,
+                                  threads_born_deaf)
 
 if __name__ == "__main__":
     exit_at_once_on_signals()
@@ -468,5 +469,11 @@ def prepare(args: argparse.Namespace) -> dict:
                          total_bytes=total_bytes, shard_tokens=args.shard_tokens, input_identity=input_identity)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The command line (`python -m accel_train.prepare`, `accel-prepare`)."""
     run_cli(main)
+    ignore_signals()
+
+
+if __name__ == "__main__":
+    command()

@@ -39,15 +39,22 @@ def _stop(signum, frame):
 
 
 def _exit_at_once(signum, frame):
-    os.write(2, f"error: stopped by {signal.Signals(signum).name}; nothing was written\n".encode())
+    os.write(2, f"error: stopped by {signal.Signals(signum).name}; no partial output is left\n".encode())
     os._exit(128 + signum)
 
 
 def exit_at_once_on_signals() -> None:
-    """Until the command puts `stopping_on_signals` in place, SIGINT and SIGTERM end it at once with its one line:
-    it is still importing its modules and has written nothing."""
+    """Outside `stopping_on_signals`, SIGINT and SIGTERM end the command at once with its one line: before, it is
+    importing its modules and has written nothing; after, its output is whole."""
     for sig in SIGNALS:
         signal.signal(sig, _exit_at_once)
+
+
+def ignore_signals() -> None:
+    """For a command whose output is in place: from here it only exits, and Python's exit would otherwise restore
+    the default handlers, under which a late signal kills it and turns its status 0 into 130 or 143."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

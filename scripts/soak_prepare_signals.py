@@ -8,10 +8,11 @@ blocked, or ignored; after a random delay it sends SIGINT or SIGTERM to prepare 
 group (as Ctrl-C does). A run passes when, within --deadline seconds, prepare has either finished (status 0,
 the output complete) or stopped with status 128 + the signal and one `error:` line naming it, leaving no
 staging folder, no process of its session and no output (or, for a signal after it was published, the whole
-output) behind. `--burners N` keeps N processes spinning
-beside it. A signal that comes while Python itself starts, before prepare's first line runs, ends it as
-Python does (counted apart: nothing may be written). Prints one line per failure and a summary; exits 1 if
-any run failed.
+output) behind. `--burners N` keeps N processes spinning beside it.
+A signal that comes while Python itself starts, before prepare's first line runs, ends it as Python does
+(counted apart: nothing may be written); where the parent ignored the signal, such a one is lost, so a prepare
+still running then is sent a second one, which must stop it (counted apart). Prints one line per failure and a
+summary; exits 1 if any run failed.
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ def before_its_code(status: int, stderr: str, sig: signal.Signals) -> bool:
     return status == 1 and stderr.rstrip().endswith("KeyboardInterrupt") and all(n < handlers_line() for n in lines)
 
 
+def wait(proc: subprocess.Popen, seconds: float) -> int | None:
+    """proc's status, or None where it still runs after `seconds`."""
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def one_run(root: Path, corpus: Path, rng: random.Random, deadline: float, max_delay: float) -> tuple[str, dict]:
     """(outcome, details) of one prepare sent one signal: outcome is 'finished', 'stopped' or 'FAILED: ...'."""
     work = Path(tempfile.mkdtemp(dir=root))
@@ -120,10 +129,11 @@ def one_run(root: Path, corpus: Path, rng: random.Random, deadline: float, max_d
     time.sleep(case["delay"])
     if proc.poll() is None:
         os.killpg(proc.pid, sig) if case["group"] else proc.send_signal(sig)
-    try:
-        status = proc.wait(timeout=deadline)
-    except subprocess.TimeoutExpired:
-        status = None
+    status = wait(proc, deadline)
+    if status is None and case["parent"] == "ignored":  # sent while Python started, before prepare's handler: the
+        case["resent"] = True                           # parent's SIG_IGN dropped it; prepare must take the next
+        os.killpg(proc.pid, sig) if case["group"] else proc.send_signal(sig)
+        status = wait(proc, deadline)
     lingering = session_processes(proc.pid)
     for leftover in lingering:
         leftover.kill()
@@ -138,10 +148,12 @@ def one_run(root: Path, corpus: Path, rng: random.Random, deadline: float, max_d
         outcome = f"FAILED: still running after {deadline} s"
     elif lingering:
         outcome = "FAILED: processes of its session outlived it"
+    elif status in (0, -sig) and (out / "meta.json").is_file() and not staging:
+        outcome = "finished"  # -sig: the signal came while Python exited, after the output was in place
+    elif status == 0:
+        outcome = "FAILED: status 0, output incomplete"
     elif before_its_code(status, stderr, sig):
         outcome = "before its code" if not staging and not out.exists() else "FAILED: left files before its code"
-    elif status == 0:
-        outcome = "finished" if (out / "meta.json").is_file() and not staging else "FAILED: status 0, output incomplete"
     elif status != 128 + sig:
         outcome = f"FAILED: status {status}"
     elif len(lines) != 1 or not lines[0].startswith("error: ") or sig.name not in lines[0]:
@@ -149,7 +161,7 @@ def one_run(root: Path, corpus: Path, rng: random.Random, deadline: float, max_d
     elif staging or (out.exists() and not (out / "meta.json").is_file()):
         outcome = "FAILED: staging or part of the output left behind"
     else:
-        outcome = "stopped"
+        outcome = "stopped after a resend" if case.get("resent") else "stopped"
     shutil.rmtree(work)
     return outcome, case
 
