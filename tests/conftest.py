@@ -4,10 +4,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from accel_train.data.demo_corpus import write_demo_data
 from helpers import GPT2_FILES
+
+# One thread per process: the test files run side by side, many tests start trainers of their own, and the tiny
+# models gain nothing from threads; with each process taking every core, the threads only fight (set before any
+# subprocess starts, so every trainer, prepare and launcher the tests start inherits it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # tiktoken's cache names for GPT-2's files: the sha1 of each one's download address
 TIKTOKEN_CACHE_NAMES = {"encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
