@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from accel_train.evaluation.demo_task import write_task
 from accel_train.evaluation.multiple_choice import TASKS_DIR, read_tasks
 from accel_train.plot import draw
@@ -40,11 +42,14 @@ import json, sys
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-out = simple_evaluate(model=HFLM(pretrained=sys.argv[1], device="cpu", batch_size=8, dtype="float32",
-                                 **json.loads(sys.argv[3])),
-                      tasks=["mine"], task_manager=TaskManager(include_path=sys.argv[2]), log_samples=True)
-samples = sorted(out["samples"]["mine"], key=lambda s: s["doc_id"])
-print(json.dumps({"results": out["results"]["mine"], "lls": [[r[0] for r in s["filtered_resps"]] for s in samples]}))
+answers = []
+for job in json.loads(sys.argv[1]):
+    model = HFLM(pretrained=job["hf_dir"], device="cpu", batch_size=8, dtype="float32", **job["hflm"])
+    tasks = TaskManager(include_path=job["task_dir"])
+    out = simple_evaluate(model=model, tasks=["mine"], task_manager=tasks, log_samples=True)
+    samples = sorted(out["samples"]["mine"], key=lambda s: s["doc_id"])
+    answers.append({"results": out["results"]["mine"], "lls": [[r[0] for r in s["filtered_resps"]] for s in samples]})
+print(json.dumps(answers))
 """
 # lm-eval's multiple_choice task on our file. The context starts with the document prefix written as text (end-of-text,
 # then BOS where the data has it), which the exported tokenizer reads as those tokens: lm-eval feeds a non-empty
@@ -65,30 +70,20 @@ metric_list:
 """
 
 
-def lm_eval_scores(hf_dir, task, tmp_path, prefix: str = "<|endoftext|>", **hflm) -> dict:
-    (tmp_path / "mine.yaml").write_text(TASK_YAML.format(path=task, prefix=prefix))
+def lm_eval_scores(jobs: list[tuple], tmp_path) -> list[dict]:
+    """lm-eval's results and log-likelihoods for each (hf_dir, task, prefix, HFLM arguments), all in one process:
+    importing lm-eval costs more than scoring these tiny models."""
+    specs = []
+    for i, (hf_dir, task, prefix, hflm) in enumerate(jobs):
+        task_dir = tmp_path / f"lm_eval_task_{i}"
+        task_dir.mkdir()
+        (task_dir / "mine.yaml").write_text(TASK_YAML.format(path=task, prefix=prefix))
+        specs.append({"hf_dir": str(hf_dir), "task_dir": str(task_dir), "hflm": hflm})
     env = subprocess_env({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
-    result = subprocess.run([sys.executable, "-c", LM_EVAL, str(hf_dir), str(tmp_path), json.dumps(hflm)], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", LM_EVAL, json.dumps(specs)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_our_score_equals_lm_evaluation_harness(trained_run, tmp_path):
-    from accel_train.export import export
-    from accel_train.score import hf_scorer
-
-    out, _ = trained_run
-    task = own_task(tmp_path / "mine.jsonl", 8)
-    hf_dir = export(out, tmp_path / "hf")
-    theirs = lm_eval_scores(hf_dir, task, tmp_path)
-    expected = {"mine/acc": theirs["results"]["acc,none"], "mine/acc_norm": theirs["results"]["acc_norm,none"]}
-    assert score(hf_dir, str(task)) == expected
-    assert score(out, str(task)) == expected  # the checkpoint itself, as the loop scores it
-    model, logits_of, scorer = hf_scorer(hf_dir, str(task), None, None)
-    ours = scorer.log_likelihoods(0, range(8), logits_of, "cpu")
-    for mine, reference in zip(ours, theirs["lls"], strict=True):
-        assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-3, (mine, reference)
 
 
 def bos_bpe_folder(root):
@@ -115,22 +110,54 @@ def bos_bpe_folder(root):
     return root / "data"
 
 
-def test_a_bos_bpe_models_scores_equal_lm_evaluation_harness_with_contexts_cut_from_the_left(tmp_path):
-    """The loop's scoring of data whose documents start with BOS puts BOS before the context, as training did and as
-    lm-eval does given that prefix; a block_size of 24 cuts most contexts from the left, in both alike."""
-    from accel_train.export import export
-    from accel_train.score import checkpoint_scorer
-
-    data, out, task = bos_bpe_folder(tmp_path), tmp_path / "run", own_task(tmp_path / "mine.jsonl", 8)
+def train_bos_bpe_model(root):
+    """(out_dir, task) of a tiny model trained for 3 steps on `bos_bpe_folder`'s data, with 24-token blocks."""
+    data, out, task = bos_bpe_folder(root), root / "run", own_task(root / "mine.jsonl", 8)
     result = train(["--data_dir", str(data), "--out_dir", str(out), *TINY_MODEL, "--model.vocab_size", "512",
                     "--max_iters", "3", "--warmup_steps", "1", "--batch_size", "4", "--block_size", "24",
-                    "--gradient_accumulation_steps",
-                    "1", "--learning_rate", "3e-3", "--eval_interval", "3", "--eval_iters", "1", "--sample_tokens", "0",
-                    "--plot", "false",
-                    "--demo_data", "false"])
+                    "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3", "--eval_interval", "3",
+                    "--eval_iters", "1", "--sample_tokens", "0", "--plot", "false", "--demo_data", "false"])
     assert result.returncode == 0, result.stderr[-3000:]
-    hf_dir = export(out, tmp_path / "hf")
-    theirs = lm_eval_scores(hf_dir, task, tmp_path, prefix="<|endoftext|><bos>", add_bos_token=False, max_length=24)
+    return out, task
+
+
+@pytest.fixture(scope="module")
+def harness(trained_run, tmp_path_factory):
+    """{case: (out_dir, hf_dir, task, lm-eval's answer)} for the demo's byte model and a BOS BPE model, the two
+    scored by one lm-eval process."""
+    from accel_train.export import export
+
+    root = tmp_path_factory.mktemp("harness")
+    (root / "byte").mkdir()
+    byte_out, byte_task = trained_run[0], own_task(root / "byte" / "mine.jsonl", 8)  # scores named mine/...
+    bos_out, bos_task = train_bos_bpe_model(root / "bos_bpe")
+    cases = {"byte": (byte_out, export(byte_out, root / "byte_hf"), byte_task),
+             "bos_bpe": (bos_out, export(bos_out, root / "bos_bpe_hf"), bos_task)}
+    answers = lm_eval_scores([(cases["byte"][1], byte_task, "<|endoftext|>", {}),
+                              (cases["bos_bpe"][1], bos_task, "<|endoftext|><bos>",
+                               {"add_bos_token": False, "max_length": 24})], root)
+    return {name: (*case, answer) for (name, case), answer in zip(cases.items(), answers, strict=True)}
+
+
+def test_our_score_equals_lm_evaluation_harness(harness):
+    from accel_train.score import hf_scorer
+
+    out, hf_dir, task, theirs = harness["byte"]
+    expected = {"mine/acc": theirs["results"]["acc,none"], "mine/acc_norm": theirs["results"]["acc_norm,none"]}
+    assert score(hf_dir, str(task)) == expected
+    assert score(out, str(task)) == expected  # the checkpoint itself, as the loop scores it
+    model, logits_of, scorer = hf_scorer(hf_dir, str(task), None, None)
+    ours = scorer.log_likelihoods(0, range(8), logits_of, "cpu")
+    for mine, reference in zip(ours, theirs["lls"], strict=True):
+        assert max(abs(a - b) for a, b in zip(mine, reference, strict=True)) < 1e-3, (mine, reference)
+
+
+def test_a_bos_bpe_models_scores_equal_lm_evaluation_harness_with_contexts_cut_from_the_left(harness):
+    """The loop's scoring of data whose documents start with BOS puts BOS before the context, as training did and as
+    lm-eval does given that prefix; a block_size of 24 cuts most contexts from the left, in both alike."""
+    from accel_train.score import checkpoint_scorer
+
+    out, _, task, theirs = harness["bos_bpe"]
     assert score(out, str(task)) == {"mine/acc": theirs["results"]["acc,none"],
                                      "mine/acc_norm": theirs["results"]["acc_norm,none"]}
     _, logits_of, scorer = checkpoint_scorer(out, str(task), None, None)

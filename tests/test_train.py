@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from accel_train.training.tracking import read_metrics
 from helpers import TINY_MODEL, run
 
-SHORT_RUN = ["--max_iters", "60", "--warmup_steps", "5", "--batch_size", "8", "--block_size", "64",
+SHORT_RUN = [*TINY_MODEL, "--max_iters", "60", "--warmup_steps", "5", "--batch_size", "8", "--block_size", "64",
              "--gradient_accumulation_steps", "2", "--eval_interval", "20", "--eval_iters", "4",
              "--log_interval", "5", "--checkpoint_interval", "30", "--learning_rate", "3e-3", "--min_lr", "3e-4",
              "--demo_data", "false"]
@@ -67,6 +67,6 @@ def test_checkpoints_hold_safetensors_weights_and_state(short_run):
 def test_accelerate_config_file_launches(demo_data_dir, tmp_path):
     result = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml",
                   "accel_train/train.py", "--data_dir", str(demo_data_dir), "--out_dir", str(tmp_path / "out"),
-                  *SHORT_RUN, *TINY_MODEL, "--max_iters", "2", "--warmup_steps", "1", "--eval_interval", "2"])
+                  *SHORT_RUN, "--max_iters", "2", "--warmup_steps", "1", "--eval_interval", "2"])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "checkpoints" / "step_2" / "model.safetensors").is_file()
