@@ -76,6 +76,7 @@ class Run:
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
     spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
     scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
+    masked: bool  # a source has a loss mask (conversations): a step's loss is the mean over its trained targets
 
 
 def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
@@ -91,7 +92,10 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     plan = plan_step(cfg, accelerator)
     accelerator.gradient_accumulation_steps = plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
-    model = new_model(cfg)
+    sources = training_sources(cfg.data_mix, cfg.data_dir)
+    metas = [read_meta(source.data_dir) for source in sources]  # checked by plan_start on the main process
+    masked = any(meta.loss_mask is not None for meta in metas)
+    model = new_model(cfg, masked)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(hf_state_dict(cfg.init_from))
         accelerator.print(f"starting from the weights of {cfg.init_from}")
@@ -100,8 +104,6 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
-    sources = training_sources(cfg.data_mix, cfg.data_dir)
-    metas = [read_meta(source.data_dir) for source in sources]  # checked by plan_start on the main process
     stream = on_every_process(accelerator, lambda: WindowStream(
         sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
         counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix), metas=metas))
@@ -131,7 +133,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                tokens_per_byte=[meta.tokens_per_byte("val") for meta in metas], lock=lock,
                spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
                scorer=task_scorer(cfg.tasks, load_tokenizer(first_folder(cfg)), cfg.block_size, cfg.batch_size)
-               if cfg.tasks else None)
+               if cfg.tasks else None, masked=masked)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -286,12 +288,14 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
         raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
 
 
-def new_model(cfg: TrainConfig) -> Gemma3:
-    """The model to train, initialized; a shape too large for memory is a UserError rather than the allocator's
-    traceback (valid shapes have no other upper bound: that depends on the machine)."""
+def new_model(cfg: TrainConfig, masked_loss: bool = False) -> Gemma3:
+    """The model to train, initialized (`masked_loss`: its data has targets not trained on); a shape too large for
+    memory is a UserError rather than the allocator's traceback (valid shapes have no other upper bound: that
+    depends on the machine)."""
     try:
         return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
-                      document_separator=masking_separator(cfg.document_mask, first_folder(cfg)))
+                      document_separator=masking_separator(cfg.document_mask, first_folder(cfg)),
+                      masked_loss=masked_loss)
     except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
         raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
                         "choose a smaller model") from None
