@@ -47,7 +47,7 @@ OPTIONAL = ("shards", "loss_mask", "trained_tokens", "chat_template_fingerprint"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 GPT2_VOCAB_SIZE = 50257
 SPLITS = ("train", "val")
-COUNTS = ("tokens", "documents", "bytes", "trained_tokens")  # per-split counts; a count may be null where it was not kept
+COUNTS = ("tokens", "documents", "bytes", "trained_tokens")  # per split; a count may be null where it was not kept
 TOKEN_MEANING = ("tokenizer", "vocab_size", "eot_token", "bos_token", "tokenizer_fingerprint",
                  "chat_template_fingerprint")  # what ids mean
 FINGERPRINTS = ("tokenizer_fingerprint", "chat_template_fingerprint")  # compared only where both sides have one

@@ -17,7 +17,8 @@ def estimate_loss(model, eval_iters, ctx, block_size, batch_size, device, device
 
     Every process evaluates its own batches and the means are averaged across processes, so
     all of them return the same numbers. For conversations (a split with a loss mask) a process's mean is over
-    the trained targets of its batches (the assistant's), each counted once. The model goes back to train mode afterwards.
+    the trained targets of its batches (the assistant's), each counted once. The model goes back to train mode
+    afterwards.
     `stop_requested()`, if given, is asked after every batch and must answer the same on every process
     (`preemption.any_process`): an evaluation can outlast a scheduler's grace period, so a True
     abandons it and returns None.

@@ -26,6 +26,7 @@ from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoint
 from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
 from accel_train.checkpointing.run_lock import RunLock
 from accel_train.checkpointing.trainer_state import MIXTURE
+from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.config import TrainConfig
 from accel_train.data.documents import document_boundary, first_folder, masking_separator
 from accel_train.data.token_scan import largest_id
@@ -85,8 +86,9 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
-    if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape: a new config, the caller's stays as it is
-        cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
+    if cfg.init_from:  # the model takes the initial weights' shape: a new config, the caller's stays as it is
+        shape, initial_weights = init_weights(cfg.init_from)
+        cfg = dataclasses.replace(cfg, model=shape).validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
                                                                          launch_layout(accelerator)))
     plan = plan_step(cfg, accelerator)
@@ -97,7 +99,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     masked = any(meta.loss_mask is not None for meta in metas)
     model = new_model(cfg, masked)
     if cfg.init_from and resume_from is None:
-        model.load_state_dict(hf_state_dict(cfg.init_from))
+        model.load_state_dict(initial_weights())
         accelerator.print(f"starting from the weights of {cfg.init_from}")
     optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=plan.fused_adamw,
                                   mixed_precision=accelerator.mixed_precision)
@@ -221,8 +223,10 @@ def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
                else "raise model.vocab_size")
         raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta.vocab_size} tokens but the model has "
                         f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
-    if cfg.init_from:
+    if cfg.init_from and is_hf_folder(cfg.init_from):
         check_init_tokenizer(data_dir, Path(cfg.init_from))
+    elif cfg.init_from:  # our checkpoint: its data's tokenizer, by fingerprint (and chat template, where both have one)
+        TrainedModel(cfg.init_from).check_tokenizer(data_dir)
     for split, data in zip(("train", "val"), splits):
         expected = meta.tokens.get(split)
         if expected is not None and expected != data.num_tokens:
@@ -243,6 +247,21 @@ def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
                      else "the data was made with a larger vocabulary than that")
             raise UserError(f"{path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
     return meta
+
+
+def is_hf_folder(init_from) -> bool:
+    """Whether init_from names a HuggingFace folder (or nothing at all: refused as one) rather than a checkpoint
+    of ours or a run's out_dir."""
+    return (Path(init_from) / "config.json").is_file() or not Path(init_from).is_dir()
+
+
+def init_weights(init_from) -> tuple:
+    """(model shape, a function that gives the weights) of init_from: a HuggingFace Gemma 3 folder, or a checkpoint
+    of ours (a checkpoint folder or a run's out_dir: its newest), as fine-tuning starts from a pretraining run."""
+    if is_hf_folder(init_from):
+        return hf_model_config(init_from), lambda: hf_state_dict(init_from)
+    trained = TrainedModel(init_from)
+    return trained.cfg.model, trained.model.state_dict
 
 
 def check_init_tokenizer(data_dir: Path, init_from: Path) -> None:
