@@ -174,3 +174,38 @@ def test_story_questions_are_answered_by_their_story_and_held_out_apart(tmp_path
         user, assistant = row["messages"]
         assert assistant["content"] in story_of(row)
     assert conversations(5, 7) == conversations(5, 7)  # the same sets every time
+
+
+GEMMA_LIKE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
+              "else m['role'] }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+              "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_a_huggingface_tokenizer_brings_its_own_template_and_its_end_of_turn_token(tmp_path):
+    """A Gemma-like folder: BOS opens each conversation, <end_of_turn> ends the assistant's turn and is trained on,
+    the newline after it and the markup are not; <eos> (end-of-text) closes the document."""
+    from tokenizers import processors
+
+    from accel_train.models.hf import byte_level_backend
+
+    backend = byte_level_backend()
+    backend.add_special_tokens(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"])
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[
+        ("<bos>", backend.token_to_id("<bos>"))])
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>", "bos_token": "<bos>",
+                                                              "chat_template": GEMMA_LIKE}))
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(conversation(k)) + "\n" for k in (1, 2, 3, 4) * 20))
+    prepare(["--chat", "--input", str(tmp_path / "chats.jsonl"), "--out", str(tmp_path / "data"), "--tokenizer",
+             str(folder), "--block_size", "128", "--val_fraction", "0.2", "--workers", "2"])
+    tokens = open_split(str(tmp_path / "data"), "train").tokens()
+    kept = open_mask(str(tmp_path / "data"), "train").tokens().astype(bool)
+    first = tokens[:np.flatnonzero(tokens == backend.token_to_id("<eos>"))[0] + 1]
+    decode = lambda ids: backend.decode(ids.tolist(), skip_special_tokens=False)  # noqa: E731
+    assert decode(first).startswith("<bos><start_of_turn>system\nBe brief.<end_of_turn>\n")
+    answer, rest = decode(first[kept[:len(first)]]), decode(first[~kept[:len(first)]])
+    assert answer.endswith("<end_of_turn>") and set(answer.removesuffix("<end_of_turn>").split()) == {"ok"}
+    assert rest.endswith("<start_of_turn>model\n\n<eos>")  # the markup, the newline after the turn, end-of-text
+    assert load_template(tmp_path / "data") == GEMMA_LIKE
