@@ -28,7 +28,8 @@ from helpers import REPO, TINY_MODEL, launch, run, train
 
 USER = "Please say ok as many times as you like."
 SCRIPT = str(REPO / "tests" / "scripts" / "train_and_record_gradients.py")
-RUN = [*TINY_MODEL, "--model.vocab_size", "320", "--block_size", "128", "--window_start", "document",
+SHAPE = [*TINY_MODEL, "--model.vocab_size", "320"]
+RUN = [*SHAPE, "--block_size", "128", "--window_start", "document",
        "--learning_rate", "5e-3", "--min_lr", "5e-4", "--warmup_steps", "2", "--grad_clip", "0",
        "--eval_interval", "40", "--eval_iters", "2", "--log_interval", "1", "--dtype", "float32", "--device", "cpu",
        "--plot", "false", "--sample_tokens", "0"]
@@ -155,13 +156,18 @@ def test_sample_chat_and_transformers_give_the_same_greedy_answer(fine_tuned, ch
     assert theirs == answer == chat_answer(trained.model, chat, USER, 60, temperature=0)
 
 
-def test_a_mixture_of_conversations_and_plain_text_trains(chat_data, demo_data_dir, tmp_path):
-    result = train([*RUN, "--data_mix", f"{chat_data}=0.5,{demo_data_dir}=0.5", "--out_dir", str(tmp_path),
-                    "--max_iters", "3", "--batch_size", "4", "--gradient_accumulation_steps", "1",
-                    "--eval_interval", "3"])
+def test_a_mixture_of_conversations_and_plain_text_trains_from_a_checkpoint_of_ours(fine_tuned, chat_data,
+                                                                                   demo_data_dir, tmp_path):
+    """init_from the fine-tuned run's out_dir: its shape (no model.* given: the config's default is the 270M one)
+    and its weights, which already answer the conversations."""
+    result = train([*RUN[len(SHAPE):], "--init_from", str(fine_tuned), "--out_dir", str(tmp_path),
+                    "--data_mix", f"{chat_data}=0.5,{demo_data_dir}=0.5", "--max_iters", "3", "--batch_size", "4",
+                    "--gradient_accumulation_steps", "1", "--eval_interval", "3", "--learning_rate", "1e-4",
+                    "--min_lr", "1e-5"])
     assert result.returncode == 0, result.stderr[-3000:]
     row = read_metrics(tmp_path)[-1]
     assert {"val_loss/data", "val_bpb/demo_data"} <= row.keys() and all(map(np.isfinite, row.values()))
+    assert row["val_loss/data"] < 1.0  # a fresh model's is about ln(320) = 5.8
 
 
 def test_story_questions_are_answered_by_their_story_and_held_out_apart(tmp_path):
