@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    if args.chat is not None and args.prompt:
+        raise UserError("give --prompt (text to continue) or --chat (a question to answer), not both")
     device = usable_device(args.device)
     trained = TrainedModel(args.checkpoint)
     model, tokenizer = trained.model, trained.tokenizer(args.data_dir)
