@@ -168,8 +168,9 @@ class TrainConfig:
                                               "records (token counts, sampled chunks, meta.json's dtype, "
                                               "vocab_size, tokenizer): the data stream then continues in the new "
                                               "data")
-    init_from: str = setting("", "a local HuggingFace Gemma 3 folder to start from; its config.json sets the model "
-                                 "shape")
+    init_from: str = setting("", "the weights to start from, which set the model shape: a local HuggingFace Gemma 3 "
+                                 "folder (its config.json), or a checkpoint of ours or a run's out_dir (its newest), "
+                                 "e.g. to fine-tune a pretrained run on conversations")
     watch_interval: int = setting(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never",
                                   low=0)
     wandb_tags: str = setting("", "wandb: comma-separated tags")

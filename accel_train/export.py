@@ -2,7 +2,9 @@
 
     python -m accel_train.export --checkpoint out/demo --out hf/demo
 
-The mapping itself, and `--init_from` the other way, live in `accel_train/models/hf.py`.
+The mapping itself, and `--init_from` the other way, live in `accel_train/models/hf.py`. A model fine-tuned on
+conversations is exported with its data's chat template, and its generation config stops at the end of the
+assistant's turn, so that transformers' `apply_chat_template` and `generate` answer as `sample --chat` does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.data.tokens import open_split
 from accel_train.errors import Parser, UserError, run_cli
 from accel_train.models.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
+from accel_train.data.chat import ChatEncoder, load_template
+from accel_train.data.meta import read_meta
 from accel_train.data.tokenizer import load_tokenizer
 
 
@@ -50,6 +54,13 @@ def data_sample(tokenizer, data_dir) -> list[str]:
     return [text for text in (tokenizer.decode(doc[~np.isin(doc, special)]) for doc in documents) if text]
 
 
+def chat_of(tokenizer, data_dir) -> ChatEncoder | None:
+    """The chat template of the data (with the tokenizer), or None for data that is not conversations."""
+    if tokenizer is None or read_meta(data_dir).chat_template_fingerprint is None:
+        return None
+    return ChatEncoder(tokenizer, load_template(data_dir))
+
+
 def export(checkpoint, out, data_dir=None) -> Path:
     """Write the HuggingFace folder `out`, new or empty (staged first, so it holds files only when complete and
     its tokenizer encodes as the data's did)."""
@@ -57,13 +68,17 @@ def export(checkpoint, out, data_dir=None) -> Path:
     check_out_dir(out, False, hint)  # before the slow load
     trained = TrainedModel(checkpoint)
     model, tokenizer = trained.model, find_tokenizer(trained, data_dir)
+    chat = chat_of(tokenizer, trained.data_dir(data_dir))
     transformers_module().utils.logging.disable_progress_bar()  # stderr is for errors
     with staged_folder(out, False, hint) as tmp:
+        hf = to_hf(model, tokenizer.eot_token if tokenizer else None)
+        if chat is not None:  # generate stops where sample --chat does
+            hf.generation_config.eos_token_id = sorted({tokenizer.eot_token, chat.end_of_turn})
         try:
-            to_hf(model, tokenizer.eot_token if tokenizer else None).save_pretrained(str(tmp))
+            hf.save_pretrained(str(tmp))
         except SafetensorError as err:  # a failed write (disk full) of the weights
             raise OSError(str(err)) from None
-        if tokenizer and save_tokenizer(tokenizer, tmp):
+        if tokenizer and save_tokenizer(tokenizer, tmp, chat and chat.template):
             check_tokenizer_files(tokenizer, tmp, data_sample(tokenizer, trained.data_dir(data_dir)))
     return out
 

@@ -2,6 +2,7 @@
 
     python -m accel_train.prepare --input stories/ more.jsonl --out data/mine --tokenizer bpe
     python -m accel_train.prepare --dataset roneneldan/TinyStories --out data/tinystories --tokenizer gpt2
+    python -m accel_train.prepare --chat --input chats.jsonl --out data/chats --tokenizer byte --block_size 512
 
 Documents come from text files (one document per file, or split on `--separator`), JSON Lines
 files (one document per line, in `--text_field`) or a HuggingFace dataset (streamed). Each is
@@ -14,6 +15,9 @@ to the validation split with probability `--val_fraction`, drawn from `(seed, ch
 gives the same files whatever the number of workers. The output folder appears only when complete. With
 `--overwrite` its files replace earlier ones of the same names in an existing folder, whose other files
 stay; an `--out` that overlaps an input is refused.
+With `--chat` the inputs are JSON Lines of conversations (`{"messages": [...]}`): each conversation is a
+document rendered with the chat template, and a loss mask beside each shard says which tokens are trained on
+(data/chat.py); a killed `--chat` prepare starts over rather than resumes.
 SIGINT or SIGTERM stops prepare (status 130 or 143) with its workers ended and its staging folder
 removed. A prepare killed outright (SIGKILL, a crash) leaves its staging folder: the next prepare into
 the same `--out` with the same arguments and inputs resumes it, keeping its finished shards (see data/shards.py),
@@ -51,8 +55,10 @@ with threads_born_deaf():  # before numpy starts its BLAS threads, which must le
     from accel_train.atomic import alive, check_out_dir, staged_folder, staging_prefix
     from accel_train.errors import Parser, UserError, first_line, number, run_cli
     from accel_train.numerals import whole_number
+    from accel_train.data.chat import TEMPLATE_FILE, ChatEncoder, fingerprint, read_conversations, source_template
     from accel_train.data.meta import SPLITS, dataset_meta, write_meta
-    from accel_train.data.shards import DEFAULT_SHARD_TOKENS, PROGRESS_FILE, ShardFiles, resume_point, save_progress
+    from accel_train.data.shards import (DEFAULT_SHARD_TOKENS, MASK_SUFFIX, PROGRESS_FILE, ShardFiles, resume_point,
+                                         save_progress)
     from accel_train.data.tokenizer import ByteTokenizer, Tokenizer, gpt2_tokenizer, hf_tokenizer, train_bpe
 
 CHUNK_CHARS = 1 << 20  # text per worker job
@@ -119,6 +125,16 @@ def file_texts(path: Path, separator: str | None, text_field: str) -> Iterator[s
         raise UserError(f"cannot read {path}: {err.strerror}") from None
 
 
+def file_conversations(path: Path):
+    """The conversations of a JSON Lines file, one line each."""
+    try:
+        yield from read_conversations(path)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text ({err.reason}); convert it or leave it out") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+
+
 def dataset_texts(name: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
     """Texts of a HuggingFace dataset (a hub name or a local folder), streamed rather than cached whole."""
     try:
@@ -171,21 +187,34 @@ def chunks(docs: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[tupl
 # ---- tokenizing in parallel ----
 
 class ChunkEncoder:
-    """Tokenizes one chunk and deals its documents to the splits."""
+    """Tokenizes one chunk and deals its documents to the splits: texts, or with `chat` conversations (then each
+    split also gets its loss mask, and its bytes are the assistant's)."""
 
-    def __init__(self, tokenizer: Tokenizer, val_fraction: float, seed: int):
+    def __init__(self, tokenizer: Tokenizer, val_fraction: float, seed: int, chat: ChatEncoder | None = None,
+                 block_size: int = 128):
         self.tokenizer, self.val_fraction, self.seed = tokenizer, val_fraction, seed
+        self.chat, self.block_size = chat, block_size
 
-    def __call__(self, job: tuple[int, list[str]]) -> dict:
+    def __call__(self, job: tuple[int, list]) -> dict:
         index, docs = job
         is_val = np.random.default_rng((self.seed, index)).random(len(docs)) < self.val_fraction
         out = {}
         for split, mask in (("train", ~is_val), ("val", is_val)):
             picked = [doc for doc, keep in zip(docs, mask) if keep]
-            out[split] = (self.tokenizer.encode_documents(picked), len(picked),
-                          sum(len(doc.encode("utf-8")) for doc in picked))
+            out[split] = self._encode(picked)
         out["bytes"] = out["train"][2] + out["val"][2]
         return out
+
+    def _encode(self, docs: list) -> tuple:
+        """(ids, documents, bytes) of texts; (ids, conversations, the assistant's bytes, trained mask) of
+        conversations."""
+        if self.chat is None:
+            return self.tokenizer.encode_documents(docs), len(docs), sum(len(doc.encode("utf-8")) for doc in docs)
+        encoded = [self.chat.encode(conversation, self.block_size) for conversation in docs]
+        ids, masks = zip(*encoded) if encoded else ((), ())
+        return (np.concatenate([np.zeros(0, np.uint32), *ids]), len(docs),
+                sum(conversation.assistant_bytes() for conversation in docs),
+                np.concatenate([np.zeros(0, np.uint8), *masks]))
 
 
 _worker_encoder: ChunkEncoder | None = None
@@ -274,17 +303,19 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
                   val_fraction: float = 0.005, seed: int = 0, block_size: int = 128, workers: int = 1,
                   overwrite: bool = False, exists_hint: str = "choose another folder",
                   total_bytes: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                  input_identity: list | None = None) -> dict:
+                  input_identity: list | None = None, chat: ChatEncoder | None = None) -> dict:
     """Tokenize `docs` into `out_dir`: each split's shards (see data/shards.py), meta.json and the tokenizer's own
     file; returns the meta. `input_identity` tells this input from another where `source` cannot (file sizes
-    and times), so that only a rerun on the same input resumes a killed one.
+    and times), so that only a rerun on the same input resumes a killed one. With `chat`, `docs` are
+    Conversations: a loss mask is written beside each shard, and the chat template beside meta.json.
 
     With `overwrite`, those files replace earlier ones of the same names; out_dir's other files stay.
     """
     out_dir = Path(out_dir).resolve()
     dtype = token_dtype(tokenizer.vocab_size, dtype)
     settings = {"source": source, "input": input_identity, "dtype": dtype, "val_fraction": val_fraction, "seed": seed,
-                "shard_tokens": shard_tokens, "chunk_chars": CHUNK_CHARS, "tokenizer": tokenizer.fingerprint()}
+                "shard_tokens": shard_tokens, "chunk_chars": CHUNK_CHARS, "tokenizer": tokenizer.fingerprint(),
+                "chat": chat and fingerprint(chat.template)}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     with staged_folder(out_dir, overwrite, exists_hint, last="meta.json", held=signals_held,
                        adopt=adopt_unfinished, obsolete=SPLIT_FILE.fullmatch) as tmp:
@@ -295,38 +326,49 @@ def write_dataset(out_dir, docs: Iterable[str], tokenizer: Tokenizer, *, source:
         cursor, shards = resume_point(tmp, key, np.dtype(dtype).itemsize)
         files = {split: ShardFiles(tmp, split, dtype, shard_tokens, shards[split]) for split in SPLITS}
         counts = {count: dict(cursor[count]) for count in ("tokens", "documents", "bytes")}
+        masks = {}
+        if chat is not None:  # no progress record is written, so a killed run starts over (cursor at 0)
+            masks = {split: ShardFiles(tmp, split, "uint8", shard_tokens, suffix=MASK_SUFFIX) for split in SPLITS}
+            counts["trained_tokens"] = dict.fromkeys(SPLITS, 0)
+            (tmp / TEMPLATE_FILE).write_text(chat.template, encoding="utf-8")
         with contextlib.ExitStack() as stack:
-            for f in files.values():
+            for f in [*files.values(), *masks.values()]:
                 stack.callback(f.abandon)
             with signals_held():  # tqdm starts a monitor thread, which must not take them
                 bar = stack.enter_context(tqdm(total=total_bytes, initial=sum(counts["bytes"].values()), unit="B",
                                                unit_scale=True, desc="prepare", disable=None))
-            encoder = ChunkEncoder(tokenizer, val_fraction, seed)
+            encoder = ChunkEncoder(tokenizer, val_fraction, seed, chat, block_size)
             jobs = itertools.islice(chunks(docs), cursor["chunk"], None)
             results = stack.enter_context(contextlib.closing(encode_in_order(encoder, jobs, workers)))
             for index, result in enumerate(results, cursor["chunk"]):
                 finished_shard = [files[split].write(result[split][0]) for split in SPLITS]  # every split written
+                for split, f in masks.items():
+                    f.write(result[split][3])
                 add_counts(counts, result)
-                if any(finished_shard):
+                if any(finished_shard) and not masks:
                     save_progress(tmp, key, files, {"chunk": index + 1, **counts})
                 bar.update(result["bytes"])
                 bar.set_postfix(tokens=f"{sum(counts['tokens'].values()):,}")
             shards = {split: f.close() for split, f in files.items()}
+            masks = {split: f.close() for split, f in masks.items()} or None
         (tmp / PROGRESS_FILE).unlink(missing_ok=True)
         check_splits(counts, source, block_size)
-        meta = dataset_meta(tokenizer, dtype, shards, {"documents": counts["documents"], "bytes": counts["bytes"]},
-                            source=source, val_fraction=val_fraction, seed=seed, shard_tokens=shard_tokens)
+        meta = dataset_meta(tokenizer, dtype, shards, {key: counts[key] for key in counts if key != "tokens"}, masks,
+                            chat and fingerprint(chat.template), source=source, val_fraction=val_fraction,
+                            seed=seed, shard_tokens=shard_tokens)
         write_meta(tmp, meta)
     return meta
 
 
 def add_counts(counts: dict, result: dict) -> None:
-    """Add a chunk's tokens, documents and text bytes to each split's counts."""
+    """Add a chunk's tokens, documents, text bytes (and tokens trained on) to each split's counts."""
     for split in SPLITS:
-        ids, n_docs, n_bytes = result[split]
+        ids, n_docs, n_bytes, *mask = result[split]
         counts["tokens"][split] += len(ids)
         counts["documents"][split] += n_docs
         counts["bytes"][split] += n_bytes
+        if mask:
+            counts["trained_tokens"][split] += int(mask[0].sum())
 
 
 def check_splits(counts: dict, source: dict, block_size: int) -> None:
@@ -374,6 +416,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="tokens of the BPE trained for --tokenizer bpe (at least 256 bytes and end-of-text)")
     p.add_argument("--separator", default=None,
                    help="split text files into documents on this string (e.g. '<|endoftext|>'); default: one per file")
+    p.add_argument("--chat", action="store_true",
+                   help="the inputs are JSON Lines of conversations ({\"messages\": [...]}): train on the assistant's "
+                        "tokens alone (see docs/fine-tuning.md)")
     p.add_argument("--text_field", default="text", help="field holding the text in JSON Lines and datasets")
     p.add_argument("--val_fraction", type=number(float, 0, 1, open_ends=True), default=0.005,
                    help="share of documents for val.bin")
@@ -389,6 +434,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.separator == "":
         raise UserError("--separator must not be empty")
+    if args.chat and args.dataset:
+        raise UserError("--chat reads conversations from --input JSON Lines files, not from --dataset")
     if args.eot_token is not None and args.tokenizer in BUILT_IN:
         raise UserError(f"--eot_token is for a --tokenizer PATH; {args.tokenizer}'s end-of-text token is fixed")
     return args
@@ -445,7 +492,12 @@ def prepare(args: argparse.Namespace) -> dict:
         inputs = [*map(Path, args.input), *files]
 
         def texts():
+            if args.chat:  # what a BPE is trained on: the messages' text
+                return (message["content"] for c in conversations() for message in c.messages)
             return (text for f in files for text in file_texts(f, args.separator, args.text_field))
+
+        def conversations():
+            return (c for f in files for c in file_conversations(f))
         plain = [f for f in files if f.is_file() and f.suffix not in JSONL_SUFFIXES]
         total_bytes = sum(f.stat().st_size for f in plain) if len(plain) == len(files) else None
         if args.tokenizer == "bpe" and not all(f.is_file() for f in files):
@@ -463,10 +515,12 @@ def prepare(args: argparse.Namespace) -> dict:
         token_dtype(args.vocab_size, args.dtype)  # fail before training
         print(f"training a {args.vocab_size}-token BPE ...", flush=True)  # stderr is for errors
         tokenizer = train_bpe(documents(texts()), args.vocab_size)
-    return write_dataset(out_dir, documents(texts()), tokenizer, source=source, dtype=args.dtype,
-                         val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
+    chat = ChatEncoder(tokenizer, source_template(tokenizer, args.tokenizer)) if args.chat else None
+    return write_dataset(out_dir, conversations() if chat else documents(texts()), tokenizer, source=source,
+                         dtype=args.dtype, val_fraction=args.val_fraction, seed=args.seed, block_size=args.block_size,
                          workers=args.workers, overwrite=args.overwrite, exists_hint=OVERWRITE_HINT,
-                         total_bytes=total_bytes, shard_tokens=args.shard_tokens, input_identity=input_identity)
+                         total_bytes=None if chat else total_bytes, shard_tokens=args.shard_tokens,
+                         input_identity=input_identity, chat=chat)
 
 
 def command() -> None:

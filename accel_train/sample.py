@@ -7,6 +7,12 @@ cost grows linearly with its length. Every prompt starts after an end-of-text to
 training document did; a sample ends at the next end-of-text token, at --max_new_tokens, or at
 the model's context length. --data_dir (default: the run's folder) must hold the tokenizer the model was
 trained with: another is refused in one line.
+
+    python -m accel_train.sample --checkpoint out/demo_sft --chat "Where did Lily go?" --temperature 0
+
+`--chat` asks a model fine-tuned on conversations: the question is rendered with the chat template its data
+was prepared with (as transformers' apply_chat_template renders it, generation prompt included), and the
+answer ends at the token that ends the assistant's turn.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 import torch
 
 from accel_train.checkpointing.trained_model import TrainedModel
+from accel_train.data.chat import ChatEncoder
 from accel_train.data.tokenizer import Tokenizer
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.evaluation.multiple_choice import document_prefix
@@ -37,8 +44,9 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: 
 
 @torch.no_grad()
 def generate(model: Gemma3, ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-             eot_token: int | None = None, seed: int = 0, use_cache: bool = True) -> list[int]:
-    """The token ids that follow `ids`, ending before `eot_token`.
+             eot_token: int | None = None, seed: int = 0, use_cache: bool = True,
+             stop_tokens: tuple[int, ...] = ()) -> list[int]:
+    """The token ids that follow `ids`, ending before `eot_token` (or any of `stop_tokens`).
 
     Without the cache every step runs the whole sequence again: slower, and kept to check the
     cached path. The same seed gives the same tokens.
@@ -51,7 +59,7 @@ def generate(model: Gemma3, ids: list[int], max_new_tokens: int, temperature: fl
     for _ in range(min(max_new_tokens, model.config.max_position_embeddings - len(ids))):
         logits, _ = model(feed if use_cache else seq, cache=cache)
         token = next_token(logits[0, -1], temperature, top_k, generator)
-        if token == eot_token:
+        if token == eot_token or token in stop_tokens:
             break
         new.append(token)
         feed = torch.tensor([[token]], device=device)
@@ -76,6 +84,18 @@ def sample_text(model: Gemma3, tokenizer: Tokenizer, prompt: str = "", max_new_t
     return prompt + tokenizer.decode(new)
 
 
+def chat_answer(model: Gemma3, chat: ChatEncoder, question: str, max_new_tokens: int = 200,
+                temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> str:
+    """The assistant's answer to `question`, asked through the chat template; it ends with the turn."""
+    ids = chat.prompt(question)
+    if len(ids) >= model.config.max_position_embeddings:
+        raise UserError(f"the question is {len(ids)} tokens with the template, at or beyond the model's context of "
+                        f"{model.config.max_position_embeddings}; shorten it")
+    new = generate(model, ids, max_new_tokens, temperature, top_k, chat.tokenizer.eot_token, seed,
+                   stop_tokens=(chat.end_of_turn,))
+    return chat.tokenizer.decode(new)
+
+
 def usable_device(name: str) -> torch.device:
     """The --device, checked by computing on it and reading the result back: a name torch does not know, a GPU
     this machine lacks and `meta` (shapes without data) all fail here, in one line, before the slow load."""
@@ -91,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="python -m accel_train.sample", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or an out_dir (its newest)")
     parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    parser.add_argument("--chat", default=None, metavar="QUESTION",
+                        help="ask a fine-tuned model: the question through its chat template, the answer printed")
     parser.add_argument("--max_new_tokens", type=number(int, 1), default=200)
     parser.add_argument("--temperature", type=number(float, 0), default=0.8, help="0 picks the likeliest token")
     parser.add_argument("--top_k", type=number(int, 0), default=50, help="sample among the k likeliest tokens; 0: all")
@@ -99,9 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default=None, help="where meta.json names the tokenizer (default: the run's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    if args.chat is not None and args.prompt:
+        raise UserError("give --prompt (text to continue) or --chat (a question to answer), not both")
     device = usable_device(args.device)
     trained = TrainedModel(args.checkpoint)
     model, tokenizer = trained.model, trained.tokenizer(args.data_dir)
+    chat = ChatEncoder(tokenizer, trained.chat_template(args.data_dir)) if args.chat is not None else None
     try:
         model.to(device)
     except RuntimeError as err:  # e.g. out of GPU memory
@@ -109,8 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.num_samples):
         if i:
             print("-" * 40)
-        print(sample_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                          args.seed + i), flush=True)
+        if chat is not None:
+            print(chat_answer(model, chat, args.chat, args.max_new_tokens, args.temperature, args.top_k, args.seed + i),
+                  flush=True)
+        else:
+            print(sample_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                              args.seed + i), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from accel_train.checkpointing.run_lock import StartLock
 from accel_train.config import TrainConfig, load_config
 from accel_train.data.documents import first_folder
 from accel_train.data.tokenizer import load_tokenizer
+from accel_train.data.tokens import IGNORE
 from accel_train.distributed.collective import on_main_process
 from accel_train.distributed.preemption import StopSignals, any_process
 from accel_train.errors import UserError, run_cli
@@ -38,13 +39,26 @@ from accel_train.training.loss_spikes import SpikeGuard
 from accel_train.training.start import MIXTURE, Run, build_run
 
 
+def token_weights(targets: list, accelerator) -> torch.Tensor:
+    """What each micro-batch's mean loss is multiplied by so that the step's gradient is that of the mean over every
+    trained target of the step (all micro-batches, all processes), not a mean of per-micro-batch means: its share of
+    those targets, times the micro-batches and processes that `backward` and the all-reduce average over. The
+    count is all-reduced once per step, before any backward pass, without a host synchronization."""
+    counts = torch.stack([(y != IGNORE).sum() for y in targets])
+    total = accelerator.reduce(counts.sum(), "sum").clamp(min=1)
+    return counts * (len(targets) * accelerator.num_processes) / total
+
+
 def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, grad_clip: float,
-               skip_nonfinite: bool, spikes: SpikeGuard | None = None):
+               skip_nonfinite: bool, spikes: SpikeGuard | None = None, token_mean: bool = False):
     """One optimizer step at the rate its schedulers set over the accumulation window's micro-batches; then each
     scheduler steps once, to the next step's rate, whether the step was skipped or not.
 
     `optimizer` is one optimizer or several as one (optim.Optimizers: AdamW and Muon); the gradient is
     clipped once, over every parameter, before any of them steps.
+
+    With `token_mean` (data with a loss mask), the step's loss is the mean over its trained targets (token_weights);
+    the loss returned then averages across processes to it.
 
     Returns (mean micro-batch loss, pre-clip gradient norm, why the update was skipped or None) without
     synchronizing with the device. `accelerator.backward` scales each loss by 1/accumulation
@@ -55,9 +69,14 @@ def train_step(model, optimizer, schedulers: list, accelerator, micro_batches, g
     all-reduce of the loss and a synchronization per step.
     """
     loss_sum, count = 0.0, 0
+    if token_mean:
+        micro_batches = list(micro_batches)
+        weights = token_weights([y for _, y in micro_batches], accelerator)
     for x, y in micro_batches:
         with accelerator.accumulate(model):
             _, loss = model(x, y)
+            if token_mean:
+                loss = loss * weights[count]
             accelerator.backward(loss)
         loss_sum, count = loss_sum + loss.detach(), count + 1
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
@@ -138,7 +157,7 @@ def run_loop(run: Run, after_step) -> int:
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
                                                   itertools.islice(run.batches, run.plan.micro_steps),
                                                   cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip",
-                                                  spikes=run.spikes)
+                                                  spikes=run.spikes, token_mean=run.masked)
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1

@@ -60,6 +60,13 @@ class TrainedModel:
                             f"({'; '.join(differ)}; there is the checkpoint, here {data_dir}); pass the --data_dir "
                             f"it was trained on ({first_folder(self.cfg)}) or one prepared with its tokenizer")
 
+    def chat_template(self, data_dir=None) -> str:
+        """The chat template of `data_dir` (default: the run's folder), whose fingerprint check_tokenizer compared
+        with the one this model was trained with."""
+        from accel_train.data.chat import load_template
+
+        return load_template(self.data_dir(data_dir))
+
     def tokenizer(self, data_dir=None):
         """The tokenizer of `data_dir` (default: the run's folder), checked against this model."""
         from accel_train.data.tokenizer import load_tokenizer

@@ -16,6 +16,14 @@ The schema (every key but dtype and vocab_size may be missing in data prepared b
     bytes        {"train": N, "val": N}: UTF-8 bytes of text per split (turns loss into bits per byte)
     source, val_fraction, seed, shard_tokens: how prepare made it, for people reading the file
 
+Conversations (prepare --chat) add:
+    loss_mask    {"train": ["train.mask", ...], "val": [...]}: beside each shard, one uint8 per token, 1 where
+                 the token is trained on as a target (the assistant's), 0 where it is not; a folder without it
+                 trains on every token
+    trained_tokens  {"train": N, "val": N}: tokens trained on per split (the mask's ones)
+    chat_template_fingerprint  the SHA-256 of the folder's chat_template.jinja (data/chat.py)
+    (bytes then counts the UTF-8 bytes of the assistant's content alone: see tokens_per_byte)
+
 A folder without meta.json is the seed's data: uint16 ids of GPT-2's vocabulary in train.bin and val.bin.
 
 Readers get a `DataMeta`, never the JSON object: each key is spelled once, here, so a misspelt key is an
@@ -35,11 +43,14 @@ import numpy as np
 from accel_train.errors import UserError
 
 META_FILE = "meta.json"
+OPTIONAL = ("shards", "loss_mask", "trained_tokens", "chat_template_fingerprint")  # written only where they apply
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 GPT2_VOCAB_SIZE = 50257
 SPLITS = ("train", "val")
-COUNTS = ("tokens", "documents", "bytes")  # per-split counts; a count may be null where it was not kept
-TOKEN_MEANING = ("tokenizer", "vocab_size", "eot_token", "bos_token", "tokenizer_fingerprint")  # what ids mean
+COUNTS = ("tokens", "documents", "bytes", "trained_tokens")  # per split; a count may be null where it was not kept
+TOKEN_MEANING = ("tokenizer", "vocab_size", "eot_token", "bos_token", "tokenizer_fingerprint",
+                 "chat_template_fingerprint")  # what ids mean
+FINGERPRINTS = ("tokenizer_fingerprint", "chat_template_fingerprint")  # compared only where both sides have one
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,9 @@ class DataMeta:
     documents: dict = field(default_factory=dict)
     bytes: dict = field(default_factory=dict)
     shards: dict | None = None
+    loss_mask: dict | None = None
+    trained_tokens: dict = field(default_factory=dict)
+    chat_template_fingerprint: str | None = None
     how: dict = field(default_factory=dict)  # source, val_fraction, seed, ...: for people reading the file
     found: bool = True
 
@@ -65,7 +79,7 @@ class DataMeta:
 
     def to_json(self) -> dict:
         meta = {key: value for key, value in asdict(self).items()
-                if key not in ("how", "found") and not (key == "shards" and value is None)}  # one file per split
+                if key not in ("how", "found") and not (key in OPTIONAL and not value)}
         return {**meta, **self.how}
 
     def meaning(self) -> dict:
@@ -74,8 +88,11 @@ class DataMeta:
         return {key: getattr(self, key) for key in TOKEN_MEANING}
 
     def tokens_per_byte(self, split: str) -> float | None:
-        """Tokens per UTF-8 byte of text in `split`; None for data prepared before prepare counted bytes."""
-        tokens, text_bytes = self.tokens.get(split), self.bytes.get(split)
+        """Tokens per UTF-8 byte of text in `split`; None for data prepared before prepare counted bytes. For
+        conversations, the tokens trained on per byte of the assistant's content: the loss is theirs alone (the
+        end-of-turn tokens among them have no bytes of their own)."""
+        tokens = (self.trained_tokens if self.loss_mask else self.tokens).get(split)
+        text_bytes = self.bytes.get(split)
         return tokens / text_bytes if tokens and text_bytes else None
 
 
@@ -85,7 +102,7 @@ def meaning_differences(was: dict, now: dict) -> list[str]:
     rest of what it records (tokenizer name, vocabulary size, end-of-text and BOS ids) always."""
     return [f"{key} is {was.get(key)} there, {now.get(key)} here" for key in TOKEN_MEANING
             if was.get(key) != now.get(key)
-            and not (key == "tokenizer_fingerprint" and None in (was.get(key), now.get(key)))]
+            and not (key in FINGERPRINTS and None in (was.get(key), now.get(key)))]
 
 
 def read_meta(data_dir) -> DataMeta:
@@ -108,7 +125,7 @@ def read_meta(data_dir) -> DataMeta:
     for key in ("eot_token", "bos_token"):
         if meta.get(key) is not None and not (is_count(meta[key]) and meta[key] < meta["vocab_size"]):
             raise UserError(f"{path}: '{key}' must be a token id below vocab_size, got {meta[key]!r:.60}")
-    for key in ("tokenizer", "tokenizer_fingerprint"):
+    for key in ("tokenizer", *FINGERPRINTS):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise UserError(f"{path}: '{key}' must be a string, got {meta[key]!r:.60}")
     for key in COUNTS:
@@ -117,6 +134,8 @@ def read_meta(data_dir) -> DataMeta:
             raise UserError(f"{path}: '{key}' must map each split to its count (or null), got {counts!r:.60}")
     if "shards" in meta:
         _check_shards(path, meta["shards"])
+    if meta.get("loss_mask") is not None:
+        _check_loss_mask(path, meta)
     return DataMeta.of_json(meta)
 
 
@@ -131,8 +150,26 @@ def _check_shards(path: Path, shards) -> None:
                         f"{{\"file\": name, \"tokens\": count}}, got {shards!r:.80}")
 
 
+def _check_loss_mask(path: Path, meta: dict) -> None:
+    """One mask file beside each listed shard."""
+    masks, shards = meta["loss_mask"], meta.get("shards")
+    if not (isinstance(shards, dict) and isinstance(masks, dict) and set(masks) == set(SPLITS) and all(
+            isinstance(masks[split], list) and len(masks[split]) == len(shards[split])
+            and all(isinstance(name, str) and name and os.sep not in name and "/" not in name
+                    for name in masks[split]) for split in SPLITS)):
+        raise UserError(f"{path}: 'loss_mask' must map 'train' and 'val' each to a list of file names, one per "
+                        f"shard, got {masks!r:.80}")
+
+
 def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def listed_masks(meta: DataMeta, split: str) -> list[tuple[str, int]] | None:
+    """(file name, token count) of each loss-mask file of `split`, or None where the folder has no mask."""
+    if meta.loss_mask is None:
+        return None
+    return [(name, tokens) for name, (_, tokens) in zip(meta.loss_mask[split], listed_shards(meta, split))]
 
 
 def listed_shards(meta: DataMeta, split: str) -> list[tuple[str, int]] | None:
@@ -148,12 +185,17 @@ def write_meta(folder, meta: DataMeta) -> None:
     (Path(folder) / META_FILE).write_text(json.dumps(meta.to_json(), indent=1) + "\n")
 
 
-def dataset_meta(tokenizer, dtype: str, shards: dict, counts: dict, **how) -> DataMeta:
+def dataset_meta(tokenizer, dtype: str, shards: dict, counts: dict, masks: dict | None = None,
+                 chat_template_fingerprint: str | None = None, **how) -> DataMeta:
     """The meta.json of a prepared folder: its tokenizer's ids, its `shards` ({split: [(file, tokens), ...]}),
-    `counts` ({"documents": {split: n}, "bytes": {split: n}}) and `how` it was made (source, seed, ...)."""
+    `counts` ({"documents": {split: n}, "bytes": {split: n}}, and "trained_tokens" for conversations), the
+    conversations' loss `masks` ({split: [(file, tokens), ...]}) and template, and `how` it was made."""
     return DataMeta(dtype, tokenizer.vocab_size, tokenizer=tokenizer.name, eot_token=tokenizer.eot_token,
                     bos_token=tokenizer.bos_token, tokenizer_fingerprint=tokenizer.fingerprint(),
                     tokens={split: sum(n for _, n in listed) for split, listed in shards.items()},
                     documents=counts["documents"], bytes=counts["bytes"],
                     shards={split: [{"file": name, "tokens": n} for name, n in listed]
-                            for split, listed in shards.items()}, how=how)
+                            for split, listed in shards.items()},
+                    loss_mask=masks and {split: [name for name, _ in listed] for split, listed in masks.items()},
+                    trained_tokens=counts.get("trained_tokens", {}),
+                    chat_template_fingerprint=chat_template_fingerprint, how=how)

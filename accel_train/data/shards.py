@@ -25,8 +25,11 @@ DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16: a 100 GB corpus is a few
 SPLITS = ("train", "val")
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}_{index:05d}.bin"
+MASK_SUFFIX = ".mask"  # a conversations folder's loss mask beside each shard: one uint8 per token
+
+
+def shard_name(split: str, index: int, suffix: str = ".bin") -> str:
+    return f"{split}_{index:05d}{suffix}"
 
 
 def start_cursor() -> dict:
@@ -38,8 +41,10 @@ class ShardFiles:
     """One split written into `folder` as shards of `shard_tokens` tokens, continuing the `shards` ((file name,
     tokens) of each, the last one maybe unfinished) that a killed run left."""
 
-    def __init__(self, folder: Path, split: str, dtype: str, shard_tokens: int, shards: list[tuple[str, int]] = ()):
+    def __init__(self, folder: Path, split: str, dtype: str, shard_tokens: int, shards: list[tuple[str, int]] = (),
+                 suffix: str = ".bin"):
         self.folder, self.split, self.dtype, self.shard_tokens = Path(folder), split, dtype, shard_tokens
+        self.suffix = suffix  # .bin for tokens, .mask for a loss mask written in step with them
         self.finished = [tuple(shard) for shard in shards if shard[1] == shard_tokens]
         self._file, self._filled = None, 0
         if len(shards) > len(self.finished):  # an unfinished shard, already cut back to its recorded length
@@ -50,7 +55,7 @@ class ShardFiles:
         finished = False
         while len(ids):
             if self._file is None:
-                self._file = open(self.folder / shard_name(self.split, len(self.finished)), "wb")
+                self._file = open(self.folder / shard_name(self.split, len(self.finished), self.suffix), "wb")
             part = ids[:self.shard_tokens - self._filled]
             self._file.write(part.astype(self.dtype).tobytes())
             self._filled, ids = self._filled + len(part), ids[len(part):]
@@ -79,8 +84,8 @@ class ShardFiles:
             self._close_shard()
         if len(self.finished) == 1:
             name, tokens = self.finished[0]
-            os.replace(self.folder / name, self.folder / f"{self.split}.bin")
-            self.finished = [(f"{self.split}.bin", tokens)]
+            os.replace(self.folder / name, self.folder / f"{self.split}{self.suffix}")
+            self.finished = [(f"{self.split}{self.suffix}", tokens)]
         return self.finished
 
     def abandon(self) -> None:
@@ -132,7 +137,7 @@ def _read_record(folder: Path) -> dict | None:
 
 
 def _remove_shards(folder: Path, keep) -> None:
-    """Remove the shard files of `folder` not in `keep`, and its progress record."""
+    """Remove the shard files (and loss masks) of `folder` not in `keep`, and its progress record."""
     for path in folder.iterdir():
-        if path.suffix == ".bin" and path.name not in keep or path.name == PROGRESS_FILE:
+        if path.suffix in (".bin", MASK_SUFFIX) and path.name not in keep or path.name == PROGRESS_FILE:
             path.unlink()

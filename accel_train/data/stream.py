@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from accel_train.data.meta import DataMeta, read_meta
-from accel_train.data.tokens import open_split
+from accel_train.data.tokens import open_mask, open_split
 from accel_train.data.mixture import Source, Tally, slot_sources
 from accel_train.data.order import window_order
 from accel_train.data.windows import window_set
@@ -31,6 +31,7 @@ class WindowStream:
         self.sources, self.block_size, self.batch_size, self.seed = sources, block_size, batch_size, seed
         self.mixture = mixture
         self.splits = [open_split(str(source.data_dir), "train") for source in sources]
+        self.masks = [open_mask(str(source.data_dir), "train") for source in sources]  # None: every token trained
         self.window_sets = [window_set(split, block_size, window_start, sampling, source.data_dir, "train",
                                        meta) for split, source, meta in
                             zip(self.splits, sources, metas or [read_meta(source.data_dir) for source in sources])]

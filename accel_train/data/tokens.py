@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from accel_train.errors import UserError
-from accel_train.data.meta import DTYPES, SPLITS, listed_shards, read_meta
+from accel_train.data.meta import SPLITS, listed_masks, listed_shards, read_meta
 
 SPLIT_FILES = {"train": ("train.bin",), "val": ("val.bin", "validation.bin")}  # data without a shard list
+IGNORE = -100  # a target not trained on (its loss mask is 0): the index F.cross_entropy ignores
 REMAP_EVERY = 1024  # reopen the memmaps now and then so their touched pages leave the resident set
 
 
@@ -92,7 +93,7 @@ class TokenFile:
     """
 
     def __init__(self, shards: list[tuple[Path, int | None]], dtype: str):
-        self.paths, self.dtype = [Path(path) for path, _ in shards], DTYPES[dtype]
+        self.paths, self.dtype = [Path(path) for path, _ in shards], np.dtype(dtype)
         counts = [_file_tokens(path, dtype, expected) for path, expected in shards]
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.num_tokens = int(self.offsets[-1])
@@ -151,6 +152,28 @@ def open_split(data_dir: str, split: str) -> TokenFile:
     return TokenFile(split_shards(data_dir, split, meta), meta.dtype)
 
 
+@lru_cache(maxsize=16)
+def open_mask(data_dir: str, split: str) -> TokenFile | None:
+    """The loss mask of a split of conversations (one uint8 per token, read like its tokens), or None for a folder
+    without one: every token is trained on."""
+    listed = listed_masks(read_meta(data_dir), split)
+    if listed is None:
+        return None
+    for name, _ in listed:
+        if not os.path.lexists(Path(data_dir) / name):
+            raise UserError(f"{data_dir}/meta.json lists the {split} loss mask {name}, which is missing; "
+                            "prepare the data again or restore the file")
+    return TokenFile([(_regular_file(Path(data_dir) / name, split), tokens) for name, tokens in listed], "uint8")
+
+
+def mask_targets(y: torch.Tensor, mask: TokenFile | None, starts: np.ndarray, block_size: int) -> torch.Tensor:
+    """The targets `y` of the windows at `starts` with IGNORE where `mask` says they are not trained on."""
+    if mask is not None:
+        index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(1, block_size + 1)
+        y = y.masked_fill(torch.from_numpy(mask.gather(index) == 0), IGNORE)
+    return y
+
+
 def get_batch(split, block_size, batch_size, device, device_type, data_dir="data/demo"):
     """The seed's `get_batch`: `batch_size` random windows from a split, moved to `device`.
 
@@ -159,6 +182,7 @@ def get_batch(split, block_size, batch_size, device, device_type, data_dir="data
     data = open_split(str(data_dir), split)
     starts = torch.randint(data.num_windows(block_size), (batch_size,)).numpy()
     x, y = data.windows(starts, block_size)
+    y = mask_targets(y, open_mask(str(data_dir), split), starts, block_size)
     if device_type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -166,10 +190,12 @@ def get_batch(split, block_size, batch_size, device, device_type, data_dir="data
 
 class WindowDataset(torch.utils.data.Dataset):
     """Map-style view of the training sources whose items are (source index, window start) pairs; fetches whole
-    batches, each source's windows in one vectorized read."""
+    batches, each source's windows in one vectorized read. A source with a loss mask (in `masks`) gives IGNORE
+    as the target of each token not trained on."""
 
-    def __init__(self, sources: list, block_size: int):
+    def __init__(self, sources: list, block_size: int, masks: list | None = None):
         self.sources, self.block_size = sources, block_size
+        self.masks = masks or [None] * len(sources)
 
     def __getitem__(self, item: tuple[int, int]):
         x, y = self.__getitems__([item])
@@ -181,7 +207,8 @@ class WindowDataset(torch.utils.data.Dataset):
         y = torch.empty_like(x)
         for s in np.unique(which):
             taken = torch.from_numpy(which == s)
-            x[taken], y[taken] = self.sources[s].windows(starts[which == s], self.block_size)
+            x[taken], targets = self.sources[s].windows(starts[which == s], self.block_size)
+            y[taken] = mask_targets(targets, self.masks[s], starts[which == s], self.block_size)
         return x, y
 
 
@@ -222,6 +249,6 @@ def train_loader(stream, num_batches: int, first_batch: int = 0, pin_memory: boo
     `stream`, served as batches of `micro_batch` (see StreamBatches)."""
     # Its own generator: starting an iterator draws a seed, which must not come from the global RNG
     # that evaluation uses, or a resumed run's evaluations would differ from an uninterrupted run's.
-    return torch.utils.data.DataLoader(WindowDataset(stream.splits, stream.block_size),
+    return torch.utils.data.DataLoader(WindowDataset(stream.splits, stream.block_size, stream.masks),
                                        batch_sampler=StreamBatches(stream, num_batches, first_batch, micro_batch),
                                        collate_fn=_batch_as_is, pin_memory=pin_memory, generator=torch.Generator())

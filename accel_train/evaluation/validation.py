@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from accelerate.utils import reduce
 
-from accel_train.data.tokens import get_batch
+from accel_train.data.tokens import IGNORE, get_batch, open_mask
 
 
 @torch.no_grad()
@@ -16,7 +16,9 @@ def estimate_loss(model, eval_iters, ctx, block_size, batch_size, device, device
     """Mean loss over `eval_iters` random batches of each split: {'train': float, 'val': float}.
 
     Every process evaluates its own batches and the means are averaged across processes, so
-    all of them return the same numbers. The model goes back to train mode afterwards.
+    all of them return the same numbers. For conversations (a split with a loss mask) a process's mean is over
+    the trained targets of its batches (the assistant's), each counted once. The model goes back to train mode
+    afterwards.
     `stop_requested()`, if given, is asked after every batch and must answer the same on every process
     (`preemption.any_process`): an evaluation can outlast a scheduler's grace period, so a True
     abandons it and returns None.
@@ -26,15 +28,21 @@ def estimate_loss(model, eval_iters, ctx, block_size, batch_size, device, device
     try:
         out = {}
         for split in ("train", "val"):
-            total = torch.zeros((), device=device)
+            total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+            masked = open_mask(str(data_dir), split) is not None
             for _ in range(eval_iters):
                 x, y = get_batch(split, block_size, batch_size, device, device_type, data_dir=data_dir)
                 with ctx:
                     _, loss = model(x, y)
-                total += loss.float()
+                if masked:  # each batch weighs as many as the targets it trains on
+                    trained = (y != IGNORE).sum()
+                    total, count = total + loss.float() * trained, count + trained
+                else:
+                    total += loss.float()
                 if stop_requested is not None and stop_requested():
                     return None
-            out[split] = reduce(total / eval_iters, reduction="mean").item()
+            mean = total / count.clamp(min=1) if masked else total / eval_iters
+            out[split] = reduce(mean, reduction="mean").item()
         return out
     finally:
         model.train(was_training)

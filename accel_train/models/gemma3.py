@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
+from accel_train.data.tokens import IGNORE
 from accel_train.models.losses import linear_cross_entropy
 from accel_train.setting import even, multiple_of, setting
 
@@ -227,14 +228,15 @@ class Gemma3(nn.Module):
     is the seed's way: full logits, then cross-entropy. `checkpoint_layers` keeps only each layer's
     input for the backward pass and recomputes the rest: a third more compute for a fraction of the
     activation memory. With a `document_separator` token id, attention stays inside each document of a
-    window (document masking, `document_masks`); a cached forward (generation) is one document.
+    window (document masking, `document_masks`); a cached forward (generation) is one document. With
+    `masked_loss` (conversations), targets equal to IGNORE are not trained on.
     """
 
     def __init__(self, cfg: ModelConfig, fused_loss: bool = True, checkpoint_layers: bool = False,
-                 document_separator: int | None = None):
+                 document_separator: int | None = None, masked_loss: bool = False):
         super().__init__()
         self.config = cfg
-        self.fused_loss, self.checkpoint_layers = fused_loss, checkpoint_layers
+        self.fused_loss, self.checkpoint_layers, self.masked_loss = fused_loss, checkpoint_layers, masked_loss
         self.document_separator = document_separator
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
@@ -272,6 +274,13 @@ class Gemma3(nn.Module):
         x = self.norm(x)
         if targets is None:
             return self.lm_head(x), None
+        if self.masked_loss:  # targets may be IGNORE: the mean over the others (0 where there are none)
+            if self.fused_loss:
+                return None, linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=IGNORE)
+            logits = self.lm_head(x)
+            summed = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                     ignore_index=IGNORE, reduction="sum")
+            return logits, summed / (targets != IGNORE).sum().clamp(min=1)
         if self.fused_loss:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets)
         logits = self.lm_head(x)

@@ -23,6 +23,7 @@ from accel_train.data.tokenizer import EOT_TEXT, PROBE, BpeTokenizer, ByteTokeni
 
 HF_PREFIX = "model."  # HuggingFace keeps the decoder under `model.` and lm_head beside it
 SLIDING, FULL = "sliding_attention", "full_attention"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers reads a folder's chat template
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # reads tokenizer.json as it is, in transformers 4 and 5
 
 
@@ -227,8 +228,9 @@ def tiktoken_backend(encoding):
     return converter.converted()
 
 
-def save_tokenizer(tokenizer, out: Path) -> bool:
-    """Write tokenizer files that transformers' AutoTokenizer loads; False where it writes none."""
+def save_tokenizer(tokenizer, out: Path, chat_template: str | None = None) -> bool:
+    """Write tokenizer files that transformers' AutoTokenizer loads, with `chat_template` where given (as
+    chat_template.jinja); False where it writes none."""
     transformers = transformers_module()
     if isinstance(tokenizer, BpeTokenizer):
         backend = tokenizer.tokenizer
@@ -236,8 +238,11 @@ def save_tokenizer(tokenizer, out: Path) -> bool:
         # A tokenizer_config.json that names no class would load as the model type's (GemmaTokenizer), which
         # rebuilds a tokenizer of its own from the vocabulary instead of reading tokenizer.json as it is.
         exported = copy.copy(tokenizer)
-        exported.config = {"tokenizer_class": GENERIC_TOKENIZER_CLASS, **(tokenizer.config or {})}
+        config = {key: value for key, value in (tokenizer.config or {}).items() if key != "chat_template"}
+        exported.config = {"tokenizer_class": GENERIC_TOKENIZER_CLASS, **config}
         exported.save(out)  # a HuggingFace tokenizer's own files, eos_token set to end-of-text
+        if chat_template is not None:
+            (out / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
         return True
     elif isinstance(tokenizer, ByteTokenizer):
         backend = byte_level_backend()
@@ -247,6 +252,7 @@ def save_tokenizer(tokenizer, out: Path) -> bool:
         print(f"note: writing no tokenizer files: {tokenizer.name}'s end-of-text id does not follow its vocabulary")
         return False
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOT_TEXT, bos_token=EOT_TEXT)
+    fast.chat_template = chat_template
     fast.save_pretrained(str(out))
     return True
 

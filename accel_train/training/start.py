@@ -26,6 +26,7 @@ from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoint
 from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
 from accel_train.checkpointing.run_lock import RunLock
 from accel_train.checkpointing.trainer_state import MIXTURE
+from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.config import TrainConfig
 from accel_train.data.documents import document_boundary, first_folder, masking_separator
 from accel_train.data.token_scan import largest_id
@@ -76,6 +77,7 @@ class Run:
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
     spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
     scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
+    masked: bool  # a source has a loss mask (conversations): a step's loss is the mean over its trained targets
 
 
 def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
@@ -84,24 +86,26 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         warnings.filterwarnings("ignore")  # say things once
-    if cfg.init_from:  # the model takes the HuggingFace checkpoint's shape: a new config, the caller's stays as it is
-        cfg = dataclasses.replace(cfg, model=hf_model_config(cfg.init_from)).validate()
+    if cfg.init_from:  # the model takes the initial weights' shape: a new config, the caller's stays as it is
+        shape, initial_weights = init_weights(cfg.init_from)
+        cfg = dataclasses.replace(cfg, model=shape).validate()
     resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
                                                                          launch_layout(accelerator)))
     plan = plan_step(cfg, accelerator)
     accelerator.gradient_accumulation_steps = plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
-    model = new_model(cfg)
+    sources = training_sources(cfg.data_mix, cfg.data_dir)
+    metas = [read_meta(source.data_dir) for source in sources]  # checked by plan_start on the main process
+    masked = any(meta.loss_mask is not None for meta in metas)
+    model = new_model(cfg, masked)
     if cfg.init_from and resume_from is None:
-        model.load_state_dict(hf_state_dict(cfg.init_from))
+        model.load_state_dict(initial_weights())
         accelerator.print(f"starting from the weights of {cfg.init_from}")
     optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=plan.fused_adamw,
                                   mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
     first_batch = state["next_batch"]
-    sources = training_sources(cfg.data_mix, cfg.data_dir)
-    metas = [read_meta(source.data_dir) for source in sources]  # checked by plan_start on the main process
     stream = on_every_process(accelerator, lambda: WindowStream(
         sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
         counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix), metas=metas))
@@ -131,7 +135,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                tokens_per_byte=[meta.tokens_per_byte("val") for meta in metas], lock=lock,
                spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
                scorer=task_scorer(cfg.tasks, load_tokenizer(first_folder(cfg)), cfg.block_size, cfg.batch_size)
-               if cfg.tasks else None)
+               if cfg.tasks else None, masked=masked)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -219,8 +223,10 @@ def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
                else "raise model.vocab_size")
         raise UserError(f"{data_dir}/meta.json has a vocabulary of {meta.vocab_size} tokens but the model has "
                         f"model.vocab_size = {cfg.model.vocab_size}; {fix}")
-    if cfg.init_from:
+    if cfg.init_from and is_hf_folder(cfg.init_from):
         check_init_tokenizer(data_dir, Path(cfg.init_from))
+    elif cfg.init_from:  # our checkpoint: its data's tokenizer, by fingerprint (and chat template, where both have one)
+        TrainedModel(cfg.init_from).check_tokenizer(data_dir)
     for split, data in zip(("train", "val"), splits):
         expected = meta.tokens.get(split)
         if expected is not None and expected != data.num_tokens:
@@ -241,6 +247,21 @@ def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
                      else "the data was made with a larger vocabulary than that")
             raise UserError(f"{path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
     return meta
+
+
+def is_hf_folder(init_from) -> bool:
+    """Whether init_from names a HuggingFace folder (or nothing at all: refused as one) rather than a checkpoint
+    of ours or a run's out_dir."""
+    return (Path(init_from) / "config.json").is_file() or not Path(init_from).is_dir()
+
+
+def init_weights(init_from) -> tuple:
+    """(model shape, a function that gives the weights) of init_from: a HuggingFace Gemma 3 folder, or a checkpoint
+    of ours (a checkpoint folder or a run's out_dir: its newest), as fine-tuning starts from a pretraining run."""
+    if is_hf_folder(init_from):
+        return hf_model_config(init_from), lambda: hf_state_dict(init_from)
+    trained = TrainedModel(init_from)
+    return trained.cfg.model, trained.model.state_dict
 
 
 def check_init_tokenizer(data_dir: Path, init_from: Path) -> None:
@@ -286,12 +307,14 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
         raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
 
 
-def new_model(cfg: TrainConfig) -> Gemma3:
-    """The model to train, initialized; a shape too large for memory is a UserError rather than the allocator's
-    traceback (valid shapes have no other upper bound: that depends on the machine)."""
+def new_model(cfg: TrainConfig, masked_loss: bool = False) -> Gemma3:
+    """The model to train, initialized (`masked_loss`: its data has targets not trained on); a shape too large for
+    memory is a UserError rather than the allocator's traceback (valid shapes have no other upper bound: that
+    depends on the machine)."""
     try:
         return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
-                      document_separator=masking_separator(cfg.document_mask, first_folder(cfg)))
+                      document_separator=masking_separator(cfg.document_mask, first_folder(cfg)),
+                      masked_loss=masked_loss)
     except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
         raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
                         "choose a smaller model") from None
