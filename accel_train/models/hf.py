@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 
 from accel_train.errors import UserError, first_line
 from accel_train.models.gemma3 import Gemma3, ModelConfig
+from accel_train.data.chat import TEMPLATE_FILE
 from accel_train.data.tokenizer import EOT_TEXT, PROBE, BpeTokenizer, ByteTokenizer, HFTokenizer
 
 HF_PREFIX = "model."  # HuggingFace keeps the decoder under `model.` and lm_head beside it
 SLIDING, FULL = "sliding_attention", "full_attention"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers reads a folder's chat template
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # reads tokenizer.json as it is, in transformers 4 and 5
 
 
@@ -242,7 +242,7 @@ def save_tokenizer(tokenizer, out: Path, chat_template: str | None = None) -> bo
         exported.config = {"tokenizer_class": GENERIC_TOKENIZER_CLASS, **config}
         exported.save(out)  # a HuggingFace tokenizer's own files, eos_token set to end-of-text
         if chat_template is not None:
-            (out / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
+            (out / TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
         return True
     elif isinstance(tokenizer, ByteTokenizer):
         backend = byte_level_backend()
