@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import warm_commands
+from warm_commands import subprocess_env
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "accel_train" / "train.py")
@@ -20,12 +22,16 @@ TINY_MODEL = ["--model.hidden_size", "64", "--model.intermediate_size", "128", "
               "--model.query_pre_attn_scalar", "32", "--model.sliding_window", "32"]
 
 
-def subprocess_env(env: dict | None = None) -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
-
-
-def run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(env), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], timeout: float = 300, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """cmd to its end, by default from the repository's root, its output captured as text (warm_commands.py:
+    forked from a Python that has imported torch where that runs alike)."""
+    process = start_process(cmd, env, cwd)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 def command(script: str, args: list[str], processes: int = 1, config_file: str | None = None) -> list[str]:
@@ -44,6 +50,11 @@ def command(script: str, args: list[str], processes: int = 1, config_file: str |
             script, *args]
 
 
+def start_process(cmd: list[str], env: dict | None = None, cwd: Path = REPO):
+    """cmd started from `cwd` as `run` starts it; read it with `.communicate()`."""
+    return warm_commands.start(cmd, subprocess_env(env), cwd)
+
+
 def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:
     return run(command(script, args, processes), **kwargs)
 
@@ -52,10 +63,10 @@ def train(args: list[str], processes: int = 1, **kwargs) -> subprocess.Completed
     return launch(TRAIN, args, processes, **kwargs)
 
 
-def run_side_by_side(cases: list[tuple[str, list[str], list[str]]], timeout: float = 300) -> dict:
+def run_side_by_side(cases: list[tuple[str, list[str], list[str]]], timeout: float = 300,
+                     env: dict | None = None) -> dict:
     """{name: (status, stderr, words)} of each (name, command, words) case, all started at once to save time."""
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _, cmd, _ in cases]
+    procs = [start_process(cmd, env) for _, cmd, _ in cases]
     results = {}
     for (name, _, words), proc in zip(cases, procs):
         _, stderr = proc.communicate(timeout=timeout)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY_MODEL, TRAIN, assert_one_error_line, snapshot, subprocess_env
+from helpers import REPO, TINY_MODEL, TRAIN, assert_one_error_line, run, run_side_by_side, snapshot, subprocess_env
 
 from accel_train import export, plot, prepare, sample
 from accel_train.data.demo_corpus import stories
@@ -25,10 +25,8 @@ def command(tool: str, *args) -> list[str]:
 
 def run_all(commands: dict) -> dict:
     """{name: (status, stderr)} of `python -m accel_train.TOOL ARGS...` for each name, run side by side."""
-    procs = {name: subprocess.Popen(command(*args), cwd=REPO, env=subprocess_env(OFFLINE), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, args in commands.items()}
-    return {name: (proc.wait(timeout=300), proc.communicate()[1]) for name, proc in procs.items()}
+    outcomes = run_side_by_side([(name, command(*args), []) for name, args in commands.items()], env=OFFLINE)
+    return {name: (status, stderr) for name, (status, stderr, _) in outcomes.items()}
 
 
 def with_file_size_limit(nbytes: int, cmd: list[str]) -> subprocess.CompletedProcess:
@@ -152,8 +150,7 @@ def test_export_that_cannot_write_is_one_error_line_and_leaves_nothing(trained_r
     result = with_file_size_limit(50_000, command("export", "--checkpoint", out_dir, "--out", tmp_path / "hf"))
     assert_one_error_line(result.returncode, result.stderr, "cannot write", "hf", "File too large")
     assert not list(tmp_path.iterdir())
-    result = subprocess.run(command("export", "--checkpoint", out_dir, "--out", "/proc/accel_train_test/hf"), cwd=REPO,
-                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = run(command("export", "--checkpoint", out_dir, "--out", "/proc/accel_train_test/hf"))
     assert_one_error_line(result.returncode, result.stderr, "cannot write", "/proc/accel_train_test/hf")
 
 
@@ -165,7 +162,7 @@ def test_the_trainer_names_its_own_remedy_when_the_demo_corpus_cannot_go_into_da
     (data / "NOTES.md").write_text("mine")
     cmd = [sys.executable, TRAIN, *["--data_dir", "data/demo", "--out_dir", "out", "--demo_data", "true", *TINY_MODEL,
                               "--max_iters", "2", "--warmup_steps", "1", "--plot", "false", "--sample_tokens", "0"]]
-    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = run(cmd, cwd=tmp_path)
     assert_one_error_line(result.returncode, result.stderr, "data/demo", "--data_dir")
     assert "--overwrite" not in result.stderr and [p.name for p in data.iterdir()] == ["NOTES.md"]
 
@@ -241,7 +238,6 @@ def test_plot_writes_exactly_the_file_it_names(trained_run, tmp_path):
 def test_plot_names_the_line_of_a_metrics_row_it_cannot_draw(tmp_path, row, words):
     good = json.dumps({"step": 1, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 100.0}).encode()
     (tmp_path / "metrics.jsonl").write_bytes(good + b"\n" + row + b"\n" + good + b"\n")
-    result = subprocess.run(command("plot", tmp_path), cwd=REPO, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=300)
+    result = run(command("plot", tmp_path))
     assert_one_error_line(result.returncode, result.stderr, "metrics.jsonl line 2", *words)
     assert not (tmp_path / "metrics.png").exists()

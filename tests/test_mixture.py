@@ -3,7 +3,6 @@ validation rows, one process against two on document-aligned windows, and folder
 
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ from accel_train.prepare import write_dataset
 from accel_train.plot import draw
 from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TINYSTORIES, assert_one_error_line, max_difference, run_side_by_side,
-                     subprocess_env, train)
+                     start_process, train)
 from interrupt import comparable_rows, kill_all, start, wait_until
 
 RUN = [*TINY_MODEL, "--model.vocab_size", "320", "--batch_size", "4", "--block_size", "32",
@@ -36,10 +35,9 @@ def folders(tmp_path_factory):
         text = root / f"{name}.txt"
         text.write_text("<|endoftext|>".join(stories[i::4]), encoding="utf-8")
         tokenizer = "gpt2" if name == "gpt2" else "byte"
-        jobs[name] = subprocess.Popen([sys.executable, "-m", "accel_train.prepare", "--input", str(text),
-                                       "--separator", "<|endoftext|>", "--tokenizer", tokenizer, "--val_fraction",
-                                       "0.1", "--out", str(root / name)], cwd=REPO, env=subprocess_env(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        jobs[name] = start_process([sys.executable, "-m", "accel_train.prepare", "--input", str(text),
+                                    "--separator", "<|endoftext|>", "--tokenizer", tokenizer, "--val_fraction",
+                                    "0.1", "--out", str(root / name)])
     for name, job in jobs.items():
         _, stderr = job.communicate(timeout=300)
         assert job.returncode == 0, stderr

@@ -10,13 +10,12 @@ mid-run and must be refused before anything is written.
 
 import json
 import shutil
-import subprocess
 
 import pytest
 from safetensors.torch import load_file
 
 from accel_train.checkpointing.checkpoint import FORMAT_VERSION, write_manifest
-from helpers import REPO, TINY_MODEL, TRAIN, command, max_difference, snapshot, subprocess_env, train
+from helpers import TINY_MODEL, TRAIN, command, max_difference, snapshot, start_process, train
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2
 RUN = ["--warmup_steps", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4", "--batch_size", "4", "--block_size", "32",
@@ -130,9 +129,9 @@ def refusals(runs, demo_data_dir, tmp_path_factory):
             in_format(out, formats[name])
         accumulation = 1 if source == "two_processes" else 2
         more = ["--max_iters", str(MAX_ITERS + 3)]  # room to train, were the resume not refused
-        cases[name] = (out, snapshot(out), subprocess.Popen(
+        cases[name] = (out, snapshot(out), start_process(
             command(TRAIN, args(demo_data_dir, out, accumulation, "--resume", "auto", *more, *extra)),
-            cwd=REPO, env=subprocess_env(ONE_PROCESS), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            ONE_PROCESS))
     results = {}
     for name, (out, before, proc) in cases.items():
         _, stderr = proc.communicate(timeout=300)
