@@ -50,9 +50,10 @@ def command(script: str, args: list[str], processes: int = 1, config_file: str |
             script, *args]
 
 
-def start_process(cmd: list[str], env: dict | None = None, cwd: Path = REPO):
-    """cmd started from `cwd` as `run` starts it; read it with `.communicate()`."""
-    return warm_commands.start(cmd, subprocess_env(env), cwd)
+def start_process(cmd: list[str], env: dict | None = None, cwd: Path = REPO, output=None):
+    """cmd started from `cwd` as `run` starts it; read it with `.communicate()`, or find its stdout and stderr in
+    the file `output`."""
+    return warm_commands.start(cmd, subprocess_env(env), cwd, output)
 
 
 def launch(script: str, args: list[str], processes: int = 1, **kwargs) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from accel_train.checkpointing.checkpoint import list_checkpoints
-from helpers import REPO, TRAIN, command, subprocess_env
+from helpers import REPO, TRAIN, command, start_process
 
 KINDS = ("kill-step", "kill-save", "term", "int")
 SIGNAL_GRACE_S = 60  # a signalled run must be gone within this (torchrun itself allows 30 s before SIGKILL)
@@ -31,8 +31,7 @@ SAVE_HELD_OPEN = {"PYTHONPATH": str(REPO / "tests" / "slow_save"), "SLOW_SAVE_S"
 def start(args: list[str], processes: int, log: Path, config_file: str | None = None,
           env: dict | None = None) -> subprocess.Popen:
     with open(log, "ab") as output:
-        return subprocess.Popen(command(TRAIN, args, processes, config_file), cwd=REPO, env=subprocess_env(env),
-                                stdout=output, stderr=subprocess.STDOUT)
+        return start_process(command(TRAIN, args, processes, config_file), env, output=output)
 
 
 def kill_all(proc: subprocess.Popen) -> int:

@@ -14,18 +14,22 @@ import array
 import atexit
 import json
 import os
+import select
 import selectors
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = Path(__file__).resolve().parent / "warm_python.py"
 READ_AT_IMPORT = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_",
                   "LD_", "ACCELERATE_", "LC_", "LANG")
+READ_AT_RUN_TIME = {"TORCHINDUCTOR_CACHE_DIR"}  # inductor sets it in this process on first use, reads it on each
 
 
 class WarmServer:
@@ -57,9 +61,10 @@ class WarmServer:
         else:
             ours = cmd[1].endswith(".py") and Path(cmd[1]).resolve().is_relative_to(REPO)
         changed = {key for key in env.keys() | self.env.keys() if env.get(key) != self.env.get(key)}
-        return ours and not any(key.startswith(READ_AT_IMPORT) for key in changed)
+        return ours and not any(key.startswith(READ_AT_IMPORT) for key in changed - READ_AT_RUN_TIME)
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         os.close(self.lifeline)
         self.process.wait()
         os.unlink(self.socket_path) if os.path.exists(self.socket_path) else None
@@ -67,13 +72,17 @@ class WarmServer:
 
 
 class WarmProcess:
-    """A command forked by the warm server, read as a `subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True)`."""
+    """A command forked by the warm server, read as a `subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True)`,
+    or as one whose stdout and stderr both go to `output`."""
 
-    def __init__(self, server: WarmServer, cmd: list[str], env: dict, cwd: Path):
+    def __init__(self, server: WarmServer, cmd: list[str], env: dict, cwd: Path, output: BinaryIO | None = None):
         self.args = cmd
         self.returncode = None
-        stdout, child_stdout = os.pipe()
-        stderr, child_stderr = os.pipe()
+        if output is None:
+            stdout, child_stdout = os.pipe()
+            stderr, child_stderr = os.pipe()
+        else:
+            child_stdout, child_stderr = os.dup(output.fileno()), os.dup(output.fileno())
         child_stdin = os.open(os.devnull, os.O_RDONLY)
         self.connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.connection.connect(server.socket_path)
@@ -82,7 +91,7 @@ class WarmProcess:
                                              array.array("i", [child_stdin, child_stdout, child_stderr]))])
         for fd in (child_stdin, child_stdout, child_stderr):
             os.close(fd)
-        self.stdout, self.stderr = os.fdopen(stdout, "rb"), os.fdopen(stderr, "rb")
+        self.stdout, self.stderr = (None, None) if output else (os.fdopen(stdout, "rb"), os.fdopen(stderr, "rb"))
         self.answers = self.connection.makefile("rb")
         self.pid = json.loads(self.answers.readline())["pid"]
 
@@ -95,6 +104,12 @@ class WarmProcess:
                 raise subprocess.TimeoutExpired(self.args, timeout) from None
             self.returncode = json.loads(answer)["status"]
             self.connection.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """The exit status if the command has ended, else None, without waiting."""
+        if self.returncode is None and select.select([self.connection], [], [], 0)[0]:
+            self.wait()
         return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
@@ -118,9 +133,12 @@ class WarmProcess:
         self.wait(None if deadline is None else max(deadline - time.monotonic(), 0.001))
         return tuple(as_text(b"".join(chunks)) for chunks in received.values())
 
-    def kill(self) -> None:
+    def send_signal(self, signal_number: int) -> None:
         if self.returncode is None:
-            os.kill(self.pid, 9)
+            os.kill(self.pid, signal_number)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def as_text(data: bytes) -> str:
@@ -136,12 +154,15 @@ def subprocess_env(env: dict | None = None) -> dict:
     return {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
 
 
-def start(cmd: list[str], env: dict, cwd: Path = REPO):
-    """cmd as a process whose .communicate() gives text: forked warm where it runs alike, else a fresh one."""
+def start(cmd: list[str], env: dict, cwd: Path = REPO, output: BinaryIO | None = None):
+    """cmd as a process forked warm where it runs alike, else a fresh one: its .communicate() gives text, or with
+    `output` its stdout and stderr go there."""
     global _server
     if os.environ.get("ACCEL_TRAIN_TESTS_COLD") != "1":
         if _server is None:
             _server = WarmServer(subprocess_env())
         if _server.serves(cmd, env):
-            return WarmProcess(_server, cmd, env, cwd)
+            return WarmProcess(_server, cmd, env, cwd, output)
+    if output:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
