@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
-from accel_train.data.mixture import parse_mix
+from accel_train.data.mixture import Mixture, training_mixture
 from accel_train.data.order import SAMPLINGS
 from accel_train.data.windows import WINDOW_STARTS
 from accel_train.models.gemma3 import ModelConfig
-from accel_train.training.optim import require_muon
+from accel_train.training.optim import OPTIMIZERS
 from accel_train.training.schedule import SCHEDULES
 from accel_train.setting import Rule, at_most, below, check, describe, divides, setting, times_below
 
@@ -40,7 +40,6 @@ DEVICES = ("auto", "cpu", "cuda")
 TRACKERS = ("none", "wandb", "tensorboard")
 NONFINITE = ("stop", "skip")
 SWITCHES = ("auto", "on", "off")
-OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("match_rms_adamw", "original")
 JSON_OBJECT_KEYS = ("data_mix",)  # str keys that a config file may also give as a JSON object
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -114,7 +113,7 @@ class TrainConfig:
     optimizer: str = setting("adamw", "adamw for every weight, or muon: torch.optim.Muon (PyTorch 2.9 or later) "
                                       "for the attention and MLP matrices, AdamW for the embedding and norms. Muon "
                                       "refuses float16 loss scaling; a resume keeps the checkpoint's optimizer",
-                             OPTIMIZERS)
+                             tuple(OPTIMIZERS))
     muon_lr: float = setting(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion",
                              low=0)
     muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", low=0, below=1)
@@ -189,14 +188,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        """This config, once every key is within its declared constraints (setting.py) and Muon, if asked for,
-        is installed."""
+        """This config, once every key is within its declared constraints (setting.py), its optimizer is
+        installed and its data_mix reads."""
         check(self)
-        if self.optimizer == "muon":
-            require_muon()
-        if self.data_mix:
-            parse_mix(self.data_mix)
+        OPTIMIZERS[self.optimizer].require()
+        self.mixture()
         return self
+
+    def mixture(self) -> Mixture:
+        """The sources this config trains on: data_mix's folders, or data_dir alone (a mixture of one)."""
+        return training_mixture(self.data_mix, self.data_dir)
 
     @property
     def sequences_per_step(self) -> int:

@@ -9,7 +9,6 @@ devices, mixed precision, gradient accumulation and the distributed data stream.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import sys
@@ -25,13 +24,11 @@ from tqdm.auto import tqdm
 from accel_train.checkpointing.checkpoint import prune, save_checkpoint, update_best
 from accel_train.checkpointing.run_lock import StartLock
 from accel_train.config import TrainConfig, load_config
-from accel_train.data.documents import first_folder
-from accel_train.data.tokenizer import load_tokenizer
 from accel_train.data.tokens import IGNORE
 from accel_train.distributed.collective import on_main_process
 from accel_train.distributed.preemption import StopSignals, any_process
 from accel_train.errors import UserError, run_cli
-from accel_train.evaluation.validation import estimate_loss
+from accel_train.evaluation.validation import split_losses
 from accel_train.models.flops import mfu
 from accel_train.plot import write_plot
 from accel_train.sample import sample_text
@@ -106,13 +103,14 @@ def check_finite(record: dict, scaled: bool, last_good: Path | None) -> None:
                     "lower learning_rate, or set nonfinite to skip to skip such steps")
 
 
-def show_results(cfg: TrainConfig, model, sample: bool) -> None:
+def show_results(run: Run, model, sample: bool) -> None:
     """The end of a finished run, on the main process: draw the metrics and print a short sample. Both are
     extras after the final checkpoint, so any failure (no matplotlib, a tokenizer that cannot load offline)
     is a one-line note and the run still succeeds."""
+    cfg = run.cfg
     extras = {"plot": lambda: write_plot(cfg.out_dir)} if cfg.plot else {}
     if cfg.sample_tokens and sample:
-        extras["sample"] = lambda: sample_text(model, load_tokenizer(first_folder(cfg)),
+        extras["sample"] = lambda: sample_text(model, run.mixture.first.folder.tokenizer(),
                                                max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
     for name, make in extras.items():
         try:
@@ -286,9 +284,9 @@ def validation_metrics(run: Run, step: int, per_source: list[dict], report) -> d
 def source_losses(run: Run, stop_requested) -> list[dict] | None:
     """estimate_loss of each source in turn ({'train', 'val'} each); None where a stop signal cut one short."""
     cfg, device, per_source = run.cfg, run.accelerator.device, []
-    for source in run.stream.sources:
-        losses = estimate_loss(run.model, cfg.eval_iters, contextlib.nullcontext(), cfg.block_size, cfg.batch_size,
-                               device, device.type, data_dir=source.data_dir, stop_requested=stop_requested)
+    for source in run.mixture.sources:
+        losses = split_losses(run.model, source.folder, cfg.eval_iters, cfg.block_size, cfg.batch_size, device,
+                              stop_requested=stop_requested)
         if losses is None:
             return None
         per_source.append(losses)
@@ -298,14 +296,16 @@ def source_losses(run: Run, stop_requested) -> list[dict] | None:
 def mixed_losses(run: Run, per_source: list[dict]) -> dict:
     """The metrics of an evaluation: val_loss, train_eval_loss and val_bpb averaged over the sources with the
     mixture's weights (one folder: its own), and for a mixture each source's as val_loss/NAME, val_bpb/NAME."""
-    weights, names = run.stream.weights, [source.name for source in run.stream.sources]
+    sources = run.mixture.sources
+    weights, names = [source.weight for source in sources], [source.name for source in sources]
+    per_bytes = [source.folder.meta.tokens_per_byte("val") for source in sources]
     bpb = [losses["val"] / math.log(2) * per_byte if per_byte else None
-           for losses, per_byte in zip(per_source, run.tokens_per_byte)]
+           for losses, per_byte in zip(per_source, per_bytes)]
     out = {"val_loss": float(sum(w * losses["val"] for w, losses in zip(weights, per_source))),
            "train_eval_loss": float(sum(w * losses["train"] for w, losses in zip(weights, per_source)))}
     if None not in bpb:
         out["val_bpb"] = float(sum(w * b for w, b in zip(weights, bpb)))
-    if run.cfg.data_mix:
+    if run.mixture.per_source:
         out.update({f"val_loss/{name}": losses["val"] for name, losses in zip(names, per_source)})
         out.update({f"val_bpb/{name}": b for name, b in zip(names, bpb) if b is not None})
     return out
@@ -316,9 +316,9 @@ def save_run(run: Run, step: int, val_loss: float | None) -> Path:
     state, cfg = run.state, run.cfg
     state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
                  val_loss=val_loss)
-    if cfg.data_mix:  # a dropped source keeps its count, should it come back
-        counts = {**state.get(MIXTURE, {}).get("counts", {}), **run.stream.counts_at(state["next_batch"])}
-        state[MIXTURE] = {"weights": {s.name: s.weight for s in run.stream.sources}, "counts": counts}
+    mixture = run.mixture.record(run.stream.counts_at(state["next_batch"]), state.get(MIXTURE, {}).get("counts"))
+    if mixture is not None:
+        state[MIXTURE] = mixture
     on_main_process(run.accelerator, run.lock.confirm)  # never save into a folder that replaced out_dir
     folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
     if run.accelerator.is_main_process:
@@ -332,7 +332,7 @@ def finish(run: Run, step: int) -> tuple[dict, torch.nn.Module]:
     cfg, accelerator = run.cfg, run.accelerator
     plain_model = accelerator.unwrap_model(run.model, keep_torch_compile=False)  # sampling's many shapes: no recompiles
     if accelerator.is_main_process and run.start_step < step == cfg.max_iters:
-        show_results(cfg, plain_model, sample=accelerator.distributed_type != "FSDP")
+        show_results(run, plain_model, sample=accelerator.distributed_type != "FSDP")
     accelerator.end_training()
     return run.state, plain_model
 
