@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from accel_train.checkpointing.checkpoint import prune, save_checkpoint, update_best
 from accel_train.checkpointing.run_lock import StartLock
+from accel_train.checkpointing.trainer_state import TrainerState
 from accel_train.config import TrainConfig, load_config
 from accel_train.data.tokens import IGNORE
 from accel_train.distributed.collective import on_main_process
@@ -33,7 +34,7 @@ from accel_train.models.flops import mfu
 from accel_train.plot import write_plot
 from accel_train.sample import sample_text
 from accel_train.training.loss_spikes import SpikeGuard
-from accel_train.training.start import MIXTURE, Run, build_run
+from accel_train.training.start import Run, build_run
 
 
 def token_weights(targets: list, accelerator) -> torch.Tensor:
@@ -120,7 +121,7 @@ def show_results(run: Run, model, sample: bool) -> None:
             print(f"note: no {name}: {reason.strip().splitlines()[0]}", flush=True)
 
 
-def train(cfg: TrainConfig, after_step=None) -> tuple[dict, torch.nn.Module]:
+def train(cfg: TrainConfig, after_step=None) -> tuple[TrainerState, torch.nn.Module]:
     """Run (or continue) the configured training; returns the final trainer state and this process's model.
 
     `after_step()`, if given, is called as soon as each optimizer step's work is queued, before any
@@ -141,14 +142,14 @@ def run_loop(run: Run, after_step) -> int:
     checkpoint; a stop signal saves a checkpoint and ends the loop. Returns the step reached."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     step, last_saved = run.start_step, run.resume_from
-    if state["evaluation_owed"] is None and step >= cfg.max_iters:
+    if step >= cfg.max_iters and not state.owes_evaluation:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
         return step
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
     report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
-        if state["evaluation_owed"] is not None and not pay_owed_evaluations(run, stop, report):
+        if state.owes_evaluation and not pay_owed_evaluations(run, stop, report):
             return step  # stopped again in them: the checkpoint still owes them
         while step < cfg.max_iters:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
@@ -159,9 +160,9 @@ def run_loop(run: Run, after_step) -> int:
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
-            state["tokens"] += run.tokens_per_step
+            state.tokens += run.tokens_per_step
             if skipped is not None:
-                state["skipped_steps"] += 1
+                state.skipped_steps += 1
                 report(f"step {step}: update skipped: {skipped}")
             progress.update(1)
             stopping = any_process(stop.received is not None)  # a cheap CPU all-reduce: the only per-step sync
@@ -173,7 +174,7 @@ def run_loop(run: Run, after_step) -> int:
             if cfg.eval_due(step) or cfg.tasks_due(step):
                 evaluations = evaluate(run, step, stop, report)
                 if evaluations is None:  # a stop signal cut them short: the checkpoint owes them, done on resume
-                    state["evaluation_owed"], stopping = record, True
+                    state.evaluation_owed, stopping = record, True
                 else:
                     record.update(evaluations)
             if cfg.log_due(step):
@@ -196,12 +197,12 @@ def metrics_row(run: Run, step: int, lr: float, loss, grad_norm, window_start: f
     Fetching the loss and gradient norm waits for the device, so the clock is read after them."""
     accelerator, cfg = run.accelerator, run.cfg
     record = {"step": step, "loss": accelerator.reduce(loss, "mean").item(), "lr": lr,
-              "grad_norm": grad_norm.item(), "tokens": run.state["tokens"],
+              "grad_norm": grad_norm.item(), "tokens": run.state.tokens,
               "tokens_per_s": window_steps * run.tokens_per_step / (time.perf_counter() - window_start)}
     if run.peak_tflops:
         record["mfu"] = mfu(record["tokens_per_s"], run.flops_per_token, run.peak_tflops, accelerator.num_processes)
     if cfg.nonfinite == "skip" or run.spikes is not None:
-        record["skipped_steps"] = run.state["skipped_steps"]
+        record["skipped_steps"] = run.state.skipped_steps
     if run.spikes is not None:
         record.update(run.spikes.last_z)
     return record
@@ -211,14 +212,14 @@ def pay_owed_evaluations(run: Run, stop: StopSignals, report) -> bool:
     """Do first the evaluations that a stop signal cut short at the checkpoint's step, and write that step's row
     (the stopped run wrote it without them; the start dropped that copy). False if a stop signal cuts them short
     again: the row goes back as it was, and the checkpoint, unchanged, still owes them."""
-    row = run.state["evaluation_owed"]
+    row = run.state.evaluation_owed
     evaluations = evaluate(run, row["step"], stop, report)
     if evaluations is None:
         report(f"stopping at step {row['step']} on {stop.received or 'a signal to another process'}, again in "
                f"its evaluations: {run.resume_from} still owes them; continue with --resume auto")
     else:
         row.update(evaluations)
-        run.state["evaluation_owed"] = None
+        run.state.evaluation_owed = None
         run.accelerator.log(row, step=row["step"])
     write_row(run, row)
     return evaluations is not None
@@ -275,8 +276,8 @@ def validation_metrics(run: Run, step: int, per_source: list[dict], report) -> d
     """The validation losses (and bits per byte) as metrics; the best validation loss kept in the state."""
     state = run.state
     evaluations = mixed_losses(run, per_source)
-    if state["best_val_loss"] is None or evaluations["val_loss"] < state["best_val_loss"]:
-        state["best_val_loss"] = evaluations["val_loss"]
+    if state.best_val_loss is None or evaluations["val_loss"] < state.best_val_loss:
+        state.best_val_loss = evaluations["val_loss"]
     report(f"step {step}: train {evaluations['train_eval_loss']:.4f}, val {evaluations['val_loss']:.4f}")
     return evaluations
 
@@ -314,11 +315,11 @@ def mixed_losses(run: Run, per_source: list[dict]) -> dict:
 def save_run(run: Run, step: int, val_loss: float | None) -> Path:
     """Save the run at `step`, with the data stream's position, then update best/ and drop old checkpoints."""
     state, cfg = run.state, run.cfg
-    state.update(step=step, next_batch=run.first_batch + (step - run.start_step) * run.batches_per_step,
-                 val_loss=val_loss)
-    mixture = run.mixture.record(run.stream.counts_at(state["next_batch"]), state.get(MIXTURE, {}).get("counts"))
-    if mixture is not None:
-        state[MIXTURE] = mixture
+    state.step, state.val_loss = step, val_loss
+    state.next_batch = run.first_batch + (step - run.start_step) * run.batches_per_step
+    state.mixture = run.mixture.record(run.stream.counts_at(state.next_batch), (state.mixture or {}).get("counts"))
+    if run.spikes is not None:
+        state.spike_history = run.spikes.history
     on_main_process(run.accelerator, run.lock.confirm)  # never save into a folder that replaced out_dir
     folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
     if run.accelerator.is_main_process:

@@ -15,7 +15,8 @@ import subprocess
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.checkpointing.checkpoint import FORMAT_VERSION, write_manifest
+from accel_train.checkpointing.checkpoint import write_manifest
+from accel_train.checkpointing.trainer_state import FORMAT_VERSION
 from helpers import REPO, TINY_MODEL, TRAIN, command, max_difference, snapshot, subprocess_env, train
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2

@@ -78,7 +78,7 @@ def wandb_run(tmp_path_factory, demo_data_dir):
 
 def test_wandb_resume_continues_the_same_run(wandb_run):
     out, folders = wandb_run
-    run_id = read_trainer_state(list_checkpoints(out)[-1])["run_id"]
+    run_id = read_trainer_state(list_checkpoints(out)[-1]).run_id
     assert len(folders) == 2
     for folder in folders:
         assert folder.name.endswith(f"-{run_id}")

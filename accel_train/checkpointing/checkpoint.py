@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
 from accel_train.atomic import fsync, install_folder, remove_folder
-from accel_train.checkpointing.trainer_state import FORMAT_VERSION, STATE_FILE, check_format, field_problems
+from accel_train.checkpointing.trainer_state import STATE_FILE, TrainerState, check_format, field_problems
 from accel_train.errors import UserError
 from accel_train.numerals import whole_number
 
@@ -119,7 +119,7 @@ def _install(tmp: Path, final: Path) -> None:
     install_folder(tmp, final)
 
 
-def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
+def save_checkpoint(accelerator, out_dir, step: int, trainer_state: TrainerState, agree) -> Path:
     """Save everything needed to continue at `step` as `step_<step>/`; every process must call this.
 
     `agree(flag)` must return True on every process when `flag` is True on any: a write that fails on
@@ -153,8 +153,8 @@ def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree)
     return final
 
 
-def _finish_save(tmp: Path, trainer_state: dict) -> None:
-    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "format_version": FORMAT_VERSION}, indent=1))
+def _finish_save(tmp: Path, trainer_state: TrainerState) -> None:
+    (tmp / STATE_FILE).write_text(json.dumps(trainer_state.to_json(), indent=1))
     write_manifest(tmp)
 
 
@@ -170,7 +170,7 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
         return False
     if best.is_dir():
         try:
-            best_loss = read_trainer_state(best)["val_loss"]
+            best_loss = read_trainer_state(best).val_loss
         except UserError:
             best_loss = None  # unreadable: replace it
         if best_loss is not None and best_loss <= val_loss:
@@ -231,7 +231,7 @@ def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
     Runs when a run resumes from `newest`, so that a kill between a save and its bookkeeping leaves
     nothing behind once the next run starts (a finished run resumed has no later save to do it)."""
     if newest.resolve() in [folder.resolve() for folder in list_checkpoints(out_dir)]:
-        update_best(out_dir, newest, read_trainer_state(newest).get("val_loss"))
+        update_best(out_dir, newest, read_trainer_state(newest).val_loss)
         prune(out_dir, keep_last, newest)  # removes the leftovers too
     else:  # best/, or a checkpoint elsewhere: the run's next save prunes
         remove_leftovers(out_dir)
@@ -281,11 +281,11 @@ def resolve_resume(resume: str, out_dir) -> Path | None:
         return latest_checkpoint(out_dir)
     folder = verified(_named_checkpoint(Path(resume)), "resume from")
     state = read_trainer_state(folder)
-    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > state["step"] and verify(p, checksums=False) is None]
+    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > state.step and verify(p, checksums=False) is None]
     if newer:
         raise UserError(f"{out_dir} holds checkpoints newer than {folder} (the newest is {newer[-1].name}); "
                         "move them away or resume into another --out_dir")
-    _check_same_run(out_dir, folder, state.get("run_id"))
+    _check_same_run(out_dir, folder, state.run_id)
     return folder
 
 
@@ -294,7 +294,7 @@ def _check_same_run(out_dir, folder: Path, run_id: str | None) -> None:
     steps, best/ and metrics rows would mix. Checkpoints without a run id (or unreadable) say nothing."""
     for other in [*list_checkpoints(out_dir), checkpoints_root(out_dir) / BEST]:
         try:
-            theirs = read_trainer_state(other)["run_id"]
+            theirs = read_trainer_state(other).run_id
         except UserError:
             continue
         if run_id and theirs and theirs != run_id:
@@ -333,18 +333,18 @@ def loaded(path: Path, load: Callable[[], T]) -> T:
                         ) from None
 
 
-def read_trainer_state(folder: Path) -> dict:
+def read_trainer_state(folder: Path) -> TrainerState:
     """trainer_state.json: an object with the step reached and the run's config, which every reader needs, of a
     checkpoint in the format this version writes, every field of its type. There is one format: a checkpoint in
     another is refused in one line, not read half right."""
     path = folder / STATE_FILE
-    state = loaded(path, lambda: _json_object(path))
-    check_format(folder, state)
-    problems = field_problems(state)
+    fields = loaded(path, lambda: _json_object(path))
+    check_format(folder, fields)
+    problems = field_problems(fields)
     if problems:
         raise UserError(f"cannot read checkpoint {folder}: its {STATE_FILE} has {'; '.join(problems)} (its files "
                         f"match {MANIFEST_FILE}, so it was edited or written by other code); use another checkpoint")
-    return state
+    return TrainerState.of_json(fields)
 
 
 def _json_object(path: Path) -> dict:

@@ -13,21 +13,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accel_train.checkpointing.trainer_state import TrainerState
 from accel_train.config import TrainConfig
 from accel_train.data.meta import SPLITS, meaning_differences
 from accel_train.data.mixture import Mixture
 from accel_train.errors import UserError
 
 
-def check_resumable(folder: Path, state: dict, cfg: TrainConfig, mixture: Mixture, processes: int) -> None:
+def check_resumable(folder: Path, state: TrainerState, cfg: TrainConfig, mixture: Mixture, processes: int) -> None:
     """Raise a UserError naming what to fix where resuming `folder` (its trainer `state`) with `cfg` (training on
     `mixture`) on `processes` processes would not continue the same run."""
-    saved, wanted = state["config"]["model"], cfg.to_dict()["model"]
+    saved, wanted = state.config["model"], cfg.to_dict()["model"]
     changed = [f"model.{k} is {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v]
     if changed:
         raise UserError(f"the config's model shape differs from the checkpoint {folder} "
                         f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
-    saved_optimizer = state["config"]["optimizer"]
+    saved_optimizer = state.config["optimizer"]
     if saved_optimizer != cfg.optimizer:
         raise UserError(f"the checkpoint {folder} holds the state of optimizer {saved_optimizer}, this run asks for "
                         f"{cfg.optimizer}; resume with --optimizer {saved_optimizer} or start a new out_dir")
@@ -39,10 +40,10 @@ def _processes(n: int) -> str:
     return f"{n} process" if n == 1 else f"{n} processes"
 
 
-def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
+def _check_data_stream(folder: Path, state: TrainerState, cfg: TrainConfig, processes: int) -> None:
     """Refuse to resume `folder` where the run would draw other data: global batches come from (seed, b)
     and an optimizer step takes accumulation x processes of them, so only micro_batch may regroup them."""
-    saved, saved_processes = state["config"], state["processes"]
+    saved, saved_processes = state.config, state.processes
     changed, fixes = [], []
     for k in ("batch_size", "block_size", "seed"):
         if saved[k] != getattr(cfg, k):
@@ -63,11 +64,11 @@ def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: i
                         f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
 
 
-def _check_window_stream(folder: Path, state: dict, cfg: TrainConfig, mixture: Mixture) -> None:
+def _check_window_stream(folder: Path, state: TrainerState, cfg: TrainConfig, mixture: Mixture) -> None:
     """Refuse to resume `folder` with other windows or another order of them, or to turn one data folder into a
     mixture (or back): the stream would not continue where it stopped. Checkpoints from before these keys drew
     random windows anywhere from one folder."""
-    saved = state["config"]
+    saved = state.config
     was = {"sampling": saved.get("sampling", "random"), "window_start": saved.get("window_start", "any")}
     changed = [f"{key} is {value} there, {getattr(cfg, key)} here" for key, value in was.items()
                if value != getattr(cfg, key)]
@@ -80,12 +81,13 @@ def _check_window_stream(folder: Path, state: dict, cfg: TrainConfig, mixture: M
                         f"{fixes or 'the data settings it was trained with'}, or start a new out_dir")
 
 
-def check_same_data(folder: Path, state: dict, mixture: Mixture, identity: dict, accept_data_change: bool) -> None:
+def check_same_data(folder: Path, state: TrainerState, mixture: Mixture, identity: dict,
+                    accept_data_change: bool) -> None:
     """Refuse to resume `folder` (its trainer `state`) on `mixture`, whose data is `identity` (Mixture.identity),
     where that is other than the data it was trained on: the data stream's positions would point into other text.
     accept_data_change continues on purpose."""
     check_no_renamed_source(folder, state, identity)
-    changed = _differences(state["data"], identity)
+    changed = _differences(state.data, identity)
     if not changed:
         return
     where = "data_mix's folders" if mixture.per_source else mixture.first.data_dir
@@ -96,7 +98,7 @@ def check_same_data(folder: Path, state: dict, mixture: Mixture, identity: dict,
     key = "data_mix" if mixture.per_source else "--data_dir"
     raise UserError(f"the data in {where} is not what {folder} was trained on ({'; '.join(changed)}), so the "
                     f"resumed data stream would point into other text; point {key} at that data (it was "
-                    f"{state['config'].get(mixture.setting)}), set --accept_data_change true to continue on this "
+                    f"{state.config.get(mixture.setting)}), set --accept_data_change true to continue on this "
                     "data on purpose, or start a new out_dir")
 
 
@@ -110,11 +112,11 @@ def _differences(saved: dict, identity: dict) -> list[str]:
             for difference in _folder_differences(was[name], now)]
 
 
-def check_no_renamed_source(folder: Path, state: dict, identity: dict) -> None:
+def check_no_renamed_source(folder: Path, state: TrainerState, identity: dict) -> None:
     """Refuse a mixture source the checkpoint knew under another name: a source is its folder's name, so a renamed
     folder would start its data over from its first window. (A folder moved elsewhere under its name is the same
     source.) Where the checkpoint's source is still in the mixture, the new one is another copy: allowed."""
-    was, now = state.get("data", {}).get("sources", {}), identity.get("sources", {})
+    was, now = state.data.get("sources", {}), identity.get("sources", {})
     for name, current in now.items():
         if name in was:
             continue

@@ -35,11 +35,11 @@ class TrainedModel:
     def __init__(self, checkpoint):
         self.folder = find_checkpoint(checkpoint)
         state = read_trainer_state(self.folder)
-        self.cfg: TrainConfig = config_from_dict(state["config"])
+        self.cfg: TrainConfig = config_from_dict(state.config)
         self.model = build_model(self.cfg.model)
         load_weights(self.model, self.folder)  # any layout the run saved, lm_head re-tied; unreadable is one line
         self.model.eval()
-        data = state.get("data") or {}  # checkpoints from before data identities record none
+        data = state.data  # checkpoints from before data identities record none
         self.meaning = next(iter(data["sources"].values()))["meta"] if "sources" in data else data.get("meta")
 
     def data_dir(self, data_dir=None) -> str:

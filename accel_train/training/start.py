@@ -25,7 +25,7 @@ from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoint
                                                   resolve_resume)
 from accel_train.checkpointing.resume import check_resumable, check_same_data
 from accel_train.checkpointing.run_lock import RunLock
-from accel_train.checkpointing.trainer_state import MIXTURE
+from accel_train.checkpointing.trainer_state import TrainerState
 from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.config import TrainConfig
 from accel_train.data.documents import masking_separator
@@ -63,7 +63,7 @@ class Run:
     optimizer: Optimizers
     schedulers: list  # one per optimizer, each prepared: the rate of the coming step
     batches: Iterator
-    state: dict
+    state: TrainerState
     resume_from: Path | None
     metrics: MetricsLog
     start_step: int
@@ -75,7 +75,7 @@ class Run:
     mixture: Mixture  # the sources trained on, each folder opened once and shared by stream and evaluation
     stream: WindowStream
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
-    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
+    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped; its history is saved
     scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
     masked: bool  # a source has a loss mask (conversations): a step's loss is the mean over its trained targets
 
@@ -103,35 +103,35 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                                   mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
-    first_batch = state["next_batch"]
-    counts = mixture.counts_at(first_batch, cfg.batch_size, state.get(MIXTURE, {}).get("counts"))
+    first_batch = state.next_batch
+    counts = mixture.counts_at(first_batch, cfg.batch_size, (state.mixture or {}).get("counts"))
     stream = on_every_process(accelerator, lambda: WindowStream(
         mixture.sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
         counts))
     loader = train_loader(stream, first_batch=first_batch, pin_memory=not plan.cpu,
-                          num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
+                          num_batches=first_batch + (cfg.max_iters - state.step) * batches_per_step,
                           micro_batch=plan.micro_batch)
     schedule = LrSchedule.of(cfg)
     schedulers = [Schedule(optimizer, schedule) for optimizer in optimizers]  # one each: Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
-    start_from(cfg, accelerator, optimizer, resume_from, state["step"])
+    start_from(cfg, accelerator, optimizer, resume_from, state.step)
     on_main_process(accelerator, lambda: start_tracker(
-        accelerator, cfg.tracker, state["run_id"], cfg.to_dict(), out_dir=cfg.out_dir, run_name=cfg.run_name,
+        accelerator, cfg.tracker, state.run_id, cfg.to_dict(), out_dir=cfg.out_dir, run_name=cfg.run_name,
         wandb_project=cfg.wandb_project, wandb_tags=cfg.wandb_tags))
     watch_model(accelerator, model, cfg.watch_interval)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
-        last_kept = state["step"] if state["evaluation_owed"] is None else state["step"] - 1
+        last_kept = state.step - 1 if state.owes_evaluation else state.step
         on_main_process(accelerator, lambda: metrics.keep_until(last_kept))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
                       f"in {plan.micro_steps} micro-batch(es) of {plan.micro_batch} per process")
     return Run(cfg, accelerator, plan, model, optimizer, schedulers, iter(loader), state, resume_from,
-               metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
+               metrics, start_step=state.step, first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), mixture=mixture, stream=stream, lock=lock,
-               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
+               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state.spike_history) if cfg.spike_sigma else None,
                scorer=task_scorer(cfg.tasks, mixture.first.folder.tokenizer(), cfg.block_size, cfg.batch_size)
                if cfg.tasks else None, masked=has_loss_mask(mixture))
 
@@ -165,14 +165,15 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def plan_start(cfg: TrainConfig, mixture: Mixture, processes: int, lock: RunLock,
-               layout: str) -> tuple[Path | None, dict]:
+               layout: str) -> tuple[Path | None, TrainerState]:
     """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from, the
     data (`mixture`) checked;
     `layout` is how this launch saves weights (checkpoint.LAYOUTS). Every check a user's mistake can fail
     happens here, before anything but the lock is written."""
     lock.acquire()
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
-    state = fresh_state(cfg, processes) if resume_from is None else read_trainer_state(resume_from)
+    state = (TrainerState(new_run_id(), cfg.to_dict(), processes) if resume_from is None
+             else read_trainer_state(resume_from))
     if resume_from is not None:
         check_layout(resume_from, layout)
         check_resumable(resume_from, state, cfg, mixture, processes)
@@ -183,19 +184,11 @@ def plan_start(cfg: TrainConfig, mixture: Mixture, processes: int, lock: RunLock
         mixture.first.folder.tokenizer()
     if resume_from is not None:
         check_same_data(resume_from, state, mixture, data, cfg.accept_data_change)
-    state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
+    state.config, state.processes, state.data = cfg.to_dict(), processes, data  # the next checkpoint is this run's
     prepare_out_dir(cfg, resuming=resume_from is not None)
     if resume_from is not None:
         finish_bookkeeping(cfg.out_dir, cfg.keep_last, resume_from)
     return resume_from, state
-
-
-def fresh_state(cfg: TrainConfig, processes: int) -> dict:
-    """The trainer state of a new run, which each checkpoint saves. `evaluation_owed` is None, or the metrics row
-    of the checkpoint's step when a stop signal cut that step's evaluations short: the resumed run does them
-    first."""
-    return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
-            "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
 
 
 def check_data(cfg: TrainConfig, mixture: Mixture) -> None:
