@@ -29,20 +29,16 @@ from accel_train.data.mixture import Mixture, training_mixture
 from accel_train.data.order import SAMPLINGS
 from accel_train.data.windows import WINDOW_STARTS
 from accel_train.models.gemma3 import ModelConfig
-from accel_train.training.optim import OPTIMIZERS
+from accel_train.training.hardware import COMPILE_MODES, DEVICES, DTYPES, SWITCHES
+from accel_train.training.optim import MUON_ADJUST_LR, OPTIMIZERS
 from accel_train.training.schedule import SCHEDULES
+from accel_train.training.tracking import TRACKERS
 from accel_train.setting import Rule, at_most, below, check, describe, divides, setting, times_below
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
-TRACKERS = ("none", "wandb", "tensorboard")
 NONFINITE = ("stop", "skip")
-SWITCHES = ("auto", "on", "off")
-MUON_ADJUST_LR = ("match_rms_adamw", "original")
 JSON_OBJECT_KEYS = ("data_mix",)  # str keys that a config file may also give as a JSON object
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SHRINKS_PAST_ZERO = "each step would shrink the weights past zero"
 
 
@@ -159,7 +155,7 @@ class TrainConfig:
                                       "(OLMo-core uses 6); costs one synchronization per step; 0: off", low=0)
     spike_window: int = setting(128, "steps of loss and gradient-norm history that spike_sigma compares with; "
                                      "skipping starts once half of it is filled", low=2)
-    tracker: str = setting("none", "where metrics go besides metrics.jsonl", TRACKERS)
+    tracker: str = setting("none", "where metrics go besides metrics.jsonl", tuple(TRACKERS))
     wandb_project: str = setting("accel_train", "wandb: the project")
     run_name: str = setting("", "the tracker's run name")
     resume: str = setting("", "empty: a new run; auto: the newest checkpoint in out_dir; or a checkpoint folder")

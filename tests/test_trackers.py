@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from accel_train.checkpointing.checkpoint import list_checkpoints, read_trainer_state
-from accel_train.config import TRACKERS
-from accel_train.training.tracking import read_metrics
+from accel_train.training.tracking import TRACKERS, read_metrics
 from helpers import TINY_MODEL, TRAIN, assert_one_error_line, run, run_side_by_side, snapshot, train
 
 RUN = [*TINY_MODEL, "--warmup_steps", "1", "--batch_size", "2", "--gradient_accumulation_steps", "2",

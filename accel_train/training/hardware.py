@@ -11,6 +11,10 @@ import torch
 from accel_train.errors import UserError
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+DTYPES = ("auto", *MIXED_PRECISION)  # the config's choices of device, dtype and speed switch, all read here
+DEVICES = ("auto", "cpu", "cuda")
+SWITCHES = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def resolve_hardware(device: str, dtype: str) -> tuple[bool, str]:

@@ -15,6 +15,9 @@ import torch
 from accel_train.errors import UserError
 
 
+MUON_ADJUST_LR = ("match_rms_adamw", "original")  # torch.optim.Muon's adjust_lr_fn choices
+
+
 @dataclass(frozen=True)
 class OptimizerHyperparameters:
     """What the optimizers are made of: which (a key of OPTIMIZERS), the numbers every one reads (the rate is the

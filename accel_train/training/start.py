@@ -116,9 +116,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
     start_from(cfg, accelerator, optimizer, resume_from, state.step)
-    on_main_process(accelerator, lambda: start_tracker(
-        accelerator, cfg.tracker, state.run_id, cfg.to_dict(), out_dir=cfg.out_dir, run_name=cfg.run_name,
-        wandb_project=cfg.wandb_project, wandb_tags=cfg.wandb_tags))
+    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state.run_id))
     watch_model(accelerator, model, cfg.watch_interval)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
