@@ -9,12 +9,11 @@ extra (`pip install -e ".[plot]"`) and draws off-screen (Agg), so it works on a 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
+from accel_train.atomic import replaced_file
 from accel_train.errors import Parser, UserError, first_line, run_cli
 from accel_train.training.tracking import METRICS_FILE
 
@@ -141,22 +140,17 @@ def write_plot(out_dir, path=None) -> Path:
 
 
 def save(fig, path: Path) -> None:
-    """Write `fig` to exactly `path` (matplotlib alone would add .png to a name without an extension), through a
-    temporary file renamed into place."""
+    """Write `fig` to exactly `path` (matplotlib alone would add .png to a name without an extension), whole."""
     kinds = fig.canvas.get_supported_filetypes()
     kind = path.suffix[1:].lower() or "png"
     if kind not in kinds:
         raise UserError(f"cannot write {path}: matplotlib writes {', '.join('.' + k for k in kinds)}, "
                         f"not .{kind}")
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, dpi=100, format=kind)
-        os.replace(tmp, path)
+        with replaced_file(path) as tmp:
+            fig.savefig(tmp, dpi=100, format=kind)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        with contextlib.suppress(OSError):  # gone after the rename, or never made (under a file, say)
-            tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from accel_train.atomic import replaced_file
 from accel_train.errors import UserError
 
 WINDOW_STARTS = ("any", "document")
@@ -126,17 +126,14 @@ def _cached_starts(data_folder, split: str, block_size: int) -> np.ndarray:
     with contextlib.suppress(OSError, ValueError):
         if json.loads((folder / f"{name}.json").read_text()) == key:
             return _load(folder / f"{name}.bin")
-    tmp = folder / f"{name}.bin.{os.getpid()}"
     try:
         folder.mkdir(exist_ok=True)
-        with open(tmp, "wb") as out:
+        with replaced_file(folder / f"{name}.bin") as tmp, open(tmp, "wb") as out:
             scan_starts(data, block_size, boundary, lambda starts: out.write(starts.tobytes()))
-        os.replace(tmp, folder / f"{name}.bin")  # the table first, then the key that vouches for it
-        (folder / f"{name}.json").write_text(json.dumps(key))
+        with replaced_file(folder / f"{name}.json") as tmp:  # the table first, then the key that vouches for it
+            tmp.write_text(json.dumps(key))
         return _load(folder / f"{name}.bin")
     except OSError:  # a read-only data folder: keep them in memory this time
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         parts = []
         scan_starts(data, block_size, boundary, parts.append)
         return np.concatenate(parts)
