@@ -39,7 +39,7 @@ from accel_train.training.micro_batch import StepPlan, plan_step
 from accel_train.models.build import build_model
 from accel_train.setting import setting
 from accel_train.training.tracking import read_metrics
-from accel_train.train import train
+from accel_train.training.loop import train
 from accel_train.training.start import make_accelerator, new_model
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -25,7 +25,7 @@ from accel_train.models.build import build_model
 from accel_train.evaluation.multiple_choice import task_scorer
 from accel_train.data.tokenizer import load_tokenizer
 from accel_train.training.optim import OptimizerHyperparameters, build_optimizers
-from accel_train.train import train_step
+from accel_train.training.loop import train_step
 
 
 def cpu_seconds(fn) -> float:

@@ -22,7 +22,7 @@ from accel_train.errors import UserError
 from accel_train.evaluation.story_questions import conversations, story_of, write
 from accel_train.export import export
 from accel_train.prepare import main as prepare
-from accel_train.sample import chat_answer
+from accel_train.models.generation import chat_answer
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, launch, run, train
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
-from torch._functorch import config as functorch_config
 
 from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping,
                                                   launch_layout, list_checkpoints, load_state, read_trainer_state,
@@ -35,7 +33,7 @@ from accel_train.data.stream import WindowStream
 from accel_train.data.token_scan import largest_id
 from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
 from accel_train.data.tokens import train_loader
-from accel_train.distributed.collective import on_every_process, on_main_process
+from accel_train.distributed.collective import on_every_process, on_main_process, warn_on_main_process_only
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                               die_with_launcher, outlive_lost_output)
 from accel_train.errors import UserError, first_line
@@ -43,7 +41,7 @@ from accel_train.models.flops import flops_per_token, peak_tflops
 from accel_train.models.build import training_model
 from accel_train.models.hf import hf_model_config, hf_state_dict
 from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
-from accel_train.training.hardware import resolve_hardware, switch_on
+from accel_train.training.hardware import resolve_hardware, set_activation_memory_budget, switch_on
 from accel_train.training.loss_spikes import SpikeGuard
 from accel_train.training.micro_batch import StepPlan, plan_step
 from accel_train.training.optim import (OptimizerHyperparameters, Optimizers, build_optimizers, check_distributed,
@@ -84,8 +82,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     """Everything before the first step: the Accelerator, out_dir taken and checked, the step plan,
     the model and optimizers (loaded from the checkpoint when resuming), the data stream and the trackers."""
     accelerator = make_accelerator(cfg)
-    if not accelerator.is_main_process:
-        warnings.filterwarnings("ignore")  # say things once
+    warn_on_main_process_only(accelerator)
     if cfg.init_from:  # the model takes the initial weights' shape: a new config, the caller's stays as it is
         shape, initial_weights = init_weights(cfg.init_from)
         cfg = dataclasses.replace(cfg, model=shape).validate()
@@ -134,16 +131,22 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                if cfg.tasks else None, masked=has_loss_mask(mixture))
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def set_up_process(cfg: TrainConfig) -> tuple[bool, str]:
+    """What this process does to itself before its Accelerator exists, each step owned by its module; returns
+    (run on the CPU?, Accelerate's mixed precision) for this machine."""
     die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
     outlive_lost_output()
     cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
     check_launch(cpu)
     check_lone_process()
-    # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
-    # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
-    functorch_config.activation_memory_budget = cfg.activation_memory_budget
+    set_activation_memory_budget(cfg.activation_memory_budget)
     check_tracker_installed(cfg.tracker)  # before out_dir is touched: a run must not go on without its tracker
+    return cpu, mixed_precision
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The run's Accelerator, in a process set up for it (set_up_process), once it can run this launch."""
+    cpu, mixed_precision = set_up_process(cfg)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,

@@ -15,12 +15,13 @@ import torch
 from accelerate import PartialState
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import accel_train.train as trainer
+import accel_train.evaluation.in_training as evaluation
+import accel_train.training.loop as trainer
 from accel_train.config import load_config
 
 evaluations = []
 rates = []  # for each optimizer step on this process: the optimizer's class and the rate of each of its groups
-real_split_losses = trainer.split_losses
+real_split_losses = evaluation.split_losses
 
 
 def recording_split_losses(*args, **kwargs):
@@ -32,7 +33,7 @@ def record_rates(optimizer, args, kwargs):
     rates.append((type(optimizer).__name__, [group["lr"] for group in optimizer.param_groups]))
 
 
-trainer.split_losses = recording_split_losses
+evaluation.split_losses = recording_split_losses
 register_optimizer_step_pre_hook(record_rates)
 cfg = load_config(sys.argv[1:])
 _, model = trainer.train(cfg)
