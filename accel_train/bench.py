@@ -37,7 +37,7 @@ from accel_train.errors import UserError, run_cli
 from accel_train.models.flops import flops_per_token, mfu, peak_tflops
 from accel_train.training.micro_batch import StepPlan, plan_step
 from accel_train.models.build import build_model
-from accel_train.setting import setting
+from accel_train.declarations import declare
 from accel_train.training.tracking import read_metrics
 from accel_train.training.loop import train
 from accel_train.training.start import make_accelerator, new_model
@@ -206,11 +206,11 @@ def describe(name: str, r: dict) -> str:
 @dataclass
 class BenchOptions:
     """The benchmark's own keys, declared as the config's are: parsed, checked and listed by the same code."""
-    steps: int = setting(10, "warm-up optimizer steps, then as many timed ones", low=1)
-    baseline_steps: int = setting(2, "timed optimizer steps of the nanoGPT-style baseline", low=1)
-    baseline: str = setting("on", "time the baseline too", ("on", "off"))
-    profile_steps: int = setting(0, "optimizer steps to profile after the timed ones", low=0)
-    json: str = setting("", "where to write the results (empty: out/bench/<config>.json)")
+    steps: int = declare(10, "warm-up optimizer steps, then as many timed ones", low=1)
+    baseline_steps: int = declare(2, "timed optimizer steps of the nanoGPT-style baseline", low=1)
+    baseline: str = declare("on", "time the baseline too", ("on", "off"))
+    profile_steps: int = declare(0, "optimizer steps to profile after the timed ones", low=0)
+    json: str = declare("", "where to write the results (empty: out/bench/<config>.json)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from accel_train.checkpointing.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint,
-                                                  load_weights, read_trainer_state, verified)
+                                                  load_weights, read_trainer_state, verified_checkpoint)
 from accel_train.config import TrainConfig, config_from_dict
 from accel_train.data.meta import meaning_differences, read_meta
 from accel_train.errors import UserError
@@ -21,7 +21,7 @@ def find_checkpoint(path) -> Path:
     matches its manifest, so damaged weights are refused rather than sampled or exported."""
     folder = Path(path)
     if any((folder / name).exists() for name in (WEIGHTS_FILE, STATE_FILE, MANIFEST_FILE)):
-        return verified(folder, "use checkpoint")
+        return verified_checkpoint(folder, "use checkpoint")
     newest = latest_checkpoint(folder) if folder.is_dir() else None
     if newest is None:
         raise UserError(f"{folder} is neither a checkpoint folder (with {WEIGHTS_FILE}) nor an out_dir "

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from accel_train.training.start import Run
 
 
-def evaluate(run: Run, step: int, stop_requested: Callable[[], bool], report) -> dict | None:
+def evaluate(run: Run, step: int, stop_requested: Callable[[], bool], print_line) -> dict | None:
     """The evaluations due at step `step` (validation losses, multiple-choice task scores), as metrics to add to
     its row; None if `stop_requested()` (the same answer on every process, asked batch by batch) cut them short.
     They are one unit: cut short, all of them are owed, and the CPU generator that draws their batches is rewound
@@ -31,8 +31,8 @@ def evaluate(run: Run, step: int, stop_requested: Callable[[], bool], report) ->
         torch.set_rng_state(rng)
         return None
     if scores:
-        report(f"step {step}: " + ", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
-    return {**scores, **(validation_metrics(run, step, per_source, report) if per_source else {})}
+        print_line(f"step {step}: " + ", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
+    return {**scores, **(validation_metrics(run, step, per_source, print_line) if per_source else {})}
 
 
 def score_tasks(run: Run, stop_requested) -> dict | None:
@@ -48,13 +48,13 @@ def score_tasks(run: Run, stop_requested) -> dict | None:
         model.train(was_training)
 
 
-def validation_metrics(run: Run, step: int, per_source: list[dict], report) -> dict:
+def validation_metrics(run: Run, step: int, per_source: list[dict], print_line) -> dict:
     """The validation losses (and bits per byte) as metrics; the best validation loss kept in the state."""
-    state = run.state
+    trainer_state = run.trainer_state
     evaluations = mixed_losses(run, per_source)
-    if state.best_val_loss is None or evaluations["val_loss"] < state.best_val_loss:
-        state.best_val_loss = evaluations["val_loss"]
-    report(f"step {step}: train {evaluations['train_eval_loss']:.4f}, val {evaluations['val_loss']:.4f}")
+    if trainer_state.best_val_loss is None or evaluations["val_loss"] < trainer_state.best_val_loss:
+        trainer_state.best_val_loss = evaluations["val_loss"]
+    print_line(f"step {step}: train {evaluations['train_eval_loss']:.4f}, val {evaluations['val_loss']:.4f}")
     return evaluations
 
 

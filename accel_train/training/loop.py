@@ -117,30 +117,31 @@ def train(cfg: TrainConfig, after_step=None, at_end=None) -> tuple[TrainerState,
 def run_loop(run: Run, after_step) -> int:
     """Optimizer steps up to max_iters, each followed, when due, by a metrics row, the step's evaluations and a
     checkpoint; a stop signal saves a checkpoint and ends the loop. Returns the step reached."""
-    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    cfg, accelerator, trainer_state = run.cfg, run.accelerator, run.trainer_state
     step, last_saved = run.start_step, run.resume_from
-    if step >= cfg.max_iters and not state.owes_evaluation:
+    if step >= cfg.max_iters and not trainer_state.owes_evaluation:
         accelerator.print(f"{cfg.out_dir} is already at step {step} of max_iters {cfg.max_iters}; nothing to do")
         return step
     progress = tqdm(total=cfg.max_iters, initial=step, disable=not accelerator.is_main_process, desc="train")
-    report = progress.write if accelerator.is_main_process else (lambda message: None)  # tqdm.write ignores disable
+    # a line above the progress bar, on the main process (tqdm.write ignores disable)
+    print_line = progress.write if accelerator.is_main_process else (lambda message: None)
     window_start, window_steps = time.perf_counter(), 0
     with StopSignals() as stop, progress:  # closing the bar first lets an error start its own line
-        if state.owes_evaluation and not pay_owed_evaluations(run, stop, report):
+        if trainer_state.owes_evaluation and not pay_owed_evaluations(run, stop, print_line):
             return step  # stopped again in them: the checkpoint still owes them
         while step < cfg.max_iters:
             lr = run.optimizer.param_groups[0]["lr"]  # AdamW's rate for this step, as its scheduler set it
             loss, grad_norm, skipped = train_step(run.model, run.optimizer, run.schedulers, accelerator,
-                                                  itertools.islice(run.batches, run.plan.micro_steps),
+                                                  itertools.islice(run.batches, run.step_plan.micro_steps),
                                                   cfg.grad_clip, skip_nonfinite=cfg.nonfinite == "skip",
                                                   spikes=run.spikes, token_mean=run.masked)
             if after_step is not None:
                 after_step()
             step, window_steps = step + 1, window_steps + 1
-            state.tokens += run.tokens_per_step
+            trainer_state.tokens += run.tokens_per_step
             if skipped is not None:
-                state.skipped_steps += 1
-                report(f"step {step}: update skipped: {skipped}")
+                trainer_state.skipped_steps += 1
+                print_line(f"step {step}: update skipped: {skipped}")
             progress.update(1)
             stopping = stop.reached_any_process()  # a cheap CPU all-reduce: the only per-step sync
             if not (cfg.log_due(step) or cfg.save_due(step) or stopping):
@@ -149,9 +150,9 @@ def run_loop(run: Run, after_step) -> int:
             if cfg.nonfinite != "skip":
                 check_finite(record, scaled=accelerator.scaler is not None, last_good=last_saved)
             if cfg.eval_due(step) or cfg.tasks_due(step):
-                evaluations = evaluate(run, step, stop.reached_any_process, report)
+                evaluations = evaluate(run, step, stop.reached_any_process, print_line)
                 if evaluations is None:  # a stop signal cut them short: the checkpoint owes them, done on resume
-                    state.evaluation_owed, stopping = record, True
+                    trainer_state.evaluation_owed, stopping = record, True
                 else:
                     record.update(evaluations)
             if cfg.log_due(step):
@@ -161,7 +162,7 @@ def run_loop(run: Run, after_step) -> int:
             if cfg.save_due(step) or stopping:
                 last_saved = save_run(run, step, record.get("val_loss"))
             if stopping:
-                report(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
+                print_line(f"stopping at step {step} on {stop.received or 'a signal to another process'}: "
                        f"saved {last_saved}; continue with --resume auto")
                 break
             if cfg.log_due(step):
@@ -174,29 +175,29 @@ def metrics_row(run: Run, step: int, lr: float, loss, grad_norm, window_start: f
     Fetching the loss and gradient norm waits for the device, so the clock is read after them."""
     accelerator, cfg = run.accelerator, run.cfg
     record = {"step": step, "loss": accelerator.reduce(loss, "mean").item(), "lr": lr,
-              "grad_norm": grad_norm.item(), "tokens": run.state.tokens,
+              "grad_norm": grad_norm.item(), "tokens": run.trainer_state.tokens,
               "tokens_per_s": window_steps * run.tokens_per_step / (time.perf_counter() - window_start)}
     if run.peak_tflops:
         record["mfu"] = mfu(record["tokens_per_s"], run.flops_per_token, run.peak_tflops, accelerator.num_processes)
     if cfg.nonfinite == "skip" or run.spikes is not None:
-        record["skipped_steps"] = run.state.skipped_steps
+        record["skipped_steps"] = run.trainer_state.skipped_steps
     if run.spikes is not None:
         record.update(run.spikes.last_z)
     return record
 
 
-def pay_owed_evaluations(run: Run, stop: StopSignals, report) -> bool:
+def pay_owed_evaluations(run: Run, stop: StopSignals, print_line) -> bool:
     """Do first the evaluations that a stop signal cut short at the checkpoint's step, and write that step's row
     (the stopped run wrote it without them; the start dropped that copy). False if a stop signal cuts them short
     again: the row goes back as it was, and the checkpoint, unchanged, still owes them."""
-    row = run.state.evaluation_owed
-    evaluations = evaluate(run, row["step"], stop.reached_any_process, report)
+    row = run.trainer_state.evaluation_owed
+    evaluations = evaluate(run, row["step"], stop.reached_any_process, print_line)
     if evaluations is None:
-        report(f"stopping at step {row['step']} on {stop.received or 'a signal to another process'}, again in "
+        print_line(f"stopping at step {row['step']} on {stop.received or 'a signal to another process'}, again in "
                f"its evaluations: {run.resume_from} still owes them; continue with --resume auto")
     else:
         row.update(evaluations)
-        run.state.evaluation_owed = None
+        run.trainer_state.evaluation_owed = None
         run.accelerator.log(row, step=row["step"])
     write_row(run, row)
     return evaluations is not None
@@ -213,14 +214,15 @@ def write_row(run: Run, record: dict) -> None:
 
 def save_run(run: Run, step: int, val_loss: float | None) -> Path:
     """Save the run at `step`, with the data stream's position, then update best/ and drop old checkpoints."""
-    state, cfg = run.state, run.cfg
-    state.step, state.val_loss = step, val_loss
-    state.next_batch = run.first_batch + (step - run.start_step) * run.batches_per_step
-    state.mixture = run.mixture.record(run.stream.counts_at(state.next_batch), (state.mixture or {}).get("counts"))
+    trainer_state, cfg = run.trainer_state, run.cfg
+    trainer_state.step, trainer_state.val_loss = step, val_loss
+    trainer_state.next_batch = run.first_batch + (step - run.start_step) * run.batches_per_step
+    saved_counts = (trainer_state.mixture or {}).get("counts")
+    trainer_state.mixture = run.mixture.record(run.stream.counts_at(trainer_state.next_batch), saved_counts)
     if run.spikes is not None:
-        state.spike_history = run.spikes.history
+        trainer_state.spike_history = run.spikes.history
     on_main_process(run.accelerator, run.lock.confirm)  # never save into a folder that replaced out_dir
-    folder = save_checkpoint(run.accelerator, cfg.out_dir, step, state, agree=any_process)
+    folder = save_checkpoint(run.accelerator, cfg.out_dir, step, trainer_state, any_process)
     if run.accelerator.is_main_process:
         update_best(cfg.out_dir, folder, val_loss)
         prune(cfg.out_dir, cfg.keep_last, newest=folder)
@@ -234,4 +236,4 @@ def finish(run: Run, step: int, at_end) -> tuple[TrainerState, torch.nn.Module]:
     if at_end is not None and accelerator.is_main_process and run.start_step < step == cfg.max_iters:
         at_end(run, plain_model)
     accelerator.end_training()
-    return run.state, plain_model
+    return run.trainer_state, plain_model

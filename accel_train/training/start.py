@@ -56,12 +56,12 @@ class Run:
     and the per-run constants its metrics rows and checkpoints are made of."""
     cfg: TrainConfig
     accelerator: Accelerator
-    plan: StepPlan
+    step_plan: StepPlan
     model: torch.nn.Module
     optimizer: Optimizers
     schedulers: list  # one per optimizer, each prepared: the rate of the coming step
     batches: Iterator
-    state: TrainerState
+    trainer_state: TrainerState
     resume_from: Path | None
     metrics: MetricsLog
     start_step: int
@@ -87,46 +87,47 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         shape, initial_weights = init_weights(cfg.init_from)
         cfg = dataclasses.replace(cfg, model=shape).validate()
     mixture = cfg.mixture()
-    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, mixture, accelerator.num_processes,
-                                                                         lock, launch_layout(accelerator)))
-    plan = plan_step(cfg, accelerator, lambda: new_model(cfg, mixture))
-    accelerator.gradient_accumulation_steps = plan.micro_steps  # the same sequences per step
+    resume_from, trainer_state = on_main_process(accelerator, lambda: plan_start(
+        cfg, mixture, accelerator.num_processes, lock, launch_layout(accelerator)))
+    step_plan = plan_step(cfg, accelerator, lambda: new_model(cfg, mixture))
+    accelerator.gradient_accumulation_steps = step_plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = new_model(cfg, mixture)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(initial_weights())
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=plan.fused_adamw,
+    optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=step_plan.fused_adamw,
                                   mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
-    first_batch = state.next_batch
-    counts = mixture.counts_at(first_batch, cfg.batch_size, (state.mixture or {}).get("counts"))
+    first_batch = trainer_state.next_batch
+    counts = mixture.counts_at(first_batch, cfg.batch_size, (trainer_state.mixture or {}).get("counts"))
     stream = on_every_process(accelerator, lambda: WindowStream(
         mixture.sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
         counts))
-    loader = train_loader(stream, first_batch=first_batch, pin_memory=not plan.cpu,
-                          num_batches=first_batch + (cfg.max_iters - state.step) * batches_per_step,
-                          micro_batch=plan.micro_batch)
+    loader = train_loader(stream, first_batch=first_batch, pin_memory=not step_plan.cpu,
+                          num_batches=first_batch + (cfg.max_iters - trainer_state.step) * batches_per_step,
+                          micro_batch=step_plan.micro_batch)
     schedule = LrSchedule.of(cfg)
     schedulers = [Schedule(optimizer, schedule) for optimizer in optimizers]  # one each: Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
-    start_from(cfg, accelerator, optimizer, resume_from, state.step)
-    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, state.run_id))
+    start_from(cfg, accelerator, optimizer, resume_from, trainer_state.step)
+    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, trainer_state.run_id))
     watch_model(accelerator, model, cfg.watch_interval)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
-        last_kept = state.step - 1 if state.owes_evaluation else state.step
+        last_kept = trainer_state.step - 1 if trainer_state.owes_evaluation else trainer_state.step
         on_main_process(accelerator, lambda: metrics.keep_until(last_kept))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
-                      f"in {plan.micro_steps} micro-batch(es) of {plan.micro_batch} per process")
-    return Run(cfg, accelerator, plan, model, optimizer, schedulers, iter(loader), state, resume_from,
-               metrics, start_step=state.step, first_batch=first_batch, batches_per_step=batches_per_step,
+                      f"in {step_plan.micro_steps} micro-batch(es) of {step_plan.micro_batch} per process")
+    return Run(cfg, accelerator, step_plan, model, optimizer, schedulers, iter(loader), trainer_state, resume_from,
+               metrics, start_step=trainer_state.step, first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
                peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), mixture=mixture, stream=stream, lock=lock,
-               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state.spike_history) if cfg.spike_sigma else None,
+               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, trainer_state.spike_history)
+               if cfg.spike_sigma else None,
                scorer=task_scorer(cfg.tasks, mixture.first.folder.tokenizer(), cfg.block_size, cfg.batch_size)
                if cfg.tasks else None, masked=has_loss_mask(mixture))
 
@@ -173,23 +174,24 @@ def plan_start(cfg: TrainConfig, mixture: Mixture, processes: int, lock: RunLock
     happens here, before anything but the lock is written."""
     lock.acquire()
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
-    state = (TrainerState(new_run_id(), cfg.to_dict(), processes) if resume_from is None
+    trainer_state = (TrainerState(new_run_id(), cfg.to_dict(), processes) if resume_from is None
              else read_trainer_state(resume_from))
     if resume_from is not None:
         check_layout(resume_from, layout)
-        check_resumable(resume_from, state, cfg, mixture, processes)
+        check_resumable(resume_from, trainer_state, cfg, mixture, processes)
     check_data(cfg, mixture)
     data = mixture.identity()
     if cfg.tasks:
         read_tasks(cfg.tasks)  # a bad task file is refused now, not at the first evaluation
         mixture.first.folder.tokenizer()
     if resume_from is not None:
-        check_same_data(resume_from, state, mixture, data, cfg.accept_data_change)
-    state.config, state.processes, state.data = cfg.to_dict(), processes, data  # the next checkpoint is this run's
+        check_same_data(resume_from, trainer_state, mixture, data, cfg.accept_data_change)
+    # the next checkpoint is this run's
+    trainer_state.config, trainer_state.processes, trainer_state.data = cfg.to_dict(), processes, data
     prepare_out_dir(cfg, resuming=resume_from is not None)
     if resume_from is not None:
         finish_bookkeeping(cfg.out_dir, cfg.keep_last, resume_from)
-    return resume_from, state
+    return resume_from, trainer_state
 
 
 def check_data(cfg: TrainConfig, mixture: Mixture) -> None:
