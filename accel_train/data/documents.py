@@ -2,7 +2,8 @@
 
 `prepare` writes each document followed by the end-of-text token, so that token also stands right before
 every document but the first; where it puts BOS at each document start (meta.json `bos_token`), BOS opens them.
-Either way the separator is the first token of the document it opens, and the model masks at it.
+Either way the separator is the first token of the document it opens, and the model masks at it; and what
+precedes every document (`document_prefix`), which sampling and task scoring put before their text.
 """
 
 from __future__ import annotations
@@ -36,3 +37,8 @@ def masking_separator(mode: str, folder) -> int | None:
         return None
     boundary = folder.document_boundary("document_mask on" if mode == "on" else None)
     return None if boundary is None else boundary[1]
+
+
+def document_prefix(eot_token: int, bos_token: int | None) -> list[int]:
+    """What every training document followed: end-of-text, then the data's BOS where its documents start with one."""
+    return [eot_token] + ([bos_token] if bos_token is not None else [])

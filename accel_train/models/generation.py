@@ -12,9 +12,9 @@ import math
 import torch
 
 from accel_train.data.chat import ChatEncoder
+from accel_train.data.documents import document_prefix
 from accel_train.data.tokenizer import Tokenizer
 from accel_train.errors import UserError
-from accel_train.evaluation.multiple_choice import document_prefix
 from accel_train.models.gemma3 import Gemma3, KVCache
 
 
