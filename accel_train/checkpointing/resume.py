@@ -16,7 +16,7 @@ from pathlib import Path
 from accel_train.checkpointing.trainer_state import TrainerState
 from accel_train.config import TrainConfig
 from accel_train.data.meta import SPLITS, meaning_differences
-from accel_train.data.mixture import Mixture
+from accel_train.data.mixture import Mixture, setting_of
 from accel_train.errors import UserError
 
 
@@ -72,7 +72,7 @@ def _check_window_stream(folder: Path, state: TrainerState, cfg: TrainConfig, mi
     was = {"sampling": saved.get("sampling", "random"), "window_start": saved.get("window_start", "any")}
     changed = [f"{key} is {value} there, {getattr(cfg, key)} here" for key, value in was.items()
                if value != getattr(cfg, key)]
-    was_setting = "data_mix" if saved.get("data_mix") else "data_dir"
+    was_setting = setting_of(saved)
     if was_setting != mixture.setting:
         changed.append(f"it trained on {was_setting}, this run on {mixture.setting}")
     if changed:
@@ -90,14 +90,13 @@ def check_same_data(folder: Path, state: TrainerState, mixture: Mixture, identit
     changed = _differences(state.data, identity)
     if not changed:
         return
-    where = "data_mix's folders" if mixture.per_source else mixture.first.data_dir
+    where = mixture.described
     if accept_data_change:
         print(f"note: the data in {where} is not what {folder} was trained on ({'; '.join(changed)}); "
               "continuing on it, as accept_data_change asks")
         return
-    key = "data_mix" if mixture.per_source else "--data_dir"
     raise UserError(f"the data in {where} is not what {folder} was trained on ({'; '.join(changed)}), so the "
-                    f"resumed data stream would point into other text; point {key} at that data (it was "
+                    f"resumed data stream would point into other text; point {mixture.option} at that data (it was "
                     f"{state.config.get(mixture.setting)}), set --accept_data_change true to continue on this "
                     "data on purpose, or start a new out_dir")
 

@@ -150,6 +150,22 @@ class Mixture:
         """Whether metrics and checkpoints name each source (data_mix), or speak of the one folder (data_dir)."""
         return self.setting == "data_mix"
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The names under which each source's own metrics are logged (val_loss/NAME): none for data_dir, whose
+        metrics are the run's."""
+        return [source.name for source in self.sources] if self.per_source else []
+
+    @property
+    def described(self) -> str:
+        """Where the data lies, for messages: data_dir's folder, or data_mix's folders."""
+        return "data_mix's folders" if self.per_source else self.first.data_dir
+
+    @property
+    def option(self) -> str:
+        """How a user points the run at other data."""
+        return "data_mix" if self.per_source else "--data_dir"
+
     def counts_at(self, first_batch: int, batch_size: int, saved: dict | None) -> dict[str, int]:
         """Each source's windows given before global batch `first_batch`: as the checkpoint recorded them (`saved`;
         a source it does not know starts at 0), or for data_dir, which records none, every window of every batch."""
@@ -182,6 +198,11 @@ class Mixture:
                 raise UserError(f"data_mix: {source.data_dir} was not made like {first.data_dir} "
                                 f"({'; '.join(differ)}: there is {source.data_dir}, here {first.data_dir}); a "
                                 "mixture's folders must be prepared with one tokenizer")
+
+
+def setting_of(config: dict) -> str:
+    """The key that named the sources of the run whose config (TrainConfig.to_dict()) this is."""
+    return "data_mix" if config.get("data_mix") else "data_dir"
 
 
 def training_mixture(data_mix: str, data_dir: str) -> Mixture:

@@ -74,7 +74,7 @@ def mixed_losses(run: Run, per_source: list[dict]) -> dict:
     """The metrics of an evaluation: val_loss, train_eval_loss and val_bpb averaged over the sources with the
     mixture's weights (one folder: its own), and for a mixture each source's as val_loss/NAME, val_bpb/NAME."""
     sources = run.mixture.sources
-    weights, names = [source.weight for source in sources], [source.name for source in sources]
+    weights = [source.weight for source in sources]
     per_bytes = [source.folder.meta.tokens_per_byte("val") for source in sources]
     bpb = [losses["val"] / math.log(2) * per_byte if per_byte else None
            for losses, per_byte in zip(per_source, per_bytes)]
@@ -82,7 +82,7 @@ def mixed_losses(run: Run, per_source: list[dict]) -> dict:
            "train_eval_loss": float(sum(w * losses["train"] for w, losses in zip(weights, per_source)))}
     if None not in bpb:
         out["val_bpb"] = float(sum(w * b for w, b in zip(weights, bpb)))
-    if run.mixture.per_source:
-        out.update({f"val_loss/{name}": losses["val"] for name, losses in zip(names, per_source)})
-        out.update({f"val_bpb/{name}": b for name, b in zip(names, bpb) if b is not None})
+    names = run.mixture.metric_names
+    out.update({f"val_loss/{name}": losses["val"] for name, losses in zip(names, per_source)})
+    out.update({f"val_bpb/{name}": b for name, b in zip(names, bpb) if b is not None})
     return out
