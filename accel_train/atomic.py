@@ -1,7 +1,9 @@
 """Writing a file or a folder so that a reader, or a run killed at any moment, sees the old one or the new one,
 never part of one: everything is written under a temporary name beside its target (the same filesystem), then
-renamed into place in one step. Checkpoints, metrics.jsonl, the token-scan cache and exported folders all
-write this way.
+renamed into place in one step. A file is written whole through `replaced_file` (metrics.jsonl's rewrite on
+resume, the caches beside the data, prepare's progress record, plots), a folder through `install_folder`
+(checkpoints) or `staged_folder` (prepared data, exports). metrics.jsonl's rows are the one exception: they are
+appended, and a torn append is cut back (training/tracking.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def replaced_file(path: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never made, e.g. under a file
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -32,15 +32,15 @@ from torch.autograd import DeviceType
 from accel_train.config import TrainConfig, read_command_line
 from accel_train.data.demo_corpus import is_demo_folder, write_demo_data
 from accel_train.data.meta import META_FILE
-from accel_train.data.tokens import open_split
+from accel_train.data.folder import open_split
 from accel_train.errors import UserError, run_cli
 from accel_train.models.flops import flops_per_token, mfu, peak_tflops
 from accel_train.training.micro_batch import StepPlan, plan_step
-from accel_train.models.gemma3 import Gemma3
-from accel_train.setting import setting
+from accel_train.models.build import build_model
+from accel_train.declarations import declare
 from accel_train.training.tracking import read_metrics
-from accel_train.train import train
-from accel_train.training.start import make_accelerator
+from accel_train.training.loop import train
+from accel_train.training.start import make_accelerator, new_model
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,7 +76,7 @@ def baseline_loop(cfg: TrainConfig, plan: StepPlan, device: torch.device, optimi
     ctx = (torch.autocast(device.type, dtype=AUTOCAST[mixed_precision]) if mixed_precision in AUTOCAST
            else contextlib.nullcontext())
     torch.manual_seed(cfg.seed)
-    model = Gemma3(cfg.model, fused_loss=False).to(device)  # the baseline's model: full logits, then cross-entropy
+    model = build_model(cfg.model, fused_loss=False).to(device)  # the baseline's model: full logits, then cross-entropy
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=cfg.warmup_steps)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_iters - cfg.warmup_steps)
@@ -168,7 +168,7 @@ def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: 
     if accelerator.num_processes > 1:
         raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
     device = accelerator.device
-    plan = plan_step(cfg, accelerator)
+    plan = plan_step(cfg, accelerator, lambda: new_model(cfg, cfg.mixture()))
     cfg = dataclasses.replace(cfg, micro_batch=plan.micro_batch)  # train() takes it as given: no second search
     flops_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(device, cfg.peak_tflops)
     result = {"date": datetime.date.today().isoformat(), "command": command,
@@ -206,11 +206,11 @@ def describe(name: str, r: dict) -> str:
 @dataclass
 class BenchOptions:
     """The benchmark's own keys, declared as the config's are: parsed, checked and listed by the same code."""
-    steps: int = setting(10, "warm-up optimizer steps, then as many timed ones", low=1)
-    baseline_steps: int = setting(2, "timed optimizer steps of the nanoGPT-style baseline", low=1)
-    baseline: str = setting("on", "time the baseline too", ("on", "off"))
-    profile_steps: int = setting(0, "optimizer steps to profile after the timed ones", low=0)
-    json: str = setting("", "where to write the results (empty: out/bench/<config>.json)")
+    steps: int = declare(10, "warm-up optimizer steps, then as many timed ones", low=1)
+    baseline_steps: int = declare(2, "timed optimizer steps of the nanoGPT-style baseline", low=1)
+    baseline: str = declare("on", "time the baseline too", ("on", "off"))
+    profile_steps: int = declare(0, "optimizer steps to profile after the timed ones", low=0)
+    json: str = declare("", "where to write the results (empty: out/bench/<config>.json)")
 
 
 def main(argv: list[str] | None = None) -> None:

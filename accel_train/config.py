@@ -2,7 +2,7 @@
 
 Replaces the seed's module-level globals. Every key can be set in the JSON file or as
 `--key value` (`--model.key value` for the model's shape); a mistake is a UserError. Each key's
-meaning and constraints are declared beside its field (setting.py), and `validate()` only checks them.
+meaning and constraints are declared beside its field (declarations.py), and `validate()` only checks them.
 
 One tier of defaults: `--help` shows the values the command would run with, that is the config
 file's (configs/demo.json when no `--config` is given), and the field's own default for a key the
@@ -25,25 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accel_train.errors import Parser, UserError, first_line, run_cli
-from accel_train.data.mixture import parse_mix
+from accel_train.data.mixture import Mixture, training_mixture
 from accel_train.data.order import SAMPLINGS
 from accel_train.data.windows import WINDOW_STARTS
 from accel_train.models.gemma3 import ModelConfig
-from accel_train.training.optim import require_muon
+from accel_train.training.hardware import COMPILE_MODES, DEVICES, DTYPES, SWITCHES
+from accel_train.training.optim import MUON_ADJUST_LR, OPTIMIZERS
 from accel_train.training.schedule import SCHEDULES
-from accel_train.setting import Rule, at_most, below, check, describe, divides, setting, times_below
+from accel_train.training.tracking import TRACKERS
+from accel_train.declarations import Rule, at_most, below, check, declare, describe, divides, times_below
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.json"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
-TRACKERS = ("none", "wandb", "tensorboard")
 NONFINITE = ("stop", "skip")
-SWITCHES = ("auto", "on", "off")
-OPTIMIZERS = ("adamw", "muon")
-MUON_ADJUST_LR = ("match_rms_adamw", "original")
 JSON_OBJECT_KEYS = ("data_mix",)  # str keys that a config file may also give as a JSON object
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SHRINKS_PAST_ZERO = "each step would shrink the weights past zero"
 
 
@@ -60,122 +55,122 @@ WARMUP_BEFORE_WSD_DECAY = Rule("with wsd, at most max_iters x (1 - decay_fractio
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run; each field's `setting(...)` is its one description: meaning, range, choices, rules."""
+    """Every setting of a run; each field's `declare(...)` is its one description: meaning, range, choices, rules."""
 
     # data and outputs
-    data_dir: str = setting("data/demo", "folder with train.bin, val.bin (or validation.bin) and meta.json")
-    data_mix: str = setting("", "several data folders with weights, trained on as one stream (data_dir is then "
+    data_dir: str = declare("data/demo", "folder with train.bin, val.bin (or validation.bin) and meta.json")
+    data_mix: str = declare("", "several data folders with weights, trained on as one stream (data_dir is then "
                                 "unused): a JSON object {\"data/web\": 0.7, \"data/code\": 0.3} (in a config file, "
                                 "as an object) or data/web=0.7,data/code=0.3. Weights may change on resume")
-    sampling: str = setting("epoch", "the order of windows: epoch shows every window once per epoch, reshuffled each "
+    sampling: str = declare("epoch", "the order of windows: epoch shows every window once per epoch, reshuffled each "
                                      "epoch; random draws windows with replacement (the seed's way)", SAMPLINGS)
-    window_start: str = setting("any", "any: windows anywhere (every block_size tokens with sampling epoch); "
+    window_start: str = declare("any", "any: windows anywhere (every block_size tokens with sampling epoch); "
                                        "document: windows start at document starts, and every block_size tokens "
                                        "inside longer documents", WINDOW_STARTS)
-    demo_data: bool = setting(False, "write the built-in demo corpus into data/demo if it holds no data, or an older "
+    demo_data: bool = declare(False, "write the built-in demo corpus into data/demo if it holds no data, or an older "
                                      "version of it; any other missing data_dir is an error")
-    out_dir: str = setting("out", "where metrics and checkpoints go")
-    seed: int = setting(1337, "initial weights and the data stream; same seed, same run. Below 2^31, so that numpy "
+    out_dir: str = declare("out", "where metrics and checkpoints go")
+    seed: int = declare(1337, "initial weights and the data stream; same seed, same run. Below 2^31, so that numpy "
                               "takes seed + each process's index", low=0, high=2**31 - 1)
-    document_mask: str = setting("off", "attention stays inside each document of a window: a token sees only the "
+    document_mask: str = declare("off", "attention stays inside each document of a window: a token sees only the "
                                         "earlier tokens of its own document, which begins at meta.json's bos token, "
                                         "or else at its eot_token (docs/training.md). auto: on where meta.json names "
                                         "one", SWITCHES)
     # hardware
-    device: str = setting("auto", "auto: cuda when present", DEVICES)
-    dtype: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU", DTYPES)
+    device: str = declare("auto", "auto: cuda when present", DEVICES)
+    dtype: str = declare("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU", DTYPES)
     # optimisation; max_iters and warmup_steps count optimizer steps, not micro-batches
-    learning_rate: float = setting(1e-4, "peak learning rate", above=0)
-    min_lr: float = setting(1e-5, "the floor the schedule decays to", low=0,
+    learning_rate: float = declare(1e-4, "peak learning rate", above=0)
+    min_lr: float = declare(1e-5, "the floor the schedule decays to", low=0,
                             rules=(at_most("learning_rate", ": the decay would raise the rate"),))
-    max_iters: int = setting(150_000, "optimizer steps in all", low=1)
-    warmup_steps: int = setting(1_000, "optimizer steps of linear warmup from 0", low=0,
+    max_iters: int = declare(150_000, "optimizer steps in all", low=1)
+    warmup_steps: int = declare(1_000, "optimizer steps of linear warmup from 0", low=0,
                                 rules=(below("max_iters"), WARMUP_BEFORE_WSD_DECAY))
     # The data stream draws `batch_size` sequences at a time (a stream batch); a forward pass takes `micro_batch`.
-    batch_size: int = setting(32, "sequences per stream batch: the unit the data stream draws (and a resume "
+    batch_size: int = declare(32, "sequences per stream batch: the unit the data stream draws (and a resume "
                                   "counts) on each process; micro_batch sets how many go through one forward pass",
                               low=1)
-    block_size: int = setting(128, "tokens per sequence", low=1,
+    block_size: int = declare(128, "tokens per sequence", low=1,
                               rules=(at_most("model.max_position_embeddings", ", the model's longest context"),))
-    gradient_accumulation_steps: int = setting(32, "stream batches per optimizer step on each process, their "
+    gradient_accumulation_steps: int = declare(32, "stream batches per optimizer step on each process, their "
                                                    "gradients summed however micro_batch cuts them into forward "
                                                    "passes; effective batch = batch_size x this x processes", low=1)
-    weight_decay: float = setting(0.1, "AdamW's decoupled decay, of matrices only (Muon's matrices decay too)",
+    weight_decay: float = declare(0.1, "AdamW's decoupled decay, of matrices only (Muon's matrices decay too)",
                                   low=0, rules=(times_below("learning_rate", 1, SHRINKS_PAST_ZERO),
                                                 times_below("muon_lr", 1, SHRINKS_PAST_ZERO)))
-    beta1: float = setting(0.9, "AdamW's first-moment decay", low=0, below=1)
-    beta2: float = setting(0.95, "AdamW's second-moment decay", low=0, below=1)
-    grad_clip: float = setting(0.5, "max gradient norm; 0 disables clipping", low=0)
-    lr_schedule: str = setting("cosine", "after warmup: cosine to min_lr, or wsd (warmup-stable-decay): constant, "
+    beta1: float = declare(0.9, "AdamW's first-moment decay", low=0, below=1)
+    beta2: float = declare(0.95, "AdamW's second-moment decay", low=0, below=1)
+    grad_clip: float = declare(0.5, "max gradient norm; 0 disables clipping", low=0)
+    lr_schedule: str = declare("cosine", "after warmup: cosine to min_lr, or wsd (warmup-stable-decay): constant, "
                                          "then a straight line to min_lr. A wsd run resumed in its constant phase "
                                          "with a larger max_iters goes on as if planned that long", SCHEDULES)
-    decay_fraction: float = setting(0.2, "wsd: the share of max_iters, at its end, over which the rate falls to "
+    decay_fraction: float = declare(0.2, "wsd: the share of max_iters, at its end, over which the rate falls to "
                                          "min_lr", above=0, high=1)
-    optimizer: str = setting("adamw", "adamw for every weight, or muon: torch.optim.Muon (PyTorch 2.9 or later) "
+    optimizer: str = declare("adamw", "adamw for every weight, or muon: torch.optim.Muon (PyTorch 2.9 or later) "
                                       "for the attention and MLP matrices, AdamW for the embedding and norms. Muon "
                                       "refuses float16 loss scaling; a resume keeps the checkpoint's optimizer",
-                             OPTIMIZERS)
-    muon_lr: float = setting(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion",
+                             tuple(OPTIMIZERS))
+    muon_lr: float = declare(0.0, "Muon's peak rate; 0: learning_rate. Its schedule and floor follow in proportion",
                              low=0)
-    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", low=0, below=1)
-    muon_adjust_lr: str = setting("match_rms_adamw", "Muon's update size: match_rms_adamw scales it to AdamW's "
+    muon_momentum: float = declare(0.95, "Muon's Nesterov momentum", low=0, below=1)
+    muon_adjust_lr: str = declare("match_rms_adamw", "Muon's update size: match_rms_adamw scales it to AdamW's "
                                                      "(0.2 x sqrt(max(rows, cols))), so that learning_rate suits "
                                                      "both; original (Keller Jordan's) is several times smaller and "
                                                      "wants a muon_lr of about 0.02", MUON_ADJUST_LR)
     # speed; "auto" switches on what pays on this device: with CUDA on, on the CPU off
-    micro_batch: int = setting(0, "sequences per forward pass (a micro-batch). 0: batch_size on the CPU, the "
+    micro_batch: int = declare(0, "sequences per forward pass (a micro-batch). 0: batch_size on the CPU, the "
                                   "largest that fits on a GPU. The same windows reach each optimizer step whatever "
                                   "it is", low=0,
                                rules=(divides("sequences_per_step", "batch_size x gradient_accumulation_steps",
                                               ", the sequences of an optimizer step on each process", True),))
-    compile: str = setting("auto", "torch.compile the model and its loss; auto: on with CUDA, off on the CPU",
+    compile: str = declare("auto", "torch.compile the model and its loss; auto: on with CUDA, off on the CPU",
                            SWITCHES)
-    compile_mode: str = setting("default", "torch.compile's mode: reduce-overhead uses CUDA graphs, max-autotune* "
+    compile_mode: str = declare("default", "torch.compile's mode: reduce-overhead uses CUDA graphs, max-autotune* "
                                            "benchmark matmul kernels (minutes more to compile)", COMPILE_MODES)
-    fused_adamw: str = setting("auto", "AdamW's fused kernel; auto: on with CUDA, off on the CPU", SWITCHES)
-    fused_loss: bool = setting(True, "cross-entropy a chunk of tokens at a time, fused with the output projection: "
+    fused_adamw: str = declare("auto", "AdamW's fused kernel; auto: on with CUDA, off on the CPU", SWITCHES)
+    fused_loss: bool = declare(True, "cross-entropy a chunk of tokens at a time, fused with the output projection: "
                                      "no (tokens x vocabulary) logits; model(x, y) then returns (None, loss)")
-    checkpoint_layers: bool = setting(False, "recompute each layer in the backward pass: far less activation "
+    checkpoint_layers: bool = declare(False, "recompute each layer in the backward pass: far less activation "
                                              "memory for about a third more compute")
-    activation_memory_budget: float = setting(1.0, "compiled only: the share (0 to 1) of the activations the "
+    activation_memory_budget: float = declare(1.0, "compiled only: the share (0 to 1) of the activations the "
                                                    "backward pass keeps; inductor recomputes the cheapest of the "
                                                    "rest. 0.5 halves activation memory (benchmarks/RESULTS.md)",
                                               low=0, high=1)
-    peak_tflops: float = setting(0.0, "the device's peak for the mfu in metrics.jsonl; 0: NVIDIA's figure for the "
+    peak_tflops: float = declare(0.0, "the device's peak for the mfu in metrics.jsonl; 0: NVIDIA's figure for the "
                                       "GPU (no mfu on the CPU)", low=0)
     # evaluation, logging and checkpoints
-    eval_interval: int = setting(500, "optimizer steps between evaluations", low=1)
-    eval_iters: int = setting(200, "batches per split per evaluation", low=1)
-    tasks: str = setting("", "multiple-choice task files (HellaSwag-style JSON Lines, comma-separated) or shipped "
+    eval_interval: int = declare(500, "optimizer steps between evaluations", low=1)
+    eval_iters: int = declare(200, "batches per split per evaluation", low=1)
+    tasks: str = declare("", "multiple-choice task files (HellaSwag-style JSON Lines, comma-separated) or shipped "
                              "task names (story_endings), scored by log-likelihood; empty: none")
-    task_interval: int = setting(0, "optimizer steps between scorings of the tasks (and at the end); 0: with every "
+    task_interval: int = declare(0, "optimizer steps between scorings of the tasks (and at the end); 0: with every "
                                     "evaluation", low=0)
-    log_interval: int = setting(10, "optimizer steps between log rows", low=1)
-    checkpoint_interval: int = setting(1_000, "optimizer steps between checkpoints; 0: only the final one", low=0)
-    keep_last: int = setting(3, "newest checkpoints kept besides best/; 0 keeps all", low=0)
-    nonfinite: str = setting("stop", "on a non-finite loss or gradient norm: stop the run, or skip the update and "
+    log_interval: int = declare(10, "optimizer steps between log rows", low=1)
+    checkpoint_interval: int = declare(1_000, "optimizer steps between checkpoints; 0: only the final one", low=0)
+    keep_last: int = declare(3, "newest checkpoints kept besides best/; 0 keeps all", low=0)
+    nonfinite: str = declare("stop", "on a non-finite loss or gradient norm: stop the run, or skip the update and "
                                      "count it", NONFINITE)
-    spike_sigma: float = setting(0.0, "skip the update of a step whose loss or gradient norm lies more than this "
+    spike_sigma: float = declare(0.0, "skip the update of a step whose loss or gradient norm lies more than this "
                                       "many standard deviations above the mean of the last spike_window steps "
                                       "(OLMo-core uses 6); costs one synchronization per step; 0: off", low=0)
-    spike_window: int = setting(128, "steps of loss and gradient-norm history that spike_sigma compares with; "
+    spike_window: int = declare(128, "steps of loss and gradient-norm history that spike_sigma compares with; "
                                      "skipping starts once half of it is filled", low=2)
-    tracker: str = setting("none", "where metrics go besides metrics.jsonl", TRACKERS)
-    wandb_project: str = setting("accel_train", "wandb: the project")
-    run_name: str = setting("", "the tracker's run name")
-    resume: str = setting("", "empty: a new run; auto: the newest checkpoint in out_dir; or a checkpoint folder")
-    accept_data_change: bool = setting(False, "resume even though the data differs from the data the checkpoint "
+    tracker: str = declare("none", "where metrics go besides metrics.jsonl", tuple(TRACKERS))
+    wandb_project: str = declare("accel_train", "wandb: the project")
+    run_name: str = declare("", "the tracker's run name")
+    resume: str = declare("", "empty: a new run; auto: the newest checkpoint in out_dir; or a checkpoint folder")
+    accept_data_change: bool = declare(False, "resume even though the data differs from the data the checkpoint "
                                               "records (token counts, sampled chunks, meta.json's dtype, "
                                               "vocab_size, tokenizer): the data stream then continues in the new "
                                               "data")
-    init_from: str = setting("", "the weights to start from, which set the model shape: a local HuggingFace Gemma 3 "
+    init_from: str = declare("", "the weights to start from, which set the model shape: a local HuggingFace Gemma 3 "
                                  "folder (its config.json), or a checkpoint of ours or a run's out_dir (its newest), "
                                  "e.g. to fine-tune a pretrained run on conversations")
-    watch_interval: int = setting(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never",
+    watch_interval: int = declare(100, "wandb: optimizer steps between gradient and parameter histograms; 0: never",
                                   low=0)
-    wandb_tags: str = setting("", "wandb: comma-separated tags")
-    sample_tokens: int = setting(200, "length of the sample printed at the end of a run; 0: none", low=0)
-    plot: bool = setting(True, "draw out_dir/metrics.png at the end of a run")
+    wandb_tags: str = declare("", "wandb: comma-separated tags")
+    sample_tokens: int = declare(200, "length of the sample printed at the end of a run; 0: none", low=0)
+    plot: bool = declare(True, "draw out_dir/metrics.png at the end of a run")
     model: ModelConfig = field(default_factory=ModelConfig,
                                metadata={"help": "the model's shape, as model.KEY (defaults: Gemma 3 270M with "
                                                  "GPT-2's vocabulary)"})
@@ -189,14 +184,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        """This config, once every key is within its declared constraints (setting.py) and Muon, if asked for,
-        is installed."""
+        """This config, once every key is within its declared constraints (declarations.py), its optimizer is
+        installed and its data_mix reads."""
         check(self)
-        if self.optimizer == "muon":
-            require_muon()
-        if self.data_mix:
-            parse_mix(self.data_mix)
+        OPTIMIZERS[self.optimizer].require()
+        self.mixture()
         return self
+
+    def mixture(self) -> Mixture:
+        """The sources this config trains on: data_mix's folders, or data_dir alone (a mixture of one)."""
+        return training_mixture(self.data_mix, self.data_dir)
 
     @property
     def sequences_per_step(self) -> int:
@@ -255,7 +252,7 @@ def _coerce(key: str, value, tp, from_cli: bool, noun: str = "config key"):
 
 
 def _keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[dataclasses.Field, type]]:
-    """Every key of a dataclass of `setting()` fields (a nested one's as `prefix.KEY`, as the model's are `model.KEY`)
+    """Every key of a dataclass of `declare()` fields (a nested one's as `prefix.KEY`, as the model's are `model.KEY`)
     with its field and type, in the order they are declared."""
     keys, hints = {}, typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 
 from accel_train.atomic import check_out_dir, staged_folder
 from accel_train.checkpointing.trained_model import TrainedModel
-from accel_train.data.tokens import open_split
+from accel_train.data.folder import open_split
 from accel_train.errors import Parser, UserError, run_cli
 from accel_train.models.hf import check_tokenizer_files, save_tokenizer, to_hf, transformers_module
 from accel_train.data.chat import ChatEncoder, load_template

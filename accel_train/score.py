@@ -20,7 +20,7 @@ import torch
 from accel_train.errors import Parser, UserError, first_line, number, run_cli
 from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
 from accel_train.checkpointing.trained_model import TrainedModel
-from accel_train.sample import usable_device
+from accel_train.training.hardware import usable_device
 
 HF_CONFIG = "config.json"
 

@@ -20,7 +20,7 @@ from torch._functorch import config as functorch_config
 
 from accel_train.models.activation_memory import saved_activation_bytes
 from accel_train.config import load_config
-from accel_train.models.gemma3 import Gemma3
+from accel_train.models.build import build_model
 
 BATCHES = (4, 8)  # per-token figures from these two agree with 8 and 16 within 5%
 WAYS = [  # (name, backend, checkpoint_layers, activation_memory_budget)
@@ -37,7 +37,7 @@ def kept_bytes(cfg, backend: str, checkpoint_layers: bool, batch: int) -> int:
     """Bytes kept for the backward pass by a fresh model (compiled first, outside the count)."""
     torch.manual_seed(0)
     torch._dynamo.reset()
-    model = Gemma3(cfg.model, checkpoint_layers=checkpoint_layers)
+    model = build_model(cfg.model, checkpoint_layers=checkpoint_layers)
     forward = model if backend == "eager" else torch.compile(model, backend=backend, dynamic=False)
     idx = torch.randint(cfg.model.vocab_size, (batch, cfg.block_size + 1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -59,7 +59,7 @@ def main() -> None:
                        "--model.vocab_size", "4096"])
     full = load_config(["--config", args.config, "--model.vocab_size", str(args.vocab_size)])
     with torch.device("meta"):
-        state = Gemma3(full.model).num_params(non_embedding=False) * 4 * 4  # weights, grads, 2 moments, fp32
+        state = build_model(full.model).num_params(non_embedding=False) * 4 * 4  # weights, grads, 2 moments, fp32
     tokens = args.micro_batch * cfg.block_size
     print(f"{args.config}: fp32 weights, gradients and AdamW state {state / 2**30:.2f} GiB "
           f"(vocabulary {args.vocab_size:,}); micro-batch {args.micro_batch} x {cfg.block_size}")

@@ -31,7 +31,8 @@ from tokens_to_loss import MODEL, prepare, run, run_arguments, tokens_to_reach  
 
 from accel_train.config import load_config  # noqa: E402
 from accel_train.data.meta import read_meta  # noqa: E402
-from accel_train.data.tokens import open_split  # noqa: E402
+from accel_train.data.folder import open_split  # noqa: E402
+from accel_train.models.build import build_model  # noqa: E402
 from accel_train.models.gemma3 import Gemma3  # noqa: E402
 from accel_train.checkpointing.trained_model import load_model  # noqa: E402
 
@@ -82,7 +83,7 @@ def cpu_cost(vocab: int, eot: int, block: int, batch: int = 16, repeats: int = 6
     """Median CPU time of a masked training forward and backward over the plain one's, alternated."""
     cfg = load_config([f"--model.{k}={v}" for k, v in {**MODEL, "vocab_size": vocab}.items()])
     torch.manual_seed(0)
-    model = Gemma3(cfg.model)
+    model = build_model(cfg.model)
     idx = torch.randint(vocab, (batch, block + 1))
     idx[:, ::100] = eot  # a document boundary every 100 tokens, as in TinyStories (about 200 tokens a story)
     times = {None: [], eot: []}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from accel_train.config import load_config  # noqa: E402
 from accel_train.data.tokens import IGNORE  # noqa: E402
-from accel_train.models.gemma3 import Gemma3  # noqa: E402
+from accel_train.models.build import build_model  # noqa: E402
 from accel_train.models.losses import linear_cross_entropy  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def model_cases(device: torch.device) -> dict:
     x = torch.randint(0, 257, (cfg.batch_size, cfg.block_size), device=device)
     y = torch.randint(0, 257, (cfg.batch_size, cfg.block_size), device=device)
     masked_y = y.masked_fill(torch.rand(y.shape, device=device) < 0.5, IGNORE)
-    plain, masked = (Gemma3(cfg.model, masked_loss=flag).to(device) for flag in (False, True))
+    plain, masked = (build_model(cfg.model, masked_loss=flag).to(device) for flag in (False, True))
     masked.load_state_dict(plain.state_dict())
 
     def plain_step():

@@ -56,7 +56,7 @@ def main() -> None:
     print("| batch size | source | weight | windows | realized share | largest gap over any prefix (windows) |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for batch_size in map(int, args.batch_sizes.split(",")):
-        stream = WindowStream(sources, 64, batch_size, 1337, "epoch", "any", mixture=True)
+        stream = WindowStream(sources, 64, batch_size, 1337, "epoch", "any")
         drawn = np.array([s for b in range(-(-args.windows // batch_size)) for s, _ in stream.batch(b)])
         drawn = drawn[:args.windows]
         for i, source in enumerate(sources):

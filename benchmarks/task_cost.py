@@ -21,11 +21,11 @@ from accel_train.config import load_config
 from accel_train.data.tokens import get_batch
 from accel_train.data.demo_corpus import ensure_demo_data
 from accel_train.evaluation.validation import estimate_loss
-from accel_train.models.gemma3 import Gemma3
+from accel_train.models.build import build_model
 from accel_train.evaluation.multiple_choice import task_scorer
 from accel_train.data.tokenizer import load_tokenizer
-from accel_train.training.optim import build_optimizers
-from accel_train.train import train_step
+from accel_train.training.optim import OptimizerHyperparameters, build_optimizers
+from accel_train.training.loop import train_step
 
 
 def cpu_seconds(fn) -> float:
@@ -42,8 +42,8 @@ def main() -> None:
     ensure_demo_data(cfg.data_dir)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    model = Gemma3(cfg.model)
-    (optimizer,) = build_optimizers(model, cfg, fused=False, mixed_precision="no")
+    model = build_model(cfg.model)
+    (optimizer,) = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=False, mixed_precision="no")
     model, optimizer = accelerator.prepare(model, optimizer)
     scorer = task_scorer(cfg.tasks, load_tokenizer(cfg.data_dir), cfg.block_size, cfg.batch_size)
 

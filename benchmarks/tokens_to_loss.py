@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from accel_train.data.meta import read_meta, write_meta
-from accel_train.data.tokens import open_split
+from accel_train.data.folder import open_split
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the streams and the model, for the --windows comparison
@@ -123,9 +123,10 @@ def fixed_val_loss(checkpoint: Path, data: Path, vocab: int) -> float:
     import torch
 
     from accel_train.checkpointing.checkpoint import load_weights
-    from accel_train.models.gemma3 import Gemma3, ModelConfig
+    from accel_train.models.build import build_model
+    from accel_train.models.gemma3 import ModelConfig
 
-    model = Gemma3(ModelConfig(**MODEL, vocab_size=vocab))
+    model = build_model(ModelConfig(**MODEL, vocab_size=vocab))
     load_weights(model, checkpoint)
     model.eval()
     tokens = torch.from_numpy(np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64))
@@ -138,11 +139,10 @@ def fixed_val_loss(checkpoint: Path, data: Path, vocab: int) -> float:
 
 def never_seen(keys: dict, data: Path, windows: int, batch_size: int) -> float:
     """The share of training tokens that `windows` windows of the stream `keys` name never show as an input."""
-    from accel_train.data.mixture import Source
     from accel_train.data.stream import WindowStream
 
-    stream = WindowStream([Source("data", str(data), 1.0)], 128, batch_size, 1337, keys.get("sampling", "epoch"),
-                          keys.get("window_start", "any"))
+    stream = WindowStream.of_folder(data, 128, batch_size, 1337, keys.get("sampling", "epoch"),
+                                    keys.get("window_start", "any"))
     seen = np.zeros(stream.splits[0].num_tokens, dtype=bool)
     for b in range(windows // batch_size):
         for _, start in stream.batch(b):

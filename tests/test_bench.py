@@ -17,7 +17,7 @@ from accel_train.models.flops import flops_per_token, mfu
 from accel_train.training.micro_batch import divisors_descending, largest_fitting
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.tracking import read_metrics
-from accel_train.train import train
+from accel_train.training.loop import train
 from accel_train.training.start import make_accelerator
 from helpers import TINY_MODEL, assert_one_error_line, help_by_key, run, run_side_by_side
 

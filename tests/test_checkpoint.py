@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from accel_train.checkpointing.checkpoint import (FORMAT_VERSION, STATE_FILE, checkpoints_root, latest_checkpoint,
-                                                  list_checkpoints, prune, resolve_resume, update_best, verify,
-                                                  write_manifest)
+from accel_train.checkpointing.checkpoint import (STATE_FILE, checkpoints_root, latest_checkpoint, list_checkpoints,
+                                                  prune, resolve_resume, update_best, verify, write_manifest)
+from accel_train.checkpointing.trainer_state import FORMAT_VERSION
 from accel_train.errors import UserError
 from helpers import assert_one_error_line, run
 

@@ -13,6 +13,7 @@ from helpers import REPO, TINY_MODEL, TRAIN, assert_one_error_line, run, run_sid
 from accel_train import export, plot, prepare, sample
 from accel_train.data.demo_corpus import stories
 from accel_train.errors import UserError
+from accel_train.models.generation import next_token
 
 TOOLS = {"sample": sample, "export": export, "prepare": prepare, "plot": plot}
 SEP = "<|endoftext|>"
@@ -88,7 +89,7 @@ def test_a_tiny_temperature_samples_the_likeliest_token():
     token: the likeliest."""
     logits = torch.tensor([10.0, 30.0, 20.0, -10.0])
     for temperature in (2e-38, 1e-45, 5e-324):
-        assert sample.next_token(logits, temperature, 0, torch.Generator().manual_seed(0)) == 1
+        assert next_token(logits, temperature, 0, torch.Generator().manual_seed(0)) == 1
 
 
 def test_outputs_that_cannot_be_written_are_one_error_line(tmp_path):

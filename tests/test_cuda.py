@@ -14,7 +14,7 @@ from accel_train.models.gemma3 import Gemma3
 from accel_train.training.optim import build_optimizer
 from accel_train.training.schedule import LrSchedule, Schedule
 from accel_train.data.stream import WindowStream
-from accel_train.train import train_step
+from accel_train.training.loop import train_step
 from accel_train.training.start import make_accelerator
 from helpers import TINY_MODEL, bf16_losses_and_grads
 

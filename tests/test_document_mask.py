@@ -13,7 +13,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from accel_train.config import load_config
 from accel_train.models.gemma3 import Gemma3, attention_rule, dense_mask, document_ids
 from accel_train.checkpointing.trained_model import load_model
-from accel_train.sample import generate
+from accel_train.models.generation import generate
 from accel_train.training.tracking import read_metrics
 from helpers import TINY_MODEL, TRAIN, command, max_difference, run, run_side_by_side
 from interrupt import comparable_rows, finish, interrupt

@@ -53,7 +53,7 @@ def trained_tokenizer_json(path, special_tokens):
 def tokenized(tmp_path_factory):
     """{name: data folder} of the stories prepared with a trained BPE, and with a tokenizer.json whose folder
     names no tokenizer_class (with an <unk> token and a tokenizer_config.json beside it, or alone)."""
-    from accel_train.prepare import write_dataset
+    from accel_train.data.dataset import write_dataset
     from accel_train.data.tokenizer import EOT_TEXT, hf_tokenizer, train_bpe
 
     root = tmp_path_factory.mktemp("tokenized")
@@ -173,7 +173,7 @@ def test_a_checkpoint_meets_only_the_tokenizer_it_was_trained_with(exported, tok
     meta.json records, so the run's own tokenizer in one still samples."""
     from accel_train.data.tokenizer import gpt2_tokenizer
     from accel_train.models.hf import save_tokenizer
-    from accel_train.prepare import write_dataset
+    from accel_train.data.dataset import write_dataset
 
     checkpoint, hf_dir = exported
     write_dataset(tmp_path / "gpt2", STORIES, gpt2_tokenizer(), source={"input": "stories"}, val_fraction=0.3)

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from accel_train.checkpointing.checkpoint import STATE_FILE
 from accel_train.data.tokenizer import train_bpe
-from accel_train.prepare import write_dataset
-from accel_train.plot import draw
+from accel_train.data.dataset import write_dataset
+from accel_train.training.metrics_plot import draw
 from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TINYSTORIES, assert_one_error_line, max_difference, run_side_by_side,
                      start_process, train)

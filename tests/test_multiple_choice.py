@@ -9,7 +9,7 @@ import pytest
 
 from accel_train.evaluation.demo_task import write_task
 from accel_train.evaluation.multiple_choice import TASKS_DIR, read_tasks
-from accel_train.plot import draw
+from accel_train.training.metrics_plot import draw
 from accel_train.score import score
 from accel_train.training.tracking import read_metrics
 from helpers import (REPO, TINY_MODEL, TRAIN, assert_one_error_line, command, run_side_by_side, subprocess_env,
@@ -92,7 +92,7 @@ def bos_bpe_folder(root):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     from accel_train.data.tokenizer import EOT_TEXT, hf_tokenizer
-    from accel_train.prepare import write_dataset
+    from accel_train.data.dataset import write_dataset
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -18,7 +18,7 @@ from accel_train.errors import UserError
 from accel_train.models.gemma3 import Gemma3
 from accel_train.training.optim import Optimizers, OptimizerHyperparameters, build_optimizers
 from accel_train.training.schedule import LrSchedule, lr_at
-from accel_train.train import train_step
+from accel_train.training.loop import train_step
 from accel_train.training.start import make_accelerator, start_from
 from helpers import TRAIN, run, snapshot, train
 from interrupt import comparable_rows, finish, interrupt

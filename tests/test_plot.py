@@ -6,7 +6,7 @@ import matplotlib.image as image
 import pytest
 
 from accel_train.errors import UserError
-from accel_train.plot import draw, write_plot
+from accel_train.training.metrics_plot import draw, write_plot
 from accel_train.training.tracking import read_metrics
 from helpers import run
 

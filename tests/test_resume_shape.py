@@ -14,7 +14,8 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
-from accel_train.checkpointing.checkpoint import FORMAT_VERSION, write_manifest
+from accel_train.checkpointing.checkpoint import write_manifest
+from accel_train.checkpointing.trainer_state import FORMAT_VERSION
 from helpers import TINY_MODEL, TRAIN, command, max_difference, snapshot, start_process, train
 
 MAX_ITERS, FIRST_PART = 6, 3  # odd: 3 micro-batches, which is not a whole number of accumulation windows of 2

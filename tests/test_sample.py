@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from accel_train.models.gemma3 import Gemma3, ModelConfig
-from accel_train.sample import generate
+from accel_train.models.generation import generate
 from helpers import TINY_MODEL, run, tinystories, train
 
 # Few tokens, so end-of-text comes up soon; a short window, so samples run far past it.

@@ -17,12 +17,12 @@ import torch
 from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.data.chat import OWN_TEMPLATE, ChatEncoder, fingerprint, load_template
 from accel_train.data.meta import read_meta
-from accel_train.data.tokens import open_mask, open_split
+from accel_train.data.folder import open_mask, open_split
 from accel_train.errors import UserError
 from accel_train.evaluation.story_questions import conversations, story_of, write
 from accel_train.export import export
 from accel_train.prepare import main as prepare
-from accel_train.sample import chat_answer
+from accel_train.models.generation import chat_answer
 from accel_train.training.tracking import read_metrics
 from helpers import REPO, TINY_MODEL, launch, run, train
 

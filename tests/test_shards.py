@@ -13,7 +13,7 @@ from helpers import REPO, TINY_MODEL, TINYSTORIES, subprocess_env, train
 from test_cli_errors import command, leftovers
 from test_prepare_safety import SEP, corpus_text, poll, prepare
 
-from accel_train.data.tokens import open_split
+from accel_train.data.folder import open_split
 from accel_train.data.shards import PROGRESS_FILE
 from accel_train.training.tracking import read_metrics
 

@@ -120,7 +120,7 @@ def test_a_mixture_feeds_each_source_its_weight_per_batch_and_over_10000_windows
 
     sources = [Source(name, str(folder(tmp_path / name, i * 500 + np.arange(500), vocab_size=1500)), w)
                for i, (name, w) in enumerate((("a", 0.7), ("b", 0.2), ("c", 0.1)))]
-    stream = WindowStream(sources, 16, 32, 7, "epoch", "any", mixture=True)
+    stream = WindowStream(sources, 16, 32, 7, "epoch", "any")
     accelerator = Accelerator(cpu=True)
     fed = fed_sources(accelerator.prepare(train_loader(stream, 313)), 16)
     per_batch = np.array([np.bincount(rows, minlength=3) for rows in fed])
@@ -130,7 +130,7 @@ def test_a_mixture_feeds_each_source_its_weight_per_batch_and_over_10000_windows
     assert np.abs(realized - [0.7, 0.2, 0.1]).max() < 0.005
     assert stream.counts_at(313) == dict(zip("abc", per_batch.sum(0).tolist()))
     # a run resumed at batch 200 from the counts a checkpoint there records is fed the same windows
-    resumed = WindowStream(sources, 16, 32, 7, "epoch", "any", 200, counts=stream.counts_at(200), mixture=True)
+    resumed = WindowStream(sources, 16, 32, 7, "epoch", "any", 200, counts=stream.counts_at(200))
     tokens = [x for x, _ in accelerator.prepare(train_loader(stream, 313, 200))]
     assert all((a == b).all() for a, b in zip(tokens, (x for x, _ in accelerator.prepare(
         train_loader(resumed, 313, 200))), strict=True))

@@ -85,7 +85,7 @@ def test_a_tokenizer_is_its_fingerprint_and_the_data_keeps_its_own(gpt2_file, tm
     import shutil
 
     from accel_train.data.tokenizer import ByteTokenizer, train_bpe
-    from accel_train.prepare import write_dataset
+    from accel_train.data.dataset import write_dataset
 
     stories = tinystories()
     first, second = train_bpe(stories[0::2], 300), train_bpe(stories[1::2], 300)

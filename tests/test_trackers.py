@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from accel_train.checkpointing.checkpoint import list_checkpoints, read_trainer_state
-from accel_train.config import TRACKERS
-from accel_train.training.tracking import read_metrics
+from accel_train.training.tracking import TRACKERS, read_metrics
 from helpers import TINY_MODEL, TRAIN, assert_one_error_line, run, run_side_by_side, snapshot, train
 
 RUN = [*TINY_MODEL, "--warmup_steps", "1", "--batch_size", "2", "--gradient_accumulation_steps", "2",
@@ -78,7 +77,7 @@ def wandb_run(tmp_path_factory, demo_data_dir):
 
 def test_wandb_resume_continues_the_same_run(wandb_run):
     out, folders = wandb_run
-    run_id = read_trainer_state(list_checkpoints(out)[-1])["run_id"]
+    run_id = read_trainer_state(list_checkpoints(out)[-1]).run_id
     assert len(folders) == 2
     for folder in folders:
         assert folder.name.endswith(f"-{run_id}")

@@ -13,7 +13,7 @@ from accel_train.config import TrainConfig
 from accel_train.models.gemma3 import Gemma3, ModelConfig
 from accel_train.training.optim import build_optimizer
 from accel_train.training.schedule import LrSchedule, Schedule, lr_at
-from accel_train.train import train_step
+from accel_train.training.loop import train_step
 from accel_train.training.start import make_accelerator
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 
 from accel_train.atomic import fsync, install_folder, remove_folder
-from accel_train.checkpointing.trainer_state import FORMAT_VERSION, STATE_FILE, check_format, field_problems
+from accel_train.checkpointing.trainer_state import STATE_FILE, TrainerState, check_format, field_problems
 from accel_train.errors import UserError
 from accel_train.numerals import whole_number
 
@@ -98,7 +98,7 @@ def verify(folder: Path, checksums: bool = True) -> str | None:
     return None
 
 
-def verified(folder: Path, use: str) -> Path:
+def verified_checkpoint(folder: Path, use: str) -> Path:
     """`folder` if it is a checkpoint that matches its manifest, else a UserError: 'cannot {use} {folder}: why'."""
     problem = verify(folder) if folder.is_dir() else "no such folder"
     if problem:
@@ -119,10 +119,10 @@ def _install(tmp: Path, final: Path) -> None:
     install_folder(tmp, final)
 
 
-def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree) -> Path:
+def save_checkpoint(accelerator, out_dir, step: int, trainer_state: TrainerState, any_process) -> Path:
     """Save everything needed to continue at `step` as `step_<step>/`; every process must call this.
 
-    `agree(flag)` must return True on every process when `flag` is True on any: a write that fails on
+    `any_process(flag)` must return True on every process when `flag` is True on any: a write that fails on
     one process (a full disk) makes all of them raise a UserError, after the partial folder is
     removed; earlier checkpoints are untouched.
     """
@@ -136,7 +136,7 @@ def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree)
             save()
         except WRITE_ERRORS as err:
             problem = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if agree(problem is not None):
+        if any_process(problem is not None):
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise UserError(f"could not write checkpoint {final}: {problem or 'a write failed on another process'} "
@@ -153,8 +153,8 @@ def save_checkpoint(accelerator, out_dir, step: int, trainer_state: dict, agree)
     return final
 
 
-def _finish_save(tmp: Path, trainer_state: dict) -> None:
-    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "format_version": FORMAT_VERSION}, indent=1))
+def _finish_save(tmp: Path, trainer_state: TrainerState) -> None:
+    (tmp / STATE_FILE).write_text(json.dumps(trainer_state.to_json(), indent=1))
     write_manifest(tmp)
 
 
@@ -170,7 +170,7 @@ def update_best(out_dir, folder: Path, val_loss: float | None) -> bool:
         return False
     if best.is_dir():
         try:
-            best_loss = read_trainer_state(best)["val_loss"]
+            best_loss = read_trainer_state(best).val_loss
         except UserError:
             best_loss = None  # unreadable: replace it
         if best_loss is not None and best_loss <= val_loss:
@@ -231,7 +231,7 @@ def finish_bookkeeping(out_dir, keep_last: int, newest: Path) -> None:
     Runs when a run resumes from `newest`, so that a kill between a save and its bookkeeping leaves
     nothing behind once the next run starts (a finished run resumed has no later save to do it)."""
     if newest.resolve() in [folder.resolve() for folder in list_checkpoints(out_dir)]:
-        update_best(out_dir, newest, read_trainer_state(newest).get("val_loss"))
+        update_best(out_dir, newest, read_trainer_state(newest).val_loss)
         prune(out_dir, keep_last, newest)  # removes the leftovers too
     else:  # best/, or a checkpoint elsewhere: the run's next save prunes
         remove_leftovers(out_dir)
@@ -279,13 +279,13 @@ def resolve_resume(resume: str, out_dir) -> Path | None:
         return None
     if resume == "auto":
         return latest_checkpoint(out_dir)
-    folder = verified(_named_checkpoint(Path(resume)), "resume from")
+    folder = verified_checkpoint(_named_checkpoint(Path(resume)), "resume from")
     state = read_trainer_state(folder)
-    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > state["step"] and verify(p, checksums=False) is None]
+    newer = [p for p in list_checkpoints(out_dir) if step_of(p) > state.step and verify(p, checksums=False) is None]
     if newer:
         raise UserError(f"{out_dir} holds checkpoints newer than {folder} (the newest is {newer[-1].name}); "
                         "move them away or resume into another --out_dir")
-    _check_same_run(out_dir, folder, state.get("run_id"))
+    _check_same_run(out_dir, folder, state.run_id)
     return folder
 
 
@@ -294,7 +294,7 @@ def _check_same_run(out_dir, folder: Path, run_id: str | None) -> None:
     steps, best/ and metrics rows would mix. Checkpoints without a run id (or unreadable) say nothing."""
     for other in [*list_checkpoints(out_dir), checkpoints_root(out_dir) / BEST]:
         try:
-            theirs = read_trainer_state(other)["run_id"]
+            theirs = read_trainer_state(other).run_id
         except UserError:
             continue
         if run_id and theirs and theirs != run_id:
@@ -316,7 +316,7 @@ def _named_checkpoint(path: Path) -> Path:
     return path
 
 
-def loaded(path: Path, load: Callable[[], T]) -> T:
+def load_or_refuse(path: Path, load: Callable[[], T]) -> T:
     """`load()` reading `path` (a checkpoint, or one of its files), or a one-line UserError. The manifest catches
     accidents to the files, not files damaged (or made by other code) before it was written: a library's loader then
     raises whatever the bytes lead it to (any type, even an IndexError), so every reader loads through here."""
@@ -333,18 +333,18 @@ def loaded(path: Path, load: Callable[[], T]) -> T:
                         ) from None
 
 
-def read_trainer_state(folder: Path) -> dict:
+def read_trainer_state(folder: Path) -> TrainerState:
     """trainer_state.json: an object with the step reached and the run's config, which every reader needs, of a
     checkpoint in the format this version writes, every field of its type. There is one format: a checkpoint in
     another is refused in one line, not read half right."""
     path = folder / STATE_FILE
-    state = loaded(path, lambda: _json_object(path))
-    check_format(folder, state)
-    problems = field_problems(state)
+    fields = load_or_refuse(path, lambda: _json_object(path))
+    check_format(folder, fields)
+    problems = field_problems(fields)
     if problems:
         raise UserError(f"cannot read checkpoint {folder}: its {STATE_FILE} has {'; '.join(problems)} (its files "
                         f"match {MANIFEST_FILE}, so it was edited or written by other code); use another checkpoint")
-    return state
+    return TrainerState.of_json(fields)
 
 
 def _json_object(path: Path) -> dict:
@@ -367,8 +367,8 @@ def load_state(accelerator, folder: Path) -> None:
             raise ValueError("it does not hold the random states")
 
     if rng.exists():
-        loaded(rng, check_rng)
-    loaded(folder, lambda: accelerator.load_state(str(folder)))
+        load_or_refuse(rng, check_rng)
+    load_or_refuse(folder, lambda: accelerator.load_state(str(folder)))
 
 
 LAYOUTS = {WEIGHTS_FILE: "one process or DDP", FSDP_FULL_WEIGHTS: "FSDP with fsdp_state_dict_type FULL_STATE_DICT",
@@ -401,7 +401,7 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load a checkpoint's weights into a plain model in this one process, whichever way the run saved them:
     model.safetensors (one process, DDP), or under FSDP the file rank 0 gathered or the sharded folder, read
     whole without a process group. Sampling and export need no launcher and no consolidation step. Anything
-    unreadable is one line, through `loaded`."""
+    unreadable is one line, through `load_or_refuse`."""
     source = folder / weights_layout(folder)
 
     def load() -> None:
@@ -413,7 +413,7 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
         _check_shared_equal(model, state, source)
         model.load_state_dict(state)  # copies into the parameters, so tied ones stay one parameter
 
-    loaded(source, load)
+    load_or_refuse(source, load)
 
 
 def _read_sharded(model: torch.nn.Module, path: Path) -> dict:

@@ -5,49 +5,45 @@ and Muon's differ). The data stream must continue as it was: global batch b is d
 alone and an optimizer step takes gradient_accumulation_steps x processes of them, so processes may be
 traded for accumulation and micro_batch may regroup a step's sequences, but batch_size, block_size, seed
 and their product may not change. Nor may the data itself: a checkpoint records what identifies it (see
-`data_identity`), and a resume on other data is refused unless accept_data_change says it is meant.
+data.folder.DataFolder.identity), and a resume on other data is refused unless accept_data_change says it is
+meant.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import numpy as np
-
+from accel_train.checkpointing.trainer_state import TrainerState
 from accel_train.config import TrainConfig
-from accel_train.data.tokens import TokenFile, open_split
+from accel_train.data.meta import SPLITS, meaning_differences
+from accel_train.data.mixture import Mixture, setting_of
 from accel_train.errors import UserError
-from accel_train.data.meta import SPLITS, DataMeta, meaning_differences
-
-SAMPLED_CHUNKS = 16  # chunks of each split hashed, spread evenly from its first byte to its last
-CHUNK_BYTES = 4096
 
 
-def check_resumable(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
-    """Raise a UserError naming what to fix where resuming `folder` (its trainer `state`) with `cfg` on
-    `processes` processes would not continue the same run."""
-    saved, wanted = state["config"]["model"], cfg.to_dict()["model"]
+def check_resumable(folder: Path, state: TrainerState, cfg: TrainConfig, mixture: Mixture, processes: int) -> None:
+    """Raise a UserError naming what to fix where resuming `folder` (its trainer `state`) with `cfg` (training on
+    `mixture`) on `processes` processes would not continue the same run."""
+    saved, wanted = state.config["model"], cfg.to_dict()["model"]
     changed = [f"model.{k} is {saved.get(k)} there, {v} here" for k, v in wanted.items() if saved.get(k) != v]
     if changed:
         raise UserError(f"the config's model shape differs from the checkpoint {folder} "
                         f"({'; '.join(changed)}); resume with the checkpoint's model settings or start a new out_dir")
-    saved_optimizer = state["config"]["optimizer"]
+    saved_optimizer = state.config["optimizer"]
     if saved_optimizer != cfg.optimizer:
         raise UserError(f"the checkpoint {folder} holds the state of optimizer {saved_optimizer}, this run asks for "
                         f"{cfg.optimizer}; resume with --optimizer {saved_optimizer} or start a new out_dir")
     _check_data_stream(folder, state, cfg, processes)
-    _check_window_stream(folder, state, cfg)
+    _check_window_stream(folder, state, cfg, mixture)
 
 
 def _processes(n: int) -> str:
     return f"{n} process" if n == 1 else f"{n} processes"
 
 
-def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: int) -> None:
+def _check_data_stream(folder: Path, state: TrainerState, cfg: TrainConfig, processes: int) -> None:
     """Refuse to resume `folder` where the run would draw other data: global batches come from (seed, b)
     and an optimizer step takes accumulation x processes of them, so only micro_batch may regroup them."""
-    saved, saved_processes = state["config"], state["processes"]
+    saved, saved_processes = state.config, state.processes
     changed, fixes = [], []
     for k in ("batch_size", "block_size", "seed"):
         if saved[k] != getattr(cfg, k):
@@ -68,71 +64,41 @@ def _check_data_stream(folder: Path, state: dict, cfg: TrainConfig, processes: i
                         f"{cfg.block_size} tokens; use {' '.join(fixes)}, or start a new out_dir")
 
 
-def run_identity(cfg: TrainConfig, sources: list, metas: list[DataMeta]) -> dict:
-    """data_identity of data_dir, or of each source of data_mix, by its name."""
-    if not cfg.data_mix:
-        return data_identity(cfg.data_dir, metas[0])
-    return {"sources": {source.name: data_identity(source.data_dir, meta) for source, meta in zip(sources, metas)}}
-
-
-def _check_window_stream(folder: Path, state: dict, cfg: TrainConfig) -> None:
+def _check_window_stream(folder: Path, state: TrainerState, cfg: TrainConfig, mixture: Mixture) -> None:
     """Refuse to resume `folder` with other windows or another order of them, or to turn one data folder into a
     mixture (or back): the stream would not continue where it stopped. Checkpoints from before these keys drew
     random windows anywhere from one folder."""
-    saved = state["config"]
+    saved = state.config
     was = {"sampling": saved.get("sampling", "random"), "window_start": saved.get("window_start", "any")}
     changed = [f"{key} is {value} there, {getattr(cfg, key)} here" for key, value in was.items()
                if value != getattr(cfg, key)]
-    if bool(saved.get("data_mix")) != bool(cfg.data_mix):
-        changed.append("it trained on " + ("data_mix" if saved.get("data_mix") else "data_dir") + ", this run on "
-                       + ("data_mix" if cfg.data_mix else "data_dir"))
+    was_setting = setting_of(saved)
+    if was_setting != mixture.setting:
+        changed.append(f"it trained on {was_setting}, this run on {mixture.setting}")
     if changed:
         fixes = " ".join(f"--{key} {value}" for key, value in was.items() if value != getattr(cfg, key))
         raise UserError(f"resuming {folder} would change its data stream ({'; '.join(changed)}); resume with "
                         f"{fixes or 'the data settings it was trained with'}, or start a new out_dir")
 
 
-def data_identity(data_dir, meta: DataMeta) -> dict:
-    """What identifies the data in `data_dir`, and not where it lies or how it is cut into shards: each split's
-    token count and a hash of a few chunks at fixed places in it (a whole-file hash would read terabytes at every
-    start), and what meta.json says the ids mean (its tokenizer's fingerprint included), which sample, score and
-    export compare a tokenizer with. `meta` is the folder's checked meta.json."""
-    identity = {"meta": {"dtype": meta.dtype, **meta.meaning()}}
-    for split in SPLITS:
-        tokens = open_split(str(data_dir), split)
-        identity[split] = {"tokens": tokens.num_tokens, "sampled_sha256": _sampled_sha256(tokens)}
-    return identity
-
-
-def _sampled_sha256(data: TokenFile) -> str:
-    """The hash of SAMPLED_CHUNKS chunks of CHUNK_BYTES bytes of the split, as if its shards were one file."""
-    digest, itemsize = hashlib.sha256(), np.dtype(data.dtype).itemsize
-    last_start = max(data.num_tokens * itemsize - CHUNK_BYTES, 0)
-    for i in range(SAMPLED_CHUNKS):
-        start = last_start * i // (SAMPLED_CHUNKS - 1)
-        first = start // itemsize
-        raw = data.tokens(first, (start + CHUNK_BYTES) // itemsize + 1).tobytes()
-        digest.update(raw[start - first * itemsize:][:CHUNK_BYTES])
-    return digest.hexdigest()
-
-
-def check_same_data(folder: Path, state: dict, identity: dict, cfg: TrainConfig) -> None:
-    """Refuse to resume `folder` (its trainer `state`) on data other than the data it was trained on: the data
-    stream's positions would point into other text. accept_data_change continues on purpose."""
+def check_same_data(folder: Path, state: TrainerState, mixture: Mixture, identity: dict,
+                    accept_data_change: bool) -> None:
+    """Refuse to resume `folder` (its trainer `state`) on `mixture`, whose data is `identity` (Mixture.identity),
+    where that is other than the data it was trained on: the data stream's positions would point into other text.
+    accept_data_change continues on purpose."""
     check_no_renamed_source(folder, state, identity)
-    changed = _differences(state["data"], identity)
+    changed = _differences(state.data, identity)
     if not changed:
         return
-    where = "data_mix's folders" if cfg.data_mix else cfg.data_dir
-    if cfg.accept_data_change:
+    where = mixture.described
+    if accept_data_change:
         print(f"note: the data in {where} is not what {folder} was trained on ({'; '.join(changed)}); "
               "continuing on it, as accept_data_change asks")
         return
-    key, was = ("data_mix", state["config"].get("data_mix")) if cfg.data_mix else ("--data_dir",
-                                                                                  state["config"]["data_dir"])
     raise UserError(f"the data in {where} is not what {folder} was trained on ({'; '.join(changed)}), so the "
-                    f"resumed data stream would point into other text; point {key} at that data (it was {was}), set "
-                    "--accept_data_change true to continue on this data on purpose, or start a new out_dir")
+                    f"resumed data stream would point into other text; point {mixture.option} at that data (it was "
+                    f"{state.config.get(mixture.setting)}), set --accept_data_change true to continue on this "
+                    "data on purpose, or start a new out_dir")
 
 
 def _differences(saved: dict, identity: dict) -> list[str]:
@@ -145,11 +111,11 @@ def _differences(saved: dict, identity: dict) -> list[str]:
             for difference in _folder_differences(was[name], now)]
 
 
-def check_no_renamed_source(folder: Path, state: dict, identity: dict) -> None:
+def check_no_renamed_source(folder: Path, state: TrainerState, identity: dict) -> None:
     """Refuse a mixture source the checkpoint knew under another name: a source is its folder's name, so a renamed
     folder would start its data over from its first window. (A folder moved elsewhere under its name is the same
     source.) Where the checkpoint's source is still in the mixture, the new one is another copy: allowed."""
-    was, now = state.get("data", {}).get("sources", {}), identity.get("sources", {})
+    was, now = state.data.get("sources", {}), identity.get("sources", {})
     for name, current in now.items():
         if name in was:
             continue

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from accel_train.checkpointing.checkpoint import (MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint,
-                                                  load_weights, read_trainer_state, verified)
+                                                  load_weights, read_trainer_state, verified_checkpoint)
 from accel_train.config import TrainConfig, config_from_dict
-from accel_train.data.documents import first_folder
 from accel_train.data.meta import meaning_differences, read_meta
 from accel_train.errors import UserError
-from accel_train.models.gemma3 import Gemma3
+from accel_train.models.build import build_model
 
 
 def find_checkpoint(path) -> Path:
@@ -20,7 +21,7 @@ def find_checkpoint(path) -> Path:
     matches its manifest, so damaged weights are refused rather than sampled or exported."""
     folder = Path(path)
     if any((folder / name).exists() for name in (WEIGHTS_FILE, STATE_FILE, MANIFEST_FILE)):
-        return verified(folder, "use checkpoint")
+        return verified_checkpoint(folder, "use checkpoint")
     newest = latest_checkpoint(folder) if folder.is_dir() else None
     if newest is None:
         raise UserError(f"{folder} is neither a checkpoint folder (with {WEIGHTS_FILE}) nor an out_dir "
@@ -34,17 +35,17 @@ class TrainedModel:
     def __init__(self, checkpoint):
         self.folder = find_checkpoint(checkpoint)
         state = read_trainer_state(self.folder)
-        self.cfg: TrainConfig = config_from_dict(state["config"])
-        self.model = Gemma3(self.cfg.model)
+        self.cfg: TrainConfig = config_from_dict(state.config)
+        self.model = build_model(self.cfg.model)
         load_weights(self.model, self.folder)  # any layout the run saved, lm_head re-tied; unreadable is one line
         self.model.eval()
-        data = state.get("data") or {}  # checkpoints from before data identities record none
+        data = state.data  # checkpoints from before data identities record none
         self.meaning = next(iter(data["sources"].values()))["meta"] if "sources" in data else data.get("meta")
 
     def data_dir(self, data_dir=None) -> str:
         """The folder whose tokenizer reads this model's ids: `data_dir` as given, else the run's (data_mix's
         first folder: a mixture's folders share one tokenizer)."""
-        return str(data_dir) if data_dir is not None else first_folder(self.cfg)
+        return str(data_dir) if data_dir is not None else self.cfg.mixture().first.data_dir
 
     def check_tokenizer(self, data_dir) -> None:
         """Refuse, in one line saying what differs, a data folder whose tokenizer is not the one this model was
@@ -58,7 +59,7 @@ class TrainedModel:
         if differ:
             raise UserError(f"the tokenizer of {data_dir} is not the one {self.folder} was trained with "
                             f"({'; '.join(differ)}; there is the checkpoint, here {data_dir}); pass the --data_dir "
-                            f"it was trained on ({first_folder(self.cfg)}) or one prepared with its tokenizer")
+                            f"it was trained on ({self.data_dir()}) or one prepared with its tokenizer")
 
     def chat_template(self, data_dir=None) -> str:
         """The chat template of `data_dir` (default: the run's folder), whose fingerprint check_tokenizer compared
@@ -77,7 +78,7 @@ class TrainedModel:
         return tokenizer
 
 
-def load_model(checkpoint) -> tuple[Gemma3, TrainConfig]:
+def load_model(checkpoint) -> tuple[torch.nn.Module, TrainConfig]:
     """The trained model (fp32, eval mode, on the CPU) and the run's config from a checkpoint."""
     trained = TrainedModel(checkpoint)
     return trained.model, trained.cfg

@@ -1,17 +1,59 @@
-"""trainer_state.json's fields and their types, checked where a checkpoint is read: a field of the wrong type
-(`"step": "8"`, `"format_version": "1"`, a hand edit) is one line naming the field and what it holds, never a
-traceback from deep in a resume, nor a message that prints "1" as if it were 1."""
+"""The run's state between optimizer steps (`TrainerState`), which each checkpoint saves as trainer_state.json
+beside Accelerate's weights, optimizer and RNG states: the one place it is written and read.
+
+Its fields and their types are checked where a checkpoint is read: a field of the wrong type (`"step": "8"`,
+`"format_version": "1"`, a hand edit) is one line naming the field and what it holds, never a traceback from
+deep in a resume, nor a message that prints "1" as if it were 1.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 
 from accel_train.errors import UserError
 
 FORMAT_VERSION = 1  # what a checkpoint holds and how: raise it with any change that this version's readers cannot take
 STATE_FILE = "trainer_state.json"
-SPIKE_HISTORY = "spike_history"  # spike_sigma's history (training/loss_spikes.py): {"loss": [...], "grad_norm": [...]}
-MIXTURE = "mixture"  # data_mix's weights and each source's windows given, at next_batch
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands after its last optimizer step: what the loop advances and each checkpoint saves."""
+    run_id: str  # the tracker's run, which a resumed run continues
+    config: dict  # the config (TrainConfig.to_dict()) of the run that saved it: what a resume may not change
+    processes: int  # how many processes that run had
+    data: dict = field(default_factory=dict)  # what identifies its data (data.mixture.Mixture.identity)
+    step: int = 0  # optimizer steps taken
+    tokens: int = 0  # tokens trained on, every process together
+    next_batch: int = 0  # the data stream's first global batch after `step`
+    skipped_steps: int = 0  # updates skipped (nonfinite skip, spike_sigma), counted in the metrics
+    best_val_loss: float | None = None  # the lowest validation loss so far
+    val_loss: float | None = None  # the validation loss at `step`, where that step was evaluated
+    # the metrics row of `step` when a stop signal cut its evaluations short: the resumed run does them first
+    evaluation_owed: dict | None = None
+    spike_history: dict | None = None  # spike_sigma's {"loss": [...], "grad_norm": [...]}, oldest first
+    mixture: dict | None = None  # data_mix's {"weights": {source: w}, "counts": {source: windows given}}
+    later_fields: dict = field(default_factory=dict)  # fields a later version wrote (see field_problems), kept
+
+    @property
+    def owes_evaluation(self) -> bool:
+        """Whether the checkpoint's step still owes its evaluations (and its metrics row)."""
+        return self.evaluation_owed is not None
+
+    def to_json(self) -> dict:
+        """trainer_state.json's object; the fields of settings this run does not use are left out."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "later_fields"}
+        written = {name: value for name, value in fields.items() if not (name in OPTIONAL and value is None)}
+        return {**self.later_fields, **written, "format_version": FORMAT_VERSION}
+
+    @classmethod
+    def of_json(cls, fields: dict) -> TrainerState:
+        """The state that trainer_state.json's object `fields` holds, once check_format and field_problems passed."""
+        known = {name: fields[name] for name in FIELDS if name in fields}
+        return cls(**known, later_fields={name: value for name, value in fields.items()
+                                          if name not in FIELDS and name != "format_version"})
 
 
 
@@ -40,13 +82,14 @@ KINDS = {"count": ("a whole number", _count),
          "mixture": ('{"weights": {source: number}, "counts": {source: whole number}}',
                      lambda v: _of(v, ("weights", "counts"), lambda _: True) and _of(v["weights"], (), _number)
                      and _of(v["counts"], (), _count))}
-# every field the trainer writes, with the kinds its value may be; the OPTIONAL ones only with the settings that use
-# them (spike_sigma: training/loss_spikes.py's history; data_mix: each source's weight and windows given)
+# every field of TrainerState that the trainer writes, with the kinds its value may be; the OPTIONAL ones only with
+# the settings that use them (spike_sigma: training/loss_spikes.py's history; data_mix: each source's weight and
+# windows given)
 FIELDS = {"step": ("count",), "tokens": ("count",), "next_batch": ("count",), "skipped_steps": ("count",),
           "processes": ("positive",), "run_id": ("string",), "config": ("object",), "data": ("object",),
           "best_val_loss": ("number", "null"), "val_loss": ("number", "null"), "evaluation_owed": ("object", "null"),
-          SPIKE_HISTORY: ("history",), MIXTURE: ("mixture",)}
-OPTIONAL = {SPIKE_HISTORY, MIXTURE}
+          "spike_history": ("history",), "mixture": ("mixture",)}
+OPTIONAL = {"spike_history", "mixture"}
 
 
 def shown(value) -> str:

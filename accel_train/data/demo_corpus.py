@@ -16,7 +16,7 @@ from pathlib import Path
 
 from accel_train.errors import UserError
 from accel_train.data.meta import META_FILE, read_meta
-from accel_train.prepare import write_dataset
+from accel_train.data.dataset import write_dataset
 from accel_train.data.tokenizer import ByteTokenizer
 
 GIRLS = ["Lily", "Mia", "Sara", "Anna", "Zoe", "Ella", "Nina", "Ruby", "Lucy", "Ivy", "Emma", "Rosa", "Maya", "Hana",

@@ -2,15 +2,15 @@
 
 `prepare` writes each document followed by the end-of-text token, so that token also stands right before
 every document but the first; where it puts BOS at each document start (meta.json `bos_token`), BOS opens them.
-Either way the separator is the first token of the document it opens, and the model masks at it.
+Either way the separator is the first token of the document it opens, and the model masks at it; and what
+precedes every document (`document_prefix`), which sampling and task scoring put before their text.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from accel_train.data.meta import DataMeta, read_meta
-from accel_train.data.mixture import training_sources
+from accel_train.data.meta import DataMeta
 from accel_train.errors import UserError
 
 
@@ -29,15 +29,16 @@ def document_boundary(meta: DataMeta, data_dir, needed_by: str | None = None) ->
                     f"change {needed_by.split()[0]}")
 
 
-def masking_separator(mode: str, data_dir) -> int | None:
-    """The separator the model masks attention at under config `document_mask` (auto, on or off), or None for
-    plain causal attention; `on` for data that names no separator is refused in one line."""
+def masking_separator(mode: str, folder) -> int | None:
+    """The separator the model masks attention at under config `document_mask` (auto, on or off) in the data of
+    `folder` (a data.folder.DataFolder), or None for plain causal attention; `on` for data that names no separator
+    is refused in one line."""
     if mode == "off":
         return None
-    boundary = document_boundary(read_meta(Path(data_dir)), data_dir, "document_mask on" if mode == "on" else None)
+    boundary = folder.document_boundary("document_mask on" if mode == "on" else None)
     return None if boundary is None else boundary[1]
 
 
-def first_folder(cfg) -> str:
-    """The folder whose meta.json names the separator: data_dir, or a mixture's first (all share one tokenizer)."""
-    return training_sources(cfg.data_mix, cfg.data_dir)[0].data_dir
+def document_prefix(eot_token: int, bos_token: int | None) -> list[int]:
+    """What every training document followed: end-of-text, then the data's BOS where its documents start with one."""
+    return [eot_token] + ([bos_token] if bos_token is not None else [])

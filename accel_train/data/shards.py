@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from accel_train.atomic import replaced_file
+
 PROGRESS_FILE = "progress.json"
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16: a 100 GB corpus is a few hundred files; a resume redoes one
 SPLITS = ("train", "val")
@@ -97,9 +99,8 @@ def save_progress(folder: Path, key: str, files: dict[str, ShardFiles], cursor: 
     """Sync every shard, then record them and `cursor` (where in the input they end); written whole or not at
     all."""
     record = {"key": key, "cursor": cursor, "shards": {split: f.sync() for split, f in files.items()}}
-    tmp = folder / f"{PROGRESS_FILE}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / PROGRESS_FILE)
+    with replaced_file(folder / PROGRESS_FILE) as tmp:
+        tmp.write_text(json.dumps(record))
 
 
 def resume_point(folder: Path, key: str, itemsize: int) -> tuple[dict, dict[str, list]]:

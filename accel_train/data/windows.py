@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from accel_train.data.documents import document_boundary
-from accel_train.data.meta import DataMeta
+from accel_train.atomic import replaced_file
 from accel_train.errors import UserError
 
 WINDOW_STARTS = ("any", "document")
@@ -63,11 +61,11 @@ class Grid:
 class DocumentStarts:
     """Windows starting at document starts, and every block_size tokens inside longer documents."""
 
-    def __init__(self, data, block_size: int, data_dir: Path, split: str, meta: DataMeta):
-        data.num_windows(block_size)
-        self.table = _cached_starts(data, block_size, Path(data_dir), split, meta)
+    def __init__(self, folder, split: str, block_size: int):
+        folder.split(split).num_windows(block_size)
+        self.table = _cached_starts(folder, split, block_size)
         if not len(self.table):
-            raise UserError(f"{data_dir}: no document of the {split} split starts a whole window of "
+            raise UserError(f"{folder.path}: no document of the {split} split starts a whole window of "
                             f"{block_size + 1} tokens; use window_start any or a smaller block_size")
 
     def __len__(self) -> int:
@@ -77,16 +75,18 @@ class DocumentStarts:
         return np.asarray(self.table[indices], dtype=np.int64)
 
 
-def window_set(data, block_size: int, window_start: str, sampling: str, data_dir, split: str, meta: DataMeta):
-    """The windows of `data` (an open split) that `window_start` and `sampling` train on."""
+def window_set(folder, split: str, block_size: int, window_start: str, sampling: str):
+    """The windows of `split` of `folder` (a data.folder.DataFolder) that `window_start` and `sampling` train on."""
     if window_start == "document":
-        return DocumentStarts(data, block_size, data_dir, split, meta)
+        return DocumentStarts(folder, split, block_size)
+    data = folder.split(split)
     return Grid(data, block_size) if sampling == "epoch" else AllPositions(data, block_size)
 
 
-def scan_starts(data, block_size: int, meta: DataMeta, data_dir, write) -> None:
-    """Pass `write` the window starts of `data` chunk by chunk, in order (see DocumentStarts)."""
-    kind, token = document_boundary(meta, data_dir, "window_start document")
+def scan_starts(data, block_size: int, boundary: tuple[str, int], write) -> None:
+    """Pass `write` the window starts of `data` (an open split whose documents open at `boundary`) chunk by
+    chunk, in order (see DocumentStarts)."""
+    kind, token = boundary
     last_start, pending = data.num_tokens - block_size - 1, 0  # pending: the document not yet closed
     for first in range(0, data.num_tokens, SCAN_TOKENS):
         count = min(SCAN_TOKENS, data.num_tokens - first)
@@ -116,29 +116,26 @@ def _chunked(bounds: np.ndarray, block_size: int, last_start: int) -> np.ndarray
     return out[out <= last_start].astype(np.int64)
 
 
-def _cached_starts(data, block_size: int, data_dir: Path, split: str, meta: DataMeta) -> np.ndarray:
+def _cached_starts(data_folder, split: str, block_size: int) -> np.ndarray:
     """The window starts from the cache beside the data, scanned (and cached where the folder allows) if stale."""
-    meta_file = data_dir / "meta.json"
-    boundary = document_boundary(meta, data_dir, "window_start document")
+    data = data_folder.split(split)
+    boundary = data_folder.document_boundary("window_start document")
     key = {"tokens": data.num_tokens, "block_size": block_size, "boundary": list(boundary),
-           "meta_mtime_ns": meta_file.stat().st_mtime_ns if meta_file.exists() else None}
-    folder, name = data_dir / CACHE_DIR, f"{split}_{block_size}"
+           "meta_mtime_ns": data_folder.meta_mtime_ns}
+    folder, name = data_folder.path / CACHE_DIR, f"{split}_{block_size}"
     with contextlib.suppress(OSError, ValueError):
         if json.loads((folder / f"{name}.json").read_text()) == key:
             return _load(folder / f"{name}.bin")
-    tmp = folder / f"{name}.bin.{os.getpid()}"
     try:
         folder.mkdir(exist_ok=True)
-        with open(tmp, "wb") as out:
-            scan_starts(data, block_size, meta, data_dir, lambda starts: out.write(starts.tobytes()))
-        os.replace(tmp, folder / f"{name}.bin")  # the table first, then the key that vouches for it
-        (folder / f"{name}.json").write_text(json.dumps(key))
+        with replaced_file(folder / f"{name}.bin") as tmp, open(tmp, "wb") as out:
+            scan_starts(data, block_size, boundary, lambda starts: out.write(starts.tobytes()))
+        with replaced_file(folder / f"{name}.json") as tmp:  # the table first, then the key that vouches for it
+            tmp.write_text(json.dumps(key))
         return _load(folder / f"{name}.bin")
     except OSError:  # a read-only data folder: keep them in memory this time
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         parts = []
-        scan_starts(data, block_size, meta, data_dir, parts.append)
+        scan_starts(data, block_size, boundary, parts.append)
         return np.concatenate(parts)
 
 

@@ -1,7 +1,10 @@
 """Work done on one process or on all, whose UserError stops every process with the same one line: only rank 0
-prints errors, and a process that failed alone would leave the others waiting for it in the next collective."""
+prints errors, and a process that failed alone would leave the others waiting for it in the next collective. And
+warnings, said by the main process alone."""
 
 from __future__ import annotations
+
+import warnings
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
@@ -38,3 +41,9 @@ def on_every_process(accelerator: Accelerator, fn):
         raise UserError(failed[0])
     return result
 
+
+def warn_on_main_process_only(accelerator: Accelerator) -> None:
+    """Silence Python's warnings on every process but the main one, so that each is said once, not once per
+    process (process-wide, for the rest of the run)."""
+    if not accelerator.is_main_process:
+        warnings.filterwarnings("ignore")

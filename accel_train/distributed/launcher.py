@@ -96,17 +96,11 @@ def check_launch(cpu: bool) -> None:
         raise UserError(_fsdp_off_reason())
 
 
-def check_fsdp(distributed_type, optimizer: str) -> None:
-    """Once the Accelerator is built, refuse an FSDP launch it cannot run. Accelerate's AcceleratorState enables
-    FSDP only for GPU-like distributed types: on the CPU it drops the plugin and quietly runs plain DDP. And its
-    FSDP save_state pairs the i-th optimizer with the i-th model, so Muon (two optimizers, one model) trains but
-    cannot be checkpointed."""
+def check_fsdp(distributed_type) -> None:
+    """Once the Accelerator is built, refuse an FSDP launch it cannot run: Accelerate's AcceleratorState enables
+    FSDP only for GPU-like distributed types; on the CPU it drops the plugin and quietly runs plain DDP."""
     if fsdp_requested() and distributed_type != "FSDP":
         raise UserError(_fsdp_off_reason())
-    if distributed_type == "FSDP" and optimizer == "muon":
-        raise UserError("optimizer 'muon' does not run under FSDP: Muon runs beside AdamW, and Accelerate checkpoints "
-                        "only one optimizer per model under FSDP; use --optimizer adamw, or Muon with DDP "
-                        "(--multi_gpu)")
 
 
 def fsdp_requested() -> bool:

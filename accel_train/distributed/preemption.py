@@ -37,6 +37,10 @@ class StopSignals:
     def _record(self, signum, frame) -> None:
         self.received = self.received or signal.Signals(signum).name
 
+    def reached_any_process(self) -> bool:
+        """Whether a stop signal reached any process: the same answer on all of them, which must all ask."""
+        return any_process(self.received is not None)
+
 
 @functools.cache
 def _cpu_group():

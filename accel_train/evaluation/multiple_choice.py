@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from accel_train.data.documents import document_prefix
 from accel_train.errors import UserError
 from accel_train.numerals import whole_number
 
@@ -211,11 +212,6 @@ class TaskScorer:
             acc, acc_norm = (sum_across(counts) / len(task.examples)).tolist()
             results.update({f"{task.name}/acc": acc, f"{task.name}/acc_norm": acc_norm})
         return results
-
-
-def document_prefix(eot_token: int, bos_token: int | None) -> list[int]:
-    """What every training document followed: end-of-text, then the data's BOS where its documents start with one."""
-    return [eot_token] + ([bos_token] if bos_token is not None else [])
 
 
 def task_scorer(specs: str, tokenizer, block_size: int, batch_rows: int) -> TaskScorer:

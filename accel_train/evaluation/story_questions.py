@@ -80,7 +80,7 @@ def exact_answers(checkpoint, data_dir, questions) -> tuple[int, int, int]:
     `questions`, asked greedily."""
     from accel_train.checkpointing.trained_model import TrainedModel
     from accel_train.data.chat import ChatEncoder, read_conversations
-    from accel_train.sample import chat_answer
+    from accel_train.models.generation import chat_answer
 
     trained = TrainedModel(checkpoint)
     chat = ChatEncoder(trained.tokenizer(data_dir), trained.chat_template(data_dir))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from accel_train.models.gemma3 import Gemma3, ModelConfig
+from accel_train.models.build import build_model
+from accel_train.models.gemma3 import ModelConfig
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, matched in order against the
 # device name; first match wins, so the more specific names come first.
@@ -35,7 +36,7 @@ PEAK_TFLOPS = (
 def flops_per_token(cfg: ModelConfig, block_size: int) -> float:
     """Training FLOPs (forward and backward) per token, by PaLM's formula."""
     with torch.device("meta"):
-        n = Gemma3(cfg).num_params(non_embedding=False)
+        n = build_model(cfg).num_params(non_embedding=False)
     return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * block_size
 
 

@@ -17,30 +17,30 @@ from torch.utils.checkpoint import checkpoint
 
 from accel_train.data.tokens import IGNORE
 from accel_train.models.losses import linear_cross_entropy
-from accel_train.setting import even, multiple_of, setting
+from accel_train.declarations import declare, even, multiple_of
 
 
 @dataclass
 class ModelConfig:
     """Shape of the model; the defaults are Gemma 3 270M with the GPT-2 vocabulary (the seed's)."""
 
-    vocab_size: int = setting(50257, "tokens in the vocabulary (the data's meta.json must fit in it); at most 2^32, "
+    vocab_size: int = declare(50257, "tokens in the vocabulary (the data's meta.json must fit in it); at most 2^32, "
                                      "as token ids are stored in 32 bits", low=1, high=2**32)
-    hidden_size: int = setting(640, "width of the residual stream", low=1)
-    intermediate_size: int = setting(2048, "width of each MLP's hidden layer", low=1)
-    num_hidden_layers: int = setting(18, "decoder layers", low=1)
-    num_attention_heads: int = setting(4, "query heads per layer", low=1, rules=(multiple_of("num_key_value_heads"),))
-    num_key_value_heads: int = setting(1, "key and value heads per layer (grouped-query attention)", low=1)
-    head_dim: int = setting(256, "width of each attention head", low=1, rules=(even(" for RoPE"),))
-    sliding_window: int = setting(512, "keys a local layer attends to", low=1)
-    sliding_window_pattern: int = setting(6, "every Nth layer attends globally, the others locally", low=1)
-    rope_local_base_freq: float = setting(10_000.0, "RoPE base of the local layers", above=0)
-    rope_theta: float = setting(1_000_000.0, "RoPE base of the global layers", above=0)
-    query_pre_attn_scalar: float = setting(256.0, "attention scores are scaled by its inverse square root", above=0)
-    max_position_embeddings: int = setting(32_768, "the longest context (block_size is at most this)")
-    rms_norm_eps: float = setting(1e-6, "added to the mean square in each RMSNorm", above=0)
-    tie_word_embeddings: bool = setting(True, "the output head shares the embedding's weights")
-    initializer_range: float = setting(0.02, "standard deviation of the initial weights", above=0)
+    hidden_size: int = declare(640, "width of the residual stream", low=1)
+    intermediate_size: int = declare(2048, "width of each MLP's hidden layer", low=1)
+    num_hidden_layers: int = declare(18, "decoder layers", low=1)
+    num_attention_heads: int = declare(4, "query heads per layer", low=1, rules=(multiple_of("num_key_value_heads"),))
+    num_key_value_heads: int = declare(1, "key and value heads per layer (grouped-query attention)", low=1)
+    head_dim: int = declare(256, "width of each attention head", low=1, rules=(even(" for RoPE"),))
+    sliding_window: int = declare(512, "keys a local layer attends to", low=1)
+    sliding_window_pattern: int = declare(6, "every Nth layer attends globally, the others locally", low=1)
+    rope_local_base_freq: float = declare(10_000.0, "RoPE base of the local layers", above=0)
+    rope_theta: float = declare(1_000_000.0, "RoPE base of the global layers", above=0)
+    query_pre_attn_scalar: float = declare(256.0, "attention scores are scaled by its inverse square root", above=0)
+    max_position_embeddings: int = declare(32_768, "the longest context (block_size is at most this)")
+    rms_norm_eps: float = declare(1e-6, "added to the mean square in each RMSNorm", above=0)
+    tie_word_embeddings: bool = declare(True, "the output head shares the embedding's weights")
+    initializer_range: float = declare(0.02, "standard deviation of the initial weights", above=0)
 
     def is_sliding(self, layer_idx: int) -> bool:
         return (layer_idx + 1) % self.sliding_window_pattern != 0

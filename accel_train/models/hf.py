@@ -18,7 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from accel_train.errors import UserError, first_line
-from accel_train.models.gemma3 import Gemma3, ModelConfig
+from accel_train.models.build import build_model
+from accel_train.models.gemma3 import ModelConfig
 from accel_train.data.chat import TEMPLATE_FILE
 from accel_train.data.tokenizer import EOT_TEXT, PROBE, BpeTokenizer, ByteTokenizer, HFTokenizer
 
@@ -154,7 +155,7 @@ def hf_name(name: str) -> str:
 def expected_shapes(cfg: ModelConfig) -> dict[str, list[int]]:
     """{HuggingFace name: shape} of every weight our model of `cfg` loads (a tied lm_head is the embedding)."""
     with torch.device("meta"):  # shapes only, no memory
-        state = Gemma3(cfg).state_dict()
+        state = build_model(cfg).state_dict()
     if cfg.tie_word_embeddings:
         del state["lm_head.weight"]
     return {hf_name(name): list(tensor.shape) for name, tensor in state.items()}

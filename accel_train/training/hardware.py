@@ -8,9 +8,13 @@ import warnings
 
 import torch
 
-from accel_train.errors import UserError
+from accel_train.errors import UserError, first_line
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+DTYPES = ("auto", *MIXED_PRECISION)  # the config's choices of device, dtype and speed switch, all read here
+DEVICES = ("auto", "cpu", "cuda")
+SWITCHES = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def resolve_hardware(device: str, dtype: str) -> tuple[bool, str]:
@@ -33,7 +37,26 @@ def resolve_hardware(device: str, dtype: str) -> tuple[bool, str]:
     return cpu, MIXED_PRECISION[dtype]
 
 
+def set_activation_memory_budget(budget: float) -> None:
+    """Set torch's process-wide share of the activations that a compiled backward pass keeps: the min-cut
+    partitioner recomputes the rest, cheapest first, a finer trade of memory for compute than checkpoint_layers."""
+    from torch._functorch import config as functorch_config
+
+    functorch_config.activation_memory_budget = budget
+
+
 def switch_on(value: str, cuda: bool) -> bool:
     """A speed switch (`auto`, `on`, `off`): `auto` is on where it pays, on CUDA, and off on the CPU
     (torch.compile there mostly costs compile time)."""
     return value == "on" or (value == "auto" and cuda)
+
+
+def usable_device(name: str) -> torch.device:
+    """The --device, checked by computing on it and reading the result back: a name torch does not know, a GPU
+    this machine lacks and `meta` (shapes without data) all fail here, in one line, before the slow load."""
+    try:
+        device = torch.device(name)
+        torch.ones(1, device=device).add(1).cpu()
+    except (RuntimeError, AssertionError, NotImplementedError, ValueError) as err:
+        raise UserError(f"cannot compute on --device {name!r}: {first_line(err)}") from None
+    return device

@@ -13,16 +13,14 @@ from __future__ import annotations
 import math
 import statistics
 
-from accel_train.checkpointing.trainer_state import SPIKE_HISTORY  # oldest first
-
 
 class SpikeGuard:
     """Decides, step by step, whether an update is skipped; `last_z` holds the latest step's z-scores, for its
     metrics row (none before half a window)."""
 
-    def __init__(self, sigma: float, window: int, state: dict):
+    def __init__(self, sigma: float, window: int, history: dict | None = None):
         self.sigma, self.window = sigma, window
-        self.history = state.setdefault(SPIKE_HISTORY, {"loss": [], "grad_norm": []})  # saved with the state
+        self.history = history or {"loss": [], "grad_norm": []}  # the saved one, oldest first; each checkpoint saves it
         self.last_z: dict[str, float] = {}
 
     def z_score(self, name: str, value: float) -> float | None:

@@ -17,10 +17,8 @@ from accelerate.utils import DynamoBackend
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 from accel_train.config import TrainConfig
-from accel_train.data.documents import first_folder, masking_separator
-from accel_train.models.gemma3 import Gemma3
 from accel_train.training.hardware import switch_on
-from accel_train.training.optim import build_optimizer
+from accel_train.training.optim import OptimizerHyperparameters, Optimizers, build_optimizers
 
 HEADROOM = 0.9  # a size whose trial step peaks above this share of the GPU's memory does not count as fitting
 
@@ -44,13 +42,13 @@ def largest_fitting(sizes: list[int], fits) -> int:
     raise RuntimeError(f"not even a micro-batch of {sizes[-1]} fits in memory")
 
 
-def trial_step_fits(cfg: TrainConfig, accelerator, size: int, fused_adamw: bool) -> bool:
-    """One forward, backward and AdamW step at micro-batch `size` on a fresh model; within HEADROOM?"""
+def trial_step_fits(cfg: TrainConfig, accelerator, size: int, fused_adamw: bool, new_model) -> bool:
+    """One forward, backward and optimizer step at micro-batch `size` on a fresh model from `new_model()` (the
+    run's, document masks and all) with the run's optimizers; within HEADROOM?"""
     device = accelerator.device
-    separator = masking_separator(cfg.document_mask, first_folder(cfg))  # the masks take memory too
-    model = Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
-                   document_separator=separator).to(device)
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=fused_adamw)
+    model = new_model().to(device)
+    optimizer = Optimizers(build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=fused_adamw,
+                                            mixed_precision=accelerator.mixed_precision))
     torch.cuda.reset_peak_memory_stats(device)
     x = torch.randint(cfg.model.vocab_size, (size, cfg.block_size), device=device)
     with accelerator.autocast():
@@ -61,7 +59,7 @@ def trial_step_fits(cfg: TrainConfig, accelerator, size: int, fused_adamw: bool)
     return peak <= HEADROOM * torch.cuda.get_device_properties(device).total_memory
 
 
-def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool) -> int:
+def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool, new_model) -> int:
     """The config's micro_batch; or, when 0, one stream batch (batch_size) off a GPU and the largest that fits on
     one (the smallest any process found, so all processes agree)."""
     if cfg.micro_batch:
@@ -69,7 +67,7 @@ def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool) -> int
     if accelerator.device.type != "cuda":
         return cfg.batch_size
     size = largest_fitting(divisors_descending(cfg.sequences_per_step),
-                           lambda s: trial_step_fits(cfg, accelerator, s, fused_adamw))
+                           lambda s: trial_step_fits(cfg, accelerator, s, fused_adamw, new_model))
     torch.cuda.reset_peak_memory_stats(accelerator.device)  # the peak that counts is training's
     return int(accelerator.gather(torch.tensor([size], device=accelerator.device)).min().item())
 
@@ -86,12 +84,13 @@ class StepPlan:
     micro_steps: int  # forward passes (micro-batches) per optimizer step on one process
 
 
-def plan_step(cfg: TrainConfig, accelerator) -> StepPlan:
+def plan_step(cfg: TrainConfig, accelerator, new_model) -> StepPlan:
     """The choices the Accelerator made (device, precision, compile), and those that need its device: fused
-    AdamW and, when the config leaves it at 0, the micro-batch (a search on a GPU)."""
+    AdamW and, when the config leaves it at 0, the micro-batch (a search on a GPU, each size tried on a fresh
+    model from `new_model()`, the run's)."""
     cuda = accelerator.device.type == "cuda"
     fused_adamw = switch_on(cfg.fused_adamw, cuda)
-    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw)
+    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw, new_model)
     return StepPlan(cpu=not cuda, mixed_precision=accelerator.mixed_precision,
                     compile=accelerator.state.dynamo_plugin.backend != DynamoBackend.NO, fused_adamw=fused_adamw,
                     micro_batch=micro_batch, micro_steps=cfg.sequences_per_step // micro_batch)

@@ -11,43 +11,41 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
-from torch._functorch import config as functorch_config
 
 from accel_train.checkpointing.checkpoint import (BEST, check_layout, checkpoints_root, finish_bookkeeping,
                                                   launch_layout, list_checkpoints, load_state, read_trainer_state,
                                                   resolve_resume)
-from accel_train.checkpointing.resume import check_resumable, check_same_data, run_identity
+from accel_train.checkpointing.resume import check_resumable, check_same_data
 from accel_train.checkpointing.run_lock import RunLock
-from accel_train.checkpointing.trainer_state import MIXTURE
+from accel_train.checkpointing.trainer_state import TrainerState
 from accel_train.checkpointing.trained_model import TrainedModel
 from accel_train.config import TrainConfig
-from accel_train.data.documents import document_boundary, first_folder, masking_separator
+from accel_train.data.documents import masking_separator
+from accel_train.data.folder import DataFolder
+from accel_train.data.mixture import Mixture
+from accel_train.data.stream import WindowStream
 from accel_train.data.token_scan import largest_id
 from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokenizer
-from accel_train.data.meta import DataMeta, read_meta
-from accel_train.data.mixture import Source, check_compatible, training_sources
-from accel_train.data.stream import WindowStream
-from accel_train.data.tokens import data_folder, open_split, train_loader
-from accel_train.distributed.collective import on_every_process, on_main_process
+from accel_train.data.tokens import train_loader
+from accel_train.distributed.collective import on_every_process, on_main_process, warn_on_main_process_only
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
                                               die_with_launcher, outlive_lost_output)
 from accel_train.errors import UserError, first_line
 from accel_train.models.flops import flops_per_token, peak_tflops
-from accel_train.models.gemma3 import Gemma3
+from accel_train.models.build import training_model
 from accel_train.models.hf import hf_model_config, hf_state_dict
 from accel_train.evaluation.multiple_choice import TaskScorer, read_tasks, task_scorer
-from accel_train.training.hardware import resolve_hardware, switch_on
+from accel_train.training.hardware import resolve_hardware, set_activation_memory_budget, switch_on
 from accel_train.training.loss_spikes import SpikeGuard
 from accel_train.training.micro_batch import StepPlan, plan_step
-from accel_train.training.optim import (OptimizerHyperparameters, Optimizers, build_optimizers, group_hyperparameters,
-                                        restore_group_hyperparameters)
+from accel_train.training.optim import (OptimizerHyperparameters, Optimizers, build_optimizers, check_distributed,
+                                        group_hyperparameters, restore_group_hyperparameters)
 from accel_train.training.schedule import LrSchedule, Schedule
 from accel_train.training.tracking import (METRICS_FILE, MetricsLog, check_tracker_installed, has_rows, new_run_id,
                                            start_tracker, watch_model)
@@ -58,12 +56,12 @@ class Run:
     and the per-run constants its metrics rows and checkpoints are made of."""
     cfg: TrainConfig
     accelerator: Accelerator
-    plan: StepPlan
+    step_plan: StepPlan
     model: torch.nn.Module
     optimizer: Optimizers
     schedulers: list  # one per optimizer, each prepared: the rate of the coming step
     batches: Iterator
-    state: dict
+    trainer_state: TrainerState
     resume_from: Path | None
     metrics: MetricsLog
     start_step: int
@@ -72,10 +70,10 @@ class Run:
     tokens_per_step: int  # all processes together
     flops_per_token: float
     peak_tflops: float | None
+    mixture: Mixture  # the sources trained on, each folder opened once and shared by stream and evaluation
     stream: WindowStream
-    tokens_per_byte: list[float | None]  # of each source's validation split
     lock: RunLock  # held by the main process: confirmed before each write to out_dir
-    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped, its history in `state`
+    spikes: SpikeGuard | None  # with spike_sigma: decides which updates are skipped; its history is saved
     scorer: TaskScorer | None  # with tasks: the multiple-choice tasks, encoded
     masked: bool  # a source has a loss mask (conversations): a step's loss is the mean over its trained targets
 
@@ -84,70 +82,72 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
     """Everything before the first step: the Accelerator, out_dir taken and checked, the step plan,
     the model and optimizers (loaded from the checkpoint when resuming), the data stream and the trackers."""
     accelerator = make_accelerator(cfg)
-    if not accelerator.is_main_process:
-        warnings.filterwarnings("ignore")  # say things once
+    warn_on_main_process_only(accelerator)
     if cfg.init_from:  # the model takes the initial weights' shape: a new config, the caller's stays as it is
         shape, initial_weights = init_weights(cfg.init_from)
         cfg = dataclasses.replace(cfg, model=shape).validate()
-    resume_from, state = on_main_process(accelerator, lambda: plan_start(cfg, accelerator.num_processes, lock,
-                                                                         launch_layout(accelerator)))
-    plan = plan_step(cfg, accelerator)
-    accelerator.gradient_accumulation_steps = plan.micro_steps  # the same sequences per step
+    mixture = cfg.mixture()
+    resume_from, trainer_state = on_main_process(accelerator, lambda: plan_start(
+        cfg, mixture, accelerator.num_processes, lock, launch_layout(accelerator)))
+    step_plan = plan_step(cfg, accelerator, lambda: new_model(cfg, mixture))
+    accelerator.gradient_accumulation_steps = step_plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
-    sources = training_sources(cfg.data_mix, cfg.data_dir)
-    metas = [read_meta(source.data_dir) for source in sources]  # checked by plan_start on the main process
-    masked = any(meta.loss_mask is not None for meta in metas)
-    model = new_model(cfg, masked)
+    model = new_model(cfg, mixture)
     if cfg.init_from and resume_from is None:
         model.load_state_dict(initial_weights())
         accelerator.print(f"starting from the weights of {cfg.init_from}")
-    optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=plan.fused_adamw,
+    optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), fused=step_plan.fused_adamw,
                                   mixed_precision=accelerator.mixed_precision)
     world = accelerator.num_processes
     batches_per_step, tokens_per_step = cfg.gradient_accumulation_steps * world, cfg.tokens_per_step * world
-    first_batch = state["next_batch"]
+    first_batch = trainer_state.next_batch
+    counts = mixture.counts_at(first_batch, cfg.batch_size, (trainer_state.mixture or {}).get("counts"))
     stream = on_every_process(accelerator, lambda: WindowStream(
-        sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
-        counts=state.get(MIXTURE, {}).get("counts"), mixture=bool(cfg.data_mix), metas=metas))
-    loader = train_loader(stream, first_batch=first_batch, pin_memory=not plan.cpu,
-                          num_batches=first_batch + (cfg.max_iters - state["step"]) * batches_per_step,
-                          micro_batch=plan.micro_batch)
+        mixture.sources, cfg.block_size, cfg.batch_size, cfg.seed, cfg.sampling, cfg.window_start, first_batch,
+        counts))
+    loader = train_loader(stream, first_batch=first_batch, pin_memory=not step_plan.cpu,
+                          num_batches=first_batch + (cfg.max_iters - trainer_state.step) * batches_per_step,
+                          micro_batch=step_plan.micro_batch)
     schedule = LrSchedule.of(cfg)
     schedulers = [Schedule(optimizer, schedule) for optimizer in optimizers]  # one each: Muon's keeps its own scale
     model, *prepared, loader = accelerator.prepare(model, *optimizers, *schedulers, loader)  # saved one by one
     optimizer, schedulers = Optimizers(prepared[:len(optimizers)]), prepared[len(optimizers):]
-    start_from(cfg, accelerator, optimizer, resume_from, state["step"])
-    on_main_process(accelerator, lambda: start_tracker(
-        accelerator, cfg.tracker, state["run_id"], cfg.to_dict(), out_dir=cfg.out_dir, run_name=cfg.run_name,
-        wandb_project=cfg.wandb_project, wandb_tags=cfg.wandb_tags))
+    start_from(cfg, accelerator, optimizer, resume_from, trainer_state.step)
+    on_main_process(accelerator, lambda: start_tracker(accelerator, cfg, trainer_state.run_id))
     watch_model(accelerator, model, cfg.watch_interval)
     metrics = MetricsLog(cfg.out_dir, accelerator.is_main_process)
     if resume_from:  # rows past the checkpoint are written again; so is the row of a step that owes evaluations
-        last_kept = state["step"] if state["evaluation_owed"] is None else state["step"] - 1
+        last_kept = trainer_state.step - 1 if trainer_state.owes_evaluation else trainer_state.step
         on_main_process(accelerator, lambda: metrics.keep_until(last_kept))
     accelerator.print(f"model: {accelerator.unwrap_model(model).num_params() / 1e6:.2f}M non-embedding parameters; "
                       f"{world} process(es), {tokens_per_step:,} tokens per optimizer step "
-                      f"in {plan.micro_steps} micro-batch(es) of {plan.micro_batch} per process")
-    return Run(cfg, accelerator, plan, model, optimizer, schedulers, iter(loader), state, resume_from,
-               metrics, start_step=state["step"], first_batch=first_batch, batches_per_step=batches_per_step,
+                      f"in {step_plan.micro_steps} micro-batch(es) of {step_plan.micro_batch} per process")
+    return Run(cfg, accelerator, step_plan, model, optimizer, schedulers, iter(loader), trainer_state, resume_from,
+               metrics, start_step=trainer_state.step, first_batch=first_batch, batches_per_step=batches_per_step,
                tokens_per_step=tokens_per_step, flops_per_token=flops_per_token(cfg.model, cfg.block_size),
-               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), stream=stream,
-               tokens_per_byte=[meta.tokens_per_byte("val") for meta in metas], lock=lock,
-               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, state) if cfg.spike_sigma else None,
-               scorer=task_scorer(cfg.tasks, load_tokenizer(first_folder(cfg)), cfg.block_size, cfg.batch_size)
-               if cfg.tasks else None, masked=masked)
+               peak_tflops=peak_tflops(accelerator.device, cfg.peak_tflops), mixture=mixture, stream=stream, lock=lock,
+               spikes=SpikeGuard(cfg.spike_sigma, cfg.spike_window, trainer_state.spike_history)
+               if cfg.spike_sigma else None,
+               scorer=task_scorer(cfg.tasks, mixture.first.folder.tokenizer(), cfg.block_size, cfg.batch_size)
+               if cfg.tasks else None, masked=has_loss_mask(mixture))
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def set_up_process(cfg: TrainConfig) -> tuple[bool, str]:
+    """What this process does to itself before its Accelerator exists, each step owned by its module; returns
+    (run on the CPU?, Accelerate's mixed precision) for this machine."""
     die_with_launcher()  # first: a trainer whose launcher is gone must not wait for its peers, or train on alone
     outlive_lost_output()
     cpu, mixed_precision = resolve_hardware(cfg.device, cfg.dtype)
     check_launch(cpu)
     check_lone_process()
-    # Compiled, the min-cut partitioner keeps this share of the activations for the backward pass and
-    # recomputes the rest, cheapest first: a finer trade of memory for compute than checkpoint_layers.
-    functorch_config.activation_memory_budget = cfg.activation_memory_budget
+    set_activation_memory_budget(cfg.activation_memory_budget)
     check_tracker_installed(cfg.tracker)  # before out_dir is touched: a run must not go on without its tracker
+    return cpu, mixed_precision
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The run's Accelerator, in a process set up for it (set_up_process), once it can run this launch."""
+    cpu, mixed_precision = set_up_process(cfg)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
@@ -161,63 +161,58 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
                                         mode=cfg.compile_mode, dynamic=False),
     )
     check_process_count(accelerator.num_processes)  # before anything is written
-    check_fsdp(accelerator.distributed_type, cfg.optimizer)
+    check_fsdp(accelerator.distributed_type)
+    check_distributed(cfg.optimizer, accelerator.distributed_type)
     return accelerator
 
 
-def plan_start(cfg: TrainConfig, processes: int, lock: RunLock, layout: str) -> tuple[Path | None, dict]:
-    """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from;
+def plan_start(cfg: TrainConfig, mixture: Mixture, processes: int, lock: RunLock,
+               layout: str) -> tuple[Path | None, TrainerState]:
+    """Take out_dir for this run, then the checkpoint to resume (or None) and the trainer state to start from, the
+    data (`mixture`) checked;
     `layout` is how this launch saves weights (checkpoint.LAYOUTS). Every check a user's mistake can fail
     happens here, before anything but the lock is written."""
     lock.acquire()
     resume_from = resolve_resume(cfg.resume, cfg.out_dir)
-    state = fresh_state(cfg, processes) if resume_from is None else read_trainer_state(resume_from)
+    trainer_state = (TrainerState(new_run_id(), cfg.to_dict(), processes) if resume_from is None
+             else read_trainer_state(resume_from))
     if resume_from is not None:
         check_layout(resume_from, layout)
-        check_resumable(resume_from, state, cfg, processes)
-    sources = training_sources(cfg.data_mix, cfg.data_dir)
-    data = run_identity(cfg, sources, check_data(cfg, sources))
+        check_resumable(resume_from, trainer_state, cfg, mixture, processes)
+    check_data(cfg, mixture)
+    data = mixture.identity()
     if cfg.tasks:
         read_tasks(cfg.tasks)  # a bad task file is refused now, not at the first evaluation
-        load_tokenizer(first_folder(cfg))
+        mixture.first.folder.tokenizer()
     if resume_from is not None:
-        check_same_data(resume_from, state, data, cfg)
-    state.update(config=cfg.to_dict(), processes=processes, data=data)  # the next checkpoint is this run's
+        check_same_data(resume_from, trainer_state, mixture, data, cfg.accept_data_change)
+    # the next checkpoint is this run's
+    trainer_state.config, trainer_state.processes, trainer_state.data = cfg.to_dict(), processes, data
     prepare_out_dir(cfg, resuming=resume_from is not None)
     if resume_from is not None:
         finish_bookkeeping(cfg.out_dir, cfg.keep_last, resume_from)
-    return resume_from, state
+    return resume_from, trainer_state
 
 
-def fresh_state(cfg: TrainConfig, processes: int) -> dict:
-    """The trainer state of a new run, which each checkpoint saves. `evaluation_owed` is None, or the metrics row
-    of the checkpoint's step when a stop signal cut that step's evaluations short: the resumed run does them
-    first."""
-    return {"step": 0, "tokens": 0, "next_batch": 0, "best_val_loss": None, "skipped_steps": 0,
-            "evaluation_owed": None, "run_id": new_run_id(), "config": cfg.to_dict(), "processes": processes}
-
-
-def check_data(cfg: TrainConfig, sources: list[Source]) -> list[DataMeta]:
+def check_data(cfg: TrainConfig, mixture: Mixture) -> None:
     """Make the demo corpus if asked, then check every source's folder (see check_folder) and, for a mixture,
-    that their token ids mean the same; each source's meta.json."""
-    if cfg.demo_data and not cfg.data_mix:
+    that their token ids mean the same."""
+    if cfg.demo_data and not mixture.per_source:
         from accel_train.data.demo_corpus import ensure_demo_data
 
-        ensure_demo_data(Path(cfg.data_dir))
-    for source in sources:
-        data_folder(source.data_dir)
-    masking_separator(cfg.document_mask, sources[0].data_dir)  # document_mask on without a separator: refused here
-    metas = [read_meta(Path(source.data_dir)) for source in sources]
-    check_compatible(sources, metas)
-    for source, meta in zip(sources, metas):
-        check_folder(cfg, Path(source.data_dir), meta)
-    return metas
+        ensure_demo_data(Path(mixture.first.data_dir))
+    folders = [source.folder for source in mixture.sources]  # a missing folder or bad meta.json is named first
+    masking_separator(cfg.document_mask, folders[0])  # document_mask on without a separator: refused here
+    mixture.check_compatible()
+    for folder in folders:
+        check_folder(cfg, folder)
 
 
-def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
-    """Check both splits of `data_dir` and its meta.json (`meta`) against the model, down to every token id: one
-    beyond the vocabulary would crash the run mid-way, or train an id no tokenizer has."""
-    splits = [open_split(str(data_dir), split) for split in ("train", "val")]  # a missing folder or file is named
+def check_folder(cfg: TrainConfig, folder: DataFolder) -> None:
+    """Check both splits of `folder` and its meta.json against the model, down to every token id: one beyond the
+    vocabulary would crash the run mid-way, or train an id no tokenizer has."""
+    data_dir, meta = folder.path, folder.meta
+    splits = [folder.split(split) for split in ("train", "val")]  # a missing file is named
     if meta.vocab_size > cfg.model.vocab_size:
         fix = (f"prepare the data with the tokenizer of {cfg.init_from}" if cfg.init_from
                else "raise model.vocab_size")
@@ -236,7 +231,7 @@ def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
                             f"{expected:,}: a file is truncated or meta.json describes other data")
         data.num_windows(cfg.block_size)
     if cfg.window_start == "document":
-        document_boundary(meta, data_dir, "window_start document")
+        folder.document_boundary("window_start document")
     vocab = (f"vocab_size {meta.vocab_size:,} of {data_dir}/meta.json" if meta.found
              else f"{meta.vocab_size:,}, GPT-2's vocabulary, assumed without a meta.json")
     for path in (path for data in splits for path in data.paths):  # the cheap checks first: this reads every token
@@ -246,7 +241,6 @@ def check_folder(cfg: TrainConfig, data_dir: Path, meta: DataMeta) -> None:
             cause = ("if the file holds uint16 tokens, meta.json's dtype uint32 is wrong" if misread
                      else "the data was made with a larger vocabulary than that")
             raise UserError(f"{path} holds token id {largest:,}, but ids must be below {vocab}; {cause}")
-    return meta
 
 
 def is_hf_folder(init_from) -> bool:
@@ -307,14 +301,18 @@ def prepare_out_dir(cfg: TrainConfig, resuming: bool) -> None:
         raise UserError(f"cannot write to out_dir {out_dir}: {err.strerror}") from None
 
 
-def new_model(cfg: TrainConfig, masked_loss: bool = False) -> Gemma3:
-    """The model to train, initialized (`masked_loss`: its data has targets not trained on); a shape too large for
-    memory is a UserError rather than the allocator's traceback (valid shapes have no other upper bound: that
-    depends on the machine)."""
+def has_loss_mask(mixture: Mixture) -> bool:
+    """Whether a source has a loss mask (conversations): a step's loss is then the mean over its trained targets."""
+    return any(source.folder.meta.loss_mask is not None for source in mixture.sources)
+
+
+def new_model(cfg: TrainConfig, mixture: Mixture) -> torch.nn.Module:
+    """The model to train on `mixture`, initialized: documents masked at its separator as document_mask says, the
+    loss over the trained targets where a source has a loss mask. A shape too large for memory is a UserError
+    rather than the allocator's traceback (valid shapes have no other upper bound: that depends on the machine)."""
     try:
-        return Gemma3(cfg.model, fused_loss=cfg.fused_loss, checkpoint_layers=cfg.checkpoint_layers,
-                      document_separator=masking_separator(cfg.document_mask, first_folder(cfg)),
-                      masked_loss=masked_loss)
+        return training_model(cfg, masking_separator(cfg.document_mask, mixture.first.folder),
+                              masked_loss=has_loss_mask(mixture))
     except (RuntimeError, MemoryError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on a GPU)
         raise UserError(f"cannot allocate the model of this config's model.* shape: {first_line(err)}; "
                         "choose a smaller model") from None

@@ -7,7 +7,9 @@ import math
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from accel_train.atomic import replaced_file
 from accel_train.errors import UserError
@@ -93,28 +95,26 @@ def check_tracker_installed(tracker: str) -> None:
                         f"pip install {tracker} (or choose another tracker)")
 
 
-def start_tracker(accelerator, tracker: str, run_id: str, hyperparameters: dict, *, out_dir, run_name: str,
-                  wandb_project: str, wandb_tags: str) -> None:
-    """Open `tracker` (a config's tracker key) with the run's nested config as `hyperparameters`; wandb continues
-    the run `run_id` when a checkpoint is resumed, in `wandb_project`, with the comma-separated `wandb_tags`.
-    A tracker that does not start (wandb online without `wandb login`) is a UserError: a run must not go on
-    without it. Main process only: Accelerate starts trackers there."""
+def start_tracker(accelerator, cfg, run_id: str) -> None:
+    """Open the config's tracker (TRACKERS) with its nested config as hyperparameters, continuing the tracker's run
+    `run_id` where it can (wandb, when a checkpoint is resumed). A tracker that does not start (wandb online
+    without `wandb login`) is a UserError: a run must not go on without it. Main process only: Accelerate starts
+    trackers there."""
     from accelerate.tracking import GeneralTracker
 
-    if tracker == "none":
+    choice = TRACKERS[cfg.tracker]
+    if choice is None:
         return
-    init_kwargs = {}
-    if tracker == "wandb":
-        init_kwargs["wandb"] = {"id": run_id, "resume": "allow", "dir": out_dir, "name": run_name or None,
-                                "tags": [tag.strip() for tag in wandb_tags.split(",") if tag.strip()]}
-    project = wandb_project if tracker == "wandb" else (run_name or "tensorboard")
+    options = choice.options(cfg, run_id)
     try:
-        accelerator.init_trackers(project, config=flat_config(hyperparameters), init_kwargs=init_kwargs)
+        accelerator.init_trackers(choice.project(cfg), config=flat_config(cfg.to_dict()),
+                                  init_kwargs={cfg.tracker: options} if options else {})
     except Exception as err:  # whatever the tracker's library raises, the user needs its message, not a traceback
         reason = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise UserError(f"cannot start the {tracker} tracker: {reason}") from None
-    if type(accelerator.get_tracker(tracker)) is GeneralTracker:  # Accelerate's stand-in for a missing one
-        raise UserError(f"the {tracker} tracker did not start; check that {sys.executable} can import {tracker}")
+        raise UserError(f"cannot start the {cfg.tracker} tracker: {reason}") from None
+    if type(accelerator.get_tracker(cfg.tracker)) is GeneralTracker:  # Accelerate's stand-in for a missing one
+        raise UserError(f"the {cfg.tracker} tracker did not start; check that {sys.executable} can import "
+                        f"{cfg.tracker}")
 
 
 def watch_model(accelerator, model, watch_interval: int) -> None:
@@ -139,3 +139,23 @@ def flat_config(d: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """One entry of TRACKERS: what Accelerate's tracker of that name is started with, from the run's config."""
+    project: Callable  # (config) -> the tracker's project name
+    options: Callable = lambda cfg, run_id: {}  # (config, run id) -> its init_kwargs; the config keys it reads
+
+
+def wandb_options(cfg, run_id: str) -> dict:
+    """wandb continues the run `run_id` on resume, in out_dir, with the comma-separated wandb_tags."""
+    return {"id": run_id, "resume": "allow", "dir": cfg.out_dir, "name": cfg.run_name or None,
+            "tags": [tag.strip() for tag in cfg.wandb_tags.split(",") if tag.strip()]}
+
+
+TRACKERS = {  # the config's `tracker` choices (Accelerate's names); a new tracker is one entry and its config keys
+    "none": None,
+    "wandb": Tracker(project=lambda cfg: cfg.wandb_project, options=wandb_options),
+    "tensorboard": Tracker(project=lambda cfg: cfg.run_name or "tensorboard"),
+}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-import accel_train.train as trainer
+import accel_train.training.loop as trainer
 from accel_train.config import load_config
 
 cfg = load_config(sys.argv[1:])

@@ -1,8 +1,8 @@
-"""Train with the given arguments, then save this process's final weights, every `estimate_loss`
-result it saw and the rates of every optimizer step it took to out_dir/process_<rank>.pt, so that a
+"""Train with the given arguments, then save this process's final weights, every validation loss
+(`split_losses`) result it saw and the rates of every optimizer step it took to out_dir/process_<rank>.pt, so that a
 test can compare the processes of one run.
 
-`estimate_loss` is wrapped only to record what the real function returns, and the rates are read by a
+`split_losses` is wrapped only to record what the real function returns, and the rates are read by a
 step pre-hook as the optimizer is about to use them; training is untouched.
 """
 
@@ -15,16 +15,17 @@ import torch
 from accelerate import PartialState
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import accel_train.train as trainer
+import accel_train.evaluation.in_training as evaluation
+import accel_train.training.loop as trainer
 from accel_train.config import load_config
 
 evaluations = []
 rates = []  # for each optimizer step on this process: the optimizer's class and the rate of each of its groups
-real_estimate_loss = trainer.estimate_loss
+real_split_losses = evaluation.split_losses
 
 
-def recording_estimate_loss(*args, **kwargs):
-    evaluations.append(real_estimate_loss(*args, **kwargs))
+def recording_split_losses(*args, **kwargs):
+    evaluations.append(real_split_losses(*args, **kwargs))
     return evaluations[-1]
 
 
@@ -32,7 +33,7 @@ def record_rates(optimizer, args, kwargs):
     rates.append((type(optimizer).__name__, [group["lr"] for group in optimizer.param_groups]))
 
 
-trainer.estimate_loss = recording_estimate_loss
+evaluation.split_losses = recording_split_losses
 register_optimizer_step_pre_hook(record_rates)
 cfg = load_config(sys.argv[1:])
 _, model = trainer.train(cfg)

@@ -11,7 +11,7 @@ import torch
 from accelerate import PartialState
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import accel_train.train as trainer
+import accel_train.training.loop as trainer
 from accel_train.config import load_config
 
 steps = []

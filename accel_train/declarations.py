@@ -53,7 +53,7 @@ class Range:
                 and (self.above is None or value > self.above) and (self.below is None or value < self.below))
 
 
-def setting(default, help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None,
+def declare(default, help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None,
             above: float | None = None, below: float | None = None, rules: tuple[Rule, ...] = ()):
     """A dataclass field whose metadata documents and constrains it: `help`, `choices` for an enumerated key,
     the smallest and largest value a number may take (`low`/`high`, or `above`/`below` for bounds it must not
