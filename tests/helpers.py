@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import warm_commands
-from warm_commands import subprocess_env
+from warm_commands import REPO, subprocess_env
 
-REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "accel_train" / "train.py")
 GPT2_FILES = REPO / "tests" / "fixtures" / "gpt2"  # GPT-2's published encoder.json and vocab.bpe
 TINYSTORIES = REPO / "tests" / "fixtures" / "tinystories" / "tinystories_500.txt"  # stories between <|endoftext|> lines
