@@ -25,7 +25,9 @@ SIGNAL_GRACE_S = 60  # a signalled run must be gone within this (torchrun itself
 # A tiny model's save takes tens of milliseconds, less than it may take to notice it and kill: a "kill-save" run's
 # saves wait this long before their last file (tests/slow_save), so that the SIGKILL lands while the save runs.
 # The wait costs nothing: the run is killed in it.
-SAVE_HELD_OPEN = {"PYTHONPATH": str(REPO / "tests" / "slow_save"), "SLOW_SAVE_S": "600"}
+def save_held_open(held_log: Path) -> dict:
+    """The environment of a "kill-save" run: its saves wait before their manifest, each one named in `held_log`."""
+    return {"PYTHONPATH": str(REPO / "tests" / "slow_save"), "SLOW_SAVE_S": "600", "SLOW_SAVE_HELD": str(held_log)}
 
 
 def start(args: list[str], processes: int, log: Path, config_file: str | None = None,
@@ -65,22 +67,32 @@ def reached_step(out_dir: Path) -> int:
     return 0
 
 
-def saves_under_way(out_dir: Path) -> set[tuple[str, int, int]]:
-    """(name, inode, ctime) of each checkpoint being written (a `.tmp_step_<N>` folder): a save's folder is renamed
-    when it is complete, and a folder left by a killed save keeps its inode and ctime while no process touches it."""
-    found = set()
-    for path in (out_dir / "checkpoints").glob(".tmp_step_*"):
+def held_saves(log: Path) -> list[tuple[Path, int]]:
+    """(folder, inode) of each save tests/slow_save has held open, from the lines its processes appended to `log`;
+    the inode is read now, so a folder renamed or deleted since (its save finished or cleaned up) is left out."""
+    try:
+        lines = log.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+    held = []
+    for line in lines:
+        if line.endswith("\n"):  # a line still being appended is read on the next poll
+            try:
+                held.append((Path(line.strip()), Path(line.strip()).stat().st_ino))
+            except FileNotFoundError:
+                continue
+    return held
+
+
+def is_saving(held: list[tuple[Path, int]]) -> bool:
+    """Whether a held save's folder is still where and what it was: that save never finished."""
+    for folder, inode in held:
         try:
-            stat = path.stat()
-        except FileNotFoundError:  # renamed in between: that save is complete
+            if folder.stat().st_ino == inode:
+                return True
+        except FileNotFoundError:
             continue
-        found.add((path.name, stat.st_ino, stat.st_ctime_ns))
-    return found
-
-
-def is_saving(out_dir: Path, folders: set) -> bool:
-    """Whether any of `folders` (from saves_under_way) is still where and what it was: its save never finished."""
-    return bool({folder[:2] for folder in folders} & {folder[:2] for folder in saves_under_way(out_dir)})
+    return False
 
 
 def wait_until(proc: subprocess.Popen, condition, timeout: float = 300) -> bool:
@@ -123,13 +135,15 @@ def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: ra
     last = max_iters - (4 if kind in ("term", "int") else 1)  # a signal must land before training ends
     last = min(last, start_step + ahead) if ahead else last
     target = rng.randint(start_step + 1, last) if start_step + 1 <= last else max_iters
-    left_by_earlier_kills = saves_under_way(out_dir)
-    proc = start([*args, "--resume", "auto"], processes, log, env=SAVE_HELD_OPEN if kind == "kill-save" else None)
+    held_log = log.with_name(f"{log.name}.held_saves")
+    held_log.unlink(missing_ok=True)
+    proc = start([*args, "--resume", "auto"], processes, log,
+                 env=save_held_open(held_log) if kind == "kill-save" else None)
     event = {"kind": kind, "from_step": start_step, "target": target}
     try:
         if kind == "kill-save":
-            hit = wait_until(proc, lambda: saves_under_way(out_dir) - left_by_earlier_kills)
-            own_save = saves_under_way(out_dir) - left_by_earlier_kills
+            hit = wait_until(proc, lambda: held_saves(held_log))
+            own_save = held_saves(held_log)
             time.sleep(rng.uniform(0, 0.02))
         elif kind.startswith("kill"):
             hit = wait_until(proc, lambda: reached_step(out_dir) >= target)
@@ -144,7 +158,7 @@ def interrupt(kind: str, args: list[str], processes: int, out_dir: Path, rng: ra
         if kind.startswith("kill"):
             event.update(interrupted=True, returncode=kill_all(proc))
             if kind == "kill-save":
-                assert is_saving(out_dir, own_save), f"the save {own_save} had finished before the kill"
+                assert is_saving(own_save), f"the save {own_save} had finished before the kill"
             return event
         sent = time.monotonic()
         victim_process.send_signal(signal.SIGTERM if kind == "term" else signal.SIGINT)

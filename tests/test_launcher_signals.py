@@ -149,11 +149,15 @@ def test_a_launcher_killed_while_its_trainer_starts_leaves_no_trainer(demo_data_
 
 def test_the_slow_save_support_delays_writing_a_checkpoint_manifest(tmp_path):
     """tests/slow_save is loaded at start-up by the interpreters it is given to and delays the write of a manifest
-    into a checkpoint being saved, the end of every save: else the tests above would prove nothing about saves
-    slower than a grace period. A lower bound on one write's time, which no machine's load can break."""
+    into a checkpoint being saved, the end of every save, naming the save it holds: else the tests above would
+    prove nothing about saves slower than a grace period. A lower bound on one write's time, which no machine's
+    load can break."""
     manifest = tmp_path / "checkpoints" / ".tmp_step_1" / "manifest.json"
     manifest.parent.mkdir(parents=True)
     probe = ("import pathlib, sys, time; began = time.monotonic(); pathlib.Path(sys.argv[1]).write_text('{}'); "
              "print(time.monotonic() - began)")
-    result = run([sys.executable, "-c", probe, str(manifest)], env={**SLOW_SAVE, "SLOW_SAVE_S": "2"})
+    held_log = tmp_path / "held_saves"
+    result = run([sys.executable, "-c", probe, str(manifest)],
+                 env={**SLOW_SAVE, "SLOW_SAVE_S": "2", "SLOW_SAVE_HELD": str(held_log)})
     assert result.returncode == 0 and float(result.stdout) >= 2, result.stderr
+    assert held_log.read_text() == f"{manifest.parent}\n"  # the event a kill-save waits for
