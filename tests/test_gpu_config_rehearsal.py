@@ -48,16 +48,16 @@ def runs(demo_data_dir, tmp_path_factory):
     the cheap references; the two-process compiled runs follow, side by side, finding its kernels in inductor's
     cache."""
     root = tmp_path_factory.mktemp("rehearsal")
-    launches = {"one": (1, None, GPU_CONFIG, {}), "one_eager": (1, None, PLAIN_CONFIG, {}),
-                "ddp_eager": (2, None, PLAIN_CONFIG, {}), "ddp": (2, None, GPU_CONFIG, {}),
-                "fsdp": (2, str(REPO / "configs" / "accelerate" / "fsdp.yaml"), GPU_CONFIG, FSDP_ON_CPU)}
+    logged = {"TORCH_LOGS": DYNAMO_LOGS}
+    launches = {"one": (1, None, GPU_CONFIG, logged), "one_eager": (1, None, PLAIN_CONFIG, {}),
+                "ddp_eager": (2, None, PLAIN_CONFIG, {}), "ddp": (2, None, GPU_CONFIG, logged),
+                "fsdp": (2, str(REPO / "configs" / "accelerate" / "fsdp.yaml"), GPU_CONFIG, {**logged, **FSDP_ON_CPU})}
     results = {}
     for names in (("one", "one_eager", "ddp_eager"), ("ddp", "fsdp")):
         started = {}
         for name in names:
             processes, config_file, config, env = launches[name]
             args = ["--data_dir", str(demo_data_dir), "--out_dir", str(root / name), *RUN, *config]
-            env = {**env, "TORCH_LOGS": DYNAMO_LOGS} if config is GPU_CONFIG else env
             started[name] = start_process(command(TRAIN, args, processes, config_file), env)
         for name, process in started.items():
             _, stderr = process.communicate(timeout=600)
