@@ -95,16 +95,26 @@ def test_gradients_do_not_cross_documents():
     assert hidden.grad[0, len(first):].abs().max().item() > 0
 
 
-@pytest.mark.parametrize("window", [None, 40])
-def test_flex_attention_with_the_rule_matches_the_dense_mask(window):
+def flex_document_attention(q, k, v, idx, window):
+    """What the compiled forward does on CUDA (Gemma3.document_masks, then Attention): the block mask of the
+    documents of idx, made from the rule, and FlexAttention under it."""
+    rule = attention_rule(window, document_ids(idx, SEP))
+    block_mask = create_block_mask(rule, idx.shape[0], None, idx.shape[1], idx.shape[1], device=idx.device)
+    return flex_attention(q, k, v, block_mask=block_mask, scale=0.2, enable_gqa=True)
+
+
+@pytest.mark.parametrize("window, compiled", [(None, False), (40, False), (40, True)])
+def test_flex_attention_with_the_rule_matches_the_dense_mask(window, compiled):
     """The CUDA path's block mask and the CPU path's dense mask come from the same rule and give the same
-    attention (FlexAttention runs forward on the CPU too); 200 positions, not a multiple of its 128-blocks."""
+    attention (FlexAttention runs forward on the CPU too); 200 positions, not a multiple of its 128-blocks.
+    Compiled (one graph, mask included) as on CUDA, inductor makes its CPU kernel; the Triton kernel and the
+    backward, which the CPU lacks, only a GPU checks (docs/speed.md)."""
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 200, 32), torch.randn(2, 1, 200, 32), torch.randn(2, 1, 200, 32)
     idx = torch.randint(0, 30, (2, 200))  # a separator (0) every 30 tokens or so
+    attend = torch.compile(flex_document_attention, fullgraph=True) if compiled else flex_document_attention
+    flex = attend(q, k, v, idx, window)
     rule = attention_rule(window, document_ids(idx, SEP))
-    block_mask = create_block_mask(rule, 2, None, 200, 200, device="cpu")
-    flex = flex_attention(q, k, v, block_mask=block_mask, scale=0.2, enable_gqa=True)
     dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(rule, 2, 200, "cpu"), scale=0.2,
                                            enable_gqa=True)
     assert (flex - dense).abs().max().item() < 1e-5

@@ -19,14 +19,19 @@ def evaluate(run: Run, step: int, stop_requested: Callable[[], bool], print_line
     its row; None if `stop_requested()` (the same answer on every process, asked batch by batch) cut them short.
     They are one unit: cut short, all of them are owed, and the CPU generator that draws their batches is rewound
     to where they began, so that the checkpoint saved next redoes exactly the evaluations an uninterrupted run
-    makes. The prepared model autocasts by itself: no extra context."""
+    makes. The prepared model autocasts by itself: no extra context.
+
+    A compiled model runs them eagerly (docs/speed.md, "Compile"): under no_grad, and for scoring's logits and
+    shapes, each would be a graph of its own, a recompile that costs minutes on a GPU to speed up a few hundred
+    forward passes. The stance keeps every wrapper (DDP, FSDP's hooks, autocast) and drops only the compiling."""
     cfg = run.cfg
     rng = torch.get_rng_state()
     per_source = scores = {}
-    if cfg.eval_due(step):
-        per_source = source_losses(run, stop_requested)
-    if per_source is not None and cfg.tasks_due(step):
-        scores = score_tasks(run, stop_requested)
+    with torch.compiler.set_stance("force_eager"):
+        if cfg.eval_due(step):
+            per_source = source_losses(run, stop_requested)
+        if per_source is not None and cfg.tasks_due(step):
+            scores = score_tasks(run, stop_requested)
     if per_source is None or scores is None:
         torch.set_rng_state(rng)
         return None

@@ -35,7 +35,7 @@ from accel_train.data.tokenizer import TOKENIZER_FILE, encodes_like, load_tokeni
 from accel_train.data.tokens import train_loader
 from accel_train.distributed.collective import on_every_process, on_main_process, warn_on_main_process_only
 from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lone_process, check_process_count,
-                                              die_with_launcher, outlive_lost_output)
+                                              die_with_launcher, fsdp_requested, outlive_lost_output)
 from accel_train.errors import UserError, first_line
 from accel_train.models.flops import flops_per_token, peak_tflops
 from accel_train.models.build import training_model
@@ -156,9 +156,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         project_dir=cfg.out_dir,
         dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
-        # prepare() compiles the model, loss included; one static shape per micro-batch
+        # prepare() compiles the model, loss included; one static shape per micro-batch. Under FSDP each decoder
+        # layer compiles alone: whole, the model's forward breaks at FSDP's per-layer hooks and runs eagerly
         dynamo_plugin=TorchDynamoPlugin(backend="inductor" if switch_on(cfg.compile, not cpu) else "no",
-                                        mode=cfg.compile_mode, dynamic=False),
+                                        mode=cfg.compile_mode, dynamic=False,
+                                        use_regional_compilation=fsdp_requested()),
     )
     check_process_count(accelerator.num_processes)  # before anything is written
     check_fsdp(accelerator.distributed_type)
