@@ -19,16 +19,19 @@ MESH_DIM = "dp_shard"
 @contextlib.contextmanager
 def fake_processes(world_size: int):
     """A fake process group of `world_size` with this process as rank 0, for the duration; yields its device mesh.
-    Refused where a real group exists: the trainer plans before its process group starts."""
+    Inside a launch (the trainer's check), every process calls this and plays its own rank of a fake subgroup."""
     from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the `fake` backend
 
-    if dist.is_initialized():
-        raise RuntimeError("plan a run of several processes before its process group starts")
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    launched = dist.is_initialized()
+    if launched:
+        group = dist.new_group(backend="fake")
+    else:
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+        group = dist.group.WORLD
     try:  # built outside FakeTensorMode: the mesh reads its rank table
-        yield dist.device_mesh.init_device_mesh("cpu", (world_size,), mesh_dim_names=(MESH_DIM,))
+        yield dist.device_mesh.DeviceMesh.from_group(group, "cpu", mesh_dim_names=(MESH_DIM,))
     finally:
-        dist.destroy_process_group()
+        dist.destroy_process_group(group if launched else None)
 
 
 def fake_tensors():

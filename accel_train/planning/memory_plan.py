@@ -78,6 +78,7 @@ class MemoryPlan:
     memory: StepMemory
     extra: list[tuple[str, int]]
     largest_micro_batch: int
+    needs: dict[int, int]  # what each micro-batch measured needs, as `need` counts it
 
     @property
     def need(self) -> int:
@@ -90,9 +91,10 @@ class MemoryPlan:
 
 
 def plan_memory(cfg: TrainConfig, machine: Machine, layout: RunLayout, new_model: Callable[[], torch.nn.Module],
-                micro_batch: int) -> MemoryPlan:
+                micro_batch: int, search: bool = True) -> MemoryPlan:
     """The plan of `cfg` at `micro_batch` on `machine`, with the largest of the micro-batches the trainer's search
-    tries that fits; each size measured on the fake run (fake_run)."""
+    tries that fits (sought when `search`, or when `micro_batch` does not fit; else `micro_batch`); each size
+    measured on the fake run (fake_run)."""
     with fake_run(cfg, layout, new_model) as measure:
         measured: dict[int, StepMemory] = {}
 
@@ -102,11 +104,13 @@ def plan_memory(cfg: TrainConfig, machine: Machine, layout: RunLayout, new_model
             peak = measured[size].peak
             return peak + sum(extra for _, extra in machine.extra_terms(peak, layout.compiled))
 
-        need(micro_batch)
-        largest = largest_fitting_size(divisors_descending(cfg.sequences_per_step)[::-1], need, machine.memory,
-                                       micro_batch)
+        largest = micro_batch
+        if need(micro_batch) > machine.memory or search:
+            largest = largest_fitting_size(divisors_descending(cfg.sequences_per_step)[::-1], need, machine.memory,
+                                           micro_batch)
     memory = measured[micro_batch]
-    return MemoryPlan(machine, layout, micro_batch, memory, machine.extra_terms(memory.peak, layout.compiled), largest)
+    return MemoryPlan(machine, layout, micro_batch, memory, machine.extra_terms(memory.peak, layout.compiled), largest,
+                      {size: need(size) for size in measured})
 
 
 def largest_fitting_size(sizes: list[int], need: Callable[[int], int], memory: int, anchor: int) -> int:
