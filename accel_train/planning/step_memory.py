@@ -89,9 +89,9 @@ class FakeRun:
     so that the optimizer state exists; `measure` then takes a step at any micro-batch (see the module's docstring).
 
     With accumulation (micro-batches smaller than `sequences_per_step`), each measured step is the last micro-batch
-    of an optimizer step: one sequence goes first, unsynchronized as Accelerate's `accumulate` leaves all but the last
-    (FSDP2 then keeps whole unsharded gradients), so that the measured forward pass runs beside the gradients so
-    far."""
+    of an optimizer step, its forward pass beside the gradients so far: under FSDP2, made by one sequence that goes
+    first unsynchronized, as Accelerate's `accumulate` leaves all but the last micro-batch (FSDP2 then keeps whole
+    unsharded gradients); otherwise, as zeros."""
 
     def __init__(self, model: torch.nn.Module, optimizers: list, block_size: int, vocab_size: int,
                  sequences_per_step: int, autocast_dtype: torch.dtype | None, grad_clip: float):
@@ -100,12 +100,18 @@ class FakeRun:
         self.device = next(model.parameters()).device
         self.autocast_dtype = autocast_dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.micro_batch(1, sync=True, scale=1.0)
+        self.sharded = hasattr(model, "set_requires_gradient_sync")  # FSDP2
+        self.zero_gradients()  # a first update, on zero gradients, makes the optimizer state
         self.optimizer_step()
+
+    def zero_gradients(self) -> None:
+        """Gradients of zeros, as a backward pass leaves them (in place of one: each pass takes seconds)."""
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
 
     def micro_batch(self, size: int, sync: bool, scale: float, after=lambda: None) -> None:
         """Forward and backward passes of `size` sequences, the loss times `scale`; `after()` after each."""
-        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+        if self.sharded:
             self.model.set_requires_gradient_sync(sync)
         idx = torch.randint(self.vocab_size, (size, self.block_size), device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
@@ -126,6 +132,9 @@ class FakeRun:
     def measure(self, micro_batch: int) -> StepMemory:
         """The memory of an optimizer step's last micro-batch of `micro_batch` sequences and its update."""
         micro_steps = self.sequences_per_step // micro_batch
+        earlier = [(1, False)] if micro_steps > 1 and self.sharded else []  # FSDP2 keeps them unsharded: made so
+        if micro_steps > 1 and not self.sharded:
+            self.zero_gradients()  # the earlier micro-batches' gradients
         tracker = tracker_for(self.model, self.optimizers)
         held = dict.fromkeys(ORDER, 0)
 
@@ -134,7 +143,7 @@ class FakeRun:
                 held[part] = max(held[part], size)
 
         with tracker:  # FSDP2's unsharded gradients are tracked from their making
-            for size, sync in ([(1, False)] if micro_steps > 1 else []) + [(micro_batch, True)]:
+            for size, sync in earlier + [(micro_batch, True)]:
                 tracker.reset_mod_stats()  # the trackers follow one forward pass of a module at a time
                 self.micro_batch(size, sync, 1.0 / micro_steps, after=note)
             self.optimizer_step()
