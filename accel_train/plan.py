@@ -73,6 +73,9 @@ def as_json(cfg: TrainConfig, memory: MemoryPlan, time: TimePlan) -> dict:
             "tokens_per_step": cfg.tokens_per_step * memory.layout.processes}
 
 
+WIDTH = 42  # the table's first column
+
+
 def gib(size: int) -> str:
     return f"{size / GIB:8.2f} GiB"
 
@@ -95,13 +98,14 @@ def describe(cfg: TrainConfig, memory: MemoryPlan, time: TimePlan) -> list[str]:
              "  measured by MemTracker over a training step on fake CPU tensors in the run's dtypes (fp32 weights, "
              "gradients and optimizer state" + (", bf16/fp16 compute" if layout.mixed_precision != "no" else "") + ")",
              f"per process at micro-batch {memory.micro_batch} ({cfg.sequences_per_step // memory.micro_batch} per "
-             "optimizer step):           held at most      at the peak"]
+             "optimizer step):",
+             f"  {'':<{WIDTH}}{'held at most':>12}    {'at the peak':>12}"]
     for part in ORDER:
-        lines.append(f"  {PART_NAMES[part]:<38}{gib(step.held[part])}    {gib(step.at_peak[part])}")
-    lines.append(f"  {'peak of the step (MemTracker)':<38}{'':>12}    {gib(step.peak)}")
+        lines.append(f"  {PART_NAMES[part]:<{WIDTH}}{gib(step.held[part])}    {gib(step.at_peak[part])}")
+    lines.append(f"  {'peak of the step (MemTracker)':<{WIDTH}}{'':>12}    {gib(step.peak)}")
     for name, size in memory.extra:
-        lines.append(f"  + {name + ' (assumed)':<36}{'':>12}    {gib(size)}")
-    lines.append(f"  {'needs':<38}{'':>12}    {gib(memory.need)} of {machine.memory / GIB:.1f} GiB: {fit}")
+        lines.append(f"  {'+ ' + name + ' (assumed)':<{WIDTH}}{'':>12}    {gib(size)}")
+    lines.append(f"  {'needs':<{WIDTH}}{'':>12}    {gib(memory.need)} of {machine.memory / GIB:.1f} GiB: {fit}")
     largest = memory.largest_micro_batch
     lines.append(f"largest micro-batch that fits: {largest}" if largest else
                  "largest micro-batch that fits: none, not even 1 (see docs/speed.md, Will it fit?)")

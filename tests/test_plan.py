@@ -34,7 +34,6 @@ ACCUMULATING = ["--batch_size", "4", "--block_size", "96", "--gradient_accumulat
 LAUNCHES = {  # launch: (processes, sharding, dtype, {case: arguments})
     "one": (1, "ddp", "float32", {
         "tiny": [*TINY_MODEL, *STEP],
-        "tiny_plain_loss": [*TINY_MODEL, *STEP, "--fused_loss", "false"],
         "tiny_checkpointed": [*TINY_MODEL, *STEP, "--checkpoint_layers", "true"],
         "wide_muon_accumulating": [*WIDE_MODEL, *ACCUMULATING, "--optimizer", "muon"],
         "wide_masked_plain_loss_checkpointed": [*WIDE_MODEL, *ACCUMULATING, "--document_mask", "on",

@@ -2,9 +2,9 @@
 the trainer's command-line arguments), on this process's Accelerator as the trainer makes it; rank 0 writes
 {case: {"peak": bytes, "at_peak": {category: bytes}}} to OUT_FILE.
 
-The step is the trainer's own (loop.train_step) over three optimizer steps, each of its micro-batches on random
-tokens; the tracker is entered before `accelerator.prepare`, so DDP's buckets and FSDP2's shards are measured too.
-All cases share one Accelerator: their dtype must agree.
+The step is the trainer's own (loop.train_step), two optimizer steps (the second with the optimizer state the first
+made), each of its micro-batches on random tokens; the tracker is entered before `accelerator.prepare`, so DDP's
+buckets and FSDP2's shards are measured too. All cases share one Accelerator: their dtype must agree.
 
     [accelerate launch ...] measure_step_memory.py CASES_FILE OUT_FILE
 """
@@ -23,12 +23,10 @@ from accel_train.training.loop import train_step
 from accel_train.training.optim import OptimizerHyperparameters, Optimizers, build_optimizers
 from accel_train.training.start import make_accelerator
 
-cases, out_file = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
-accelerator = None
-results = {}
-for name, argv in cases.items():
-    cfg = load_config(argv)
-    accelerator = accelerator or make_accelerator(cfg)
+
+
+def measure(cfg, accelerator) -> dict:
+    """MemTracker's peak (and its parts) over the trainer's steps of `cfg`, from before `accelerator.prepare`."""
     set_seed(0)
     model = training_model(cfg, 0 if cfg.document_mask == "on" else None)
     optimizers = build_optimizers(model, OptimizerHyperparameters.of(cfg), mixed_precision=accelerator.mixed_precision)
@@ -46,12 +44,17 @@ for name, argv in cases.items():
 
     with tracker:
         prepared, *prepared_optimizers = accelerator.prepare(model, *optimizers)
-        for _ in range(3):
+        for _ in range(2):
             train_step(prepared, Optimizers(prepared_optimizers), [], accelerator, micro_batches(), cfg.grad_clip,
                        skip_nonfinite=False)
     peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
-    results[name] = {"peak": peak["Total"], "at_peak": {getattr(k, "value", k): v for k, v in peak.items()}}
     accelerator.free_memory(prepared, *prepared_optimizers)
-    del model, optimizers, prepared, prepared_optimizers, tracker
+    return {"peak": peak["Total"], "at_peak": {getattr(k, "value", k): v for k, v in peak.items()}}
+
+
+cases, out_file = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
+configs = {name: load_config(argv) for name, argv in cases.items()}
+accelerator = make_accelerator(next(iter(configs.values())))
+results = {name: measure(cfg, accelerator) for name, cfg in configs.items()}
 if accelerator.is_main_process:
     out_file.write_text(json.dumps(results))
