@@ -35,6 +35,7 @@ from accel_train.data.meta import META_FILE
 from accel_train.data.folder import open_split
 from accel_train.errors import UserError, run_cli
 from accel_train.models.flops import flops_per_token, mfu, peak_tflops
+from accel_train.planning.preflight import plan_this_run
 from accel_train.training.micro_batch import StepPlan, plan_step
 from accel_train.models.build import build_model
 from accel_train.declarations import declare
@@ -168,7 +169,9 @@ def run_bench(cfg: TrainConfig, steps: int, baseline_steps: int, with_baseline: 
     if accelerator.num_processes > 1:
         raise UserError("the benchmark measures one device: run it with python, not accelerate launch")
     device = accelerator.device
-    plan = plan_step(cfg, accelerator, lambda: new_model(cfg, cfg.mixture()))
+    mixture = cfg.mixture()
+    memory_plan = plan_this_run(cfg, accelerator, lambda: new_model(cfg, mixture))
+    plan = plan_step(cfg, accelerator, lambda: new_model(cfg, mixture), memory_plan.largest_micro_batch)
     cfg = dataclasses.replace(cfg, micro_batch=plan.micro_batch)  # train() takes it as given: no second search
     flops_tok, peak = flops_per_token(cfg.model, cfg.block_size), peak_tflops(device, cfg.peak_tflops)
     result = {"date": datetime.date.today().isoformat(), "command": command,

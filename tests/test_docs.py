@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TOOLS = ("prepare", "sample", "export", "plot", "bench")
+TOOLS = ("prepare", "sample", "export", "plot", "bench", "plan")
 # `accelerate launch`'s own options as the docs use them (before the script path)
 ACCELERATE_OPTIONS = {"--config_file", "--num_processes", "--multi_gpu", "--num_machines", "--machine_rank",
                       "--main_process_ip", "--main_process_port", "--mixed_precision", "--use_fsdp"}
@@ -69,7 +69,7 @@ def options_of(command: str) -> frozenset[str]:
             sys.path[:] = saved_path
         return frozenset(_parser_options(module.main))
     options = _parser_options(importlib.import_module(f"accel_train.{command}").main)
-    if command == "bench":  # bench passes the options it does not know on to the training config
+    if command in ("bench", "plan"):  # they pass the options they do not know on to the training config
         options |= train_options()
     return frozenset(options)
 

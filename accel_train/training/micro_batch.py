@@ -4,7 +4,8 @@ The data stream draws stream batches of batch_size sequences; an optimizer step 
 gradient_accumulation_steps of them on each process. How a process cuts those sequences into
 micro-batches, the sequences of one forward pass, is only a matter of speed. A GPU runs fastest
 with the largest micro-batch that fits, so `micro_batch: 0` on a GPU tries the divisors of the
-process's share, largest first, one training step each on a throwaway model. The data loader
+process's share, from the largest the memory plan (planning/) says fits, down, one training step each on a
+throwaway model. The data loader
 regroups the same windows (data.StreamBatches), so every optimizer step sees the same data.
 """
 
@@ -59,14 +60,15 @@ def trial_step_fits(cfg: TrainConfig, accelerator, size: int, fused_adamw: bool,
     return peak <= HEADROOM * torch.cuda.get_device_properties(device).total_memory
 
 
-def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool, new_model) -> int:
+def resolve_micro_batch(cfg: TrainConfig, accelerator, fused_adamw: bool, new_model, planned: int) -> int:
     """The config's micro_batch; or, when 0, one stream batch (batch_size) off a GPU and the largest that fits on
-    one (the smallest any process found, so all processes agree)."""
+    one (the smallest any process found, so all processes agree): the plan's largest (`planned`, planning/), confirmed
+    by a trial step, or the next ones down where that fails."""
     if cfg.micro_batch:
         return cfg.micro_batch
     if accelerator.device.type != "cuda":
         return cfg.batch_size
-    size = largest_fitting(divisors_descending(cfg.sequences_per_step),
+    size = largest_fitting([s for s in divisors_descending(cfg.sequences_per_step) if s <= planned],
                            lambda s: trial_step_fits(cfg, accelerator, s, fused_adamw, new_model))
     torch.cuda.reset_peak_memory_stats(accelerator.device)  # the peak that counts is training's
     return int(accelerator.gather(torch.tensor([size], device=accelerator.device)).min().item())
@@ -84,13 +86,13 @@ class StepPlan:
     micro_steps: int  # forward passes (micro-batches) per optimizer step on one process
 
 
-def plan_step(cfg: TrainConfig, accelerator, new_model) -> StepPlan:
+def plan_step(cfg: TrainConfig, accelerator, new_model, planned: int) -> StepPlan:
     """The choices the Accelerator made (device, precision, compile), and those that need its device: fused
-    AdamW and, when the config leaves it at 0, the micro-batch (a search on a GPU, each size tried on a fresh
-    model from `new_model()`, the run's)."""
+    AdamW and, when the config leaves it at 0, the micro-batch (on a GPU the memory plan's largest, `planned`,
+    confirmed by a trial step on a fresh model from `new_model()`, the run's)."""
     cuda = accelerator.device.type == "cuda"
     fused_adamw = switch_on(cfg.fused_adamw, cuda)
-    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw, new_model)
+    micro_batch = resolve_micro_batch(cfg, accelerator, fused_adamw, new_model, planned)
     return StepPlan(cpu=not cuda, mixed_precision=accelerator.mixed_precision,
                     compile=accelerator.state.dynamo_plugin.backend != DynamoBackend.NO, fused_adamw=fused_adamw,
                     micro_batch=micro_batch, micro_steps=cfg.sequences_per_step // micro_batch)
