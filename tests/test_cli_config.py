@@ -70,7 +70,7 @@ def test_console_scripts_answer_help():
     """Each [project.scripts] target as `pip install` calls it: imported, then called with sys.argv set."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"accel-train", "accel-prepare", "accel-sample", "accel-export", "accel-plot",
-                            "accel-bench", "accel-score"}
+                            "accel-bench", "accel-score", "accel-plan"}
     procs = {}
     for name, target in scripts.items():
         module, function = target.split(":")

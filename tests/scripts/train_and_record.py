@@ -13,11 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's 
 
 import torch
 from accelerate import PartialState
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import accel_train.evaluation.in_training as evaluation
 import accel_train.training.loop as trainer
 from accel_train.config import load_config
+from run_steps import before_each_run_step
 
 evaluations = []
 rates = []  # for each optimizer step on this process: the optimizer's class and the rate of each of its groups
@@ -29,12 +29,12 @@ def recording_split_losses(*args, **kwargs):
     return evaluations[-1]
 
 
-def record_rates(optimizer, args, kwargs):
+def record_rates(optimizer):
     rates.append((type(optimizer).__name__, [group["lr"] for group in optimizer.param_groups]))
 
 
 evaluation.split_losses = recording_split_losses
-register_optimizer_step_pre_hook(record_rates)
+before_each_run_step(record_rates)
 cfg = load_config(sys.argv[1:])
 _, model = trainer.train(cfg)
 torch.save({"weights": model.state_dict(), "evaluations": evaluations, "rates": rates},

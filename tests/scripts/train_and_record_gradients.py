@@ -9,19 +9,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's 
 
 import torch
 from accelerate import PartialState
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import accel_train.training.loop as trainer
 from accel_train.config import load_config
+from run_steps import before_each_run_step
 
 steps = []
 
 
-def record_gradients(optimizer, args, kwargs):
+def record_gradients(optimizer):
     steps.append([p.grad.detach().clone() for group in optimizer.param_groups for p in group["params"]])
 
 
-register_optimizer_step_pre_hook(record_gradients)
+before_each_run_step(record_gradients)
 cfg = load_config(sys.argv[1:])
 trainer.train(cfg)
 torch.save(steps, Path(cfg.out_dir) / f"gradients_{PartialState().process_index}.pt")
