@@ -97,8 +97,8 @@ def describe(cfg: TrainConfig, memory: MemoryPlan, time: TimePlan) -> list[str]:
              f"{', '.join(switches)}",
              "  measured by MemTracker over a training step on fake CPU tensors in the run's dtypes (fp32 weights, "
              "gradients and optimizer state" + (", bf16/fp16 compute" if layout.mixed_precision != "no" else "") + ")",
-             f"per process at micro-batch {memory.micro_batch} ({cfg.sequences_per_step // memory.micro_batch} per "
-             "optimizer step):",
+             f"per process at micro-batch {memory.micro_batch} ({cfg.sequences_per_step // memory.micro_batch} "
+             "micro-batches per optimizer step):",
              f"  {'':<{WIDTH}}{'held at most':>12}    {'at the peak':>12}"]
     for part in ORDER:
         lines.append(f"  {PART_NAMES[part]:<{WIDTH}}{gib(step.held[part])}    {gib(step.at_peak[part])}")

@@ -63,7 +63,6 @@ class PeakOnly:
                 self._peak_mem_snap[device] = dict(snapshot)
 
 
-
 class Tracker(PeakOnly, MemTracker):
     pass
 

@@ -24,7 +24,6 @@ from accel_train.training.optim import OptimizerHyperparameters, Optimizers, bui
 from accel_train.training.start import make_accelerator
 
 
-
 def measure(cfg, accelerator) -> dict:
     """MemTracker's peak (and its parts) over the trainer's steps of `cfg`, from before `accelerator.prepare`."""
     set_seed(0)
