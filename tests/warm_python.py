@@ -37,6 +37,7 @@ def load_the_commands() -> None:
 
     import accel_train.bench  # noqa: F401
     import accel_train.export  # noqa: F401
+    import accel_train.plan  # noqa: F401  (and the planning the trainer's main process imports when it plans)
     import accel_train.plot  # noqa: F401
     import accel_train.prepare  # noqa: F401
     import accel_train.sample  # noqa: F401

@@ -38,8 +38,6 @@ from accel_train.distributed.launcher import (check_fsdp, check_launch, check_lo
                                               die_with_launcher, fsdp_requested, outlive_lost_output)
 from accel_train.errors import UserError, first_line
 from accel_train.models.flops import flops_per_token, peak_tflops
-from accel_train.planning.machines import GIB
-from accel_train.planning.memory_plan import MemoryPlan
 from accel_train.planning.preflight import plan_this_run
 from accel_train.models.build import training_model
 from accel_train.models.hf import hf_model_config, hf_state_dict
@@ -94,7 +92,7 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
         cfg, mixture, accelerator.num_processes, lock, launch_layout(accelerator)))
     memory_plan = plan_this_run(cfg, accelerator, lambda: new_model(cfg, mixture))  # refuses what cannot fit
     step_plan = plan_step(cfg, accelerator, lambda: new_model(cfg, mixture), memory_plan.largest_micro_batch)
-    accelerator.print(start_line(memory_plan, step_plan.micro_batch))
+    accelerator.print(memory_plan.start_line(step_plan.micro_batch))
     accelerator.gradient_accumulation_steps = step_plan.micro_steps  # the same sequences per step
     set_seed(cfg.seed)  # the same initial weights whatever the number of processes
     model = new_model(cfg, mixture)
@@ -135,13 +133,6 @@ def build_run(cfg: TrainConfig, lock: RunLock) -> Run:
                if cfg.spike_sigma else None,
                scorer=task_scorer(cfg.tasks, mixture.first.folder.tokenizer(), cfg.block_size, cfg.batch_size)
                if cfg.tasks else None, masked=has_loss_mask(mixture))
-
-
-def start_line(plan: MemoryPlan, micro_batch: int) -> str:
-    """The plan in one line: the peak a process needs at the micro-batch the run uses, and the memory there is."""
-    micro_batch = micro_batch if micro_batch in plan.needs else plan.micro_batch
-    return (f"plan: {plan.needs[micro_batch] / GIB:.2f} GiB per process at micro-batch {micro_batch}, of "
-            f"{plan.machine.memory / GIB:.1f} GiB ({plan.machine.name})")
 
 
 def set_up_process(cfg: TrainConfig) -> tuple[bool, str]:
